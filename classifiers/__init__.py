@@ -1,0 +1,1 @@
+"""Difficulty classifiers: features, training, evaluation; imports nothing from router."""

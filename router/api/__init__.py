@@ -1,0 +1,1 @@
+"""HTTP edge: FastAPI routes, error mapping; app.py is the composition root."""

@@ -1,0 +1,74 @@
+"""The only place exceptions become HTTP responses: OpenAI's error envelope, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from router.errors import TriageError
+from router.protocol import error_body
+
+__all__ = ["error_response", "install_error_handlers"]
+
+log = logging.getLogger("triage.api")
+
+_HTTP_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_response(exc: TriageError, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        error_body(exc.message, exc.type, exc.code, exc.param),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def triage_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, TriageError)
+        if exc.status >= 500:
+            log.warning("%s: %s", exc.code, exc.message)
+        return error_response(exc)
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        type_ = _HTTP_TYPES.get(
+            exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
+        )
+        return Response(
+            error_body(str(exc.detail), type_, exc.status_code),
+            status_code=exc.status_code,
+            media_type="application/json",
+            headers=exc.headers,
+        )
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        return Response(
+            error_body(str(exc), "invalid_request_error", "invalid_request"),
+            status_code=400,
+            media_type="application/json",
+        )
+
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return Response(
+            error_body("internal gateway error; see the gateway log", "server_error", "internal_error"),
+            status_code=500,
+            media_type="application/json",
+        )
+
+    app.add_exception_handler(TriageError, triage_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)

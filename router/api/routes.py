@@ -1,0 +1,129 @@
+"""Thin HTTP routes: read and validate, hand to the service, shape the answer. No decisions here."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from router.api.errors import error_response
+from router.api.state import gateway
+from router.api.streaming import ClientGone, PassThroughStream, until_disconnect
+from router.core.ports import UpstreamReply
+from router.errors import PayloadTooLarge, TriageError
+from router.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerationRequest,
+    decode_body,
+    error_body,
+)
+from router.service import Endpoint, Routed
+
+__all__ = ["build_router"]
+
+_CLIENT_CLOSED = 499  # nginx's convention; the client never sees it, logs do
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _headers(routed: Routed, request_id: str) -> dict[str, str]:
+    d = routed.decision
+    return {
+        "x-request-id": request_id,
+        "x-triage-model": routed.worker.model,
+        "x-triage-score": "-" if d.score is None else f"{d.score:.4f}",
+        "x-triage-reason": d.reason.value,
+    }
+
+
+def _reply(reply: UpstreamReply, headers: dict[str, str]) -> Response:
+    body = reply.body
+    if reply.status >= 400 and not _is_envelope(body):
+        # A worker's 4xx without OpenAI's envelope still reaches the SDK as one.
+        text = body[:500].decode("utf-8", "replace") or f"worker answered {reply.status}"
+        body = error_body(text, "invalid_request_error", reply.status)
+    return Response(body, status_code=reply.status, media_type=reply.content_type, headers=headers)
+
+
+def _is_envelope(body: bytes) -> bool:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+
+
+async def _generate(request: Request, endpoint: Endpoint, schema: type[GenerationRequest]) -> Response:
+    state = gateway(request)
+    request_id = uuid.uuid4().hex
+    raw = await _read_body(request, state.max_body_bytes)
+    payload, typed = decode_body(raw, schema)
+    try:
+        if typed.stream:
+            routed, upstream = await until_disconnect(
+                state.service.stream(endpoint, payload, typed), request.receive
+            )
+            headers = _headers(routed, request_id)
+            if isinstance(upstream, UpstreamReply):
+                return _reply(upstream, headers)
+            return PassThroughStream(upstream, headers)
+        routed, reply = await until_disconnect(
+            state.service.complete(endpoint, payload, typed), request.receive
+        )
+        return _reply(reply, _headers(routed, request_id))
+    except ClientGone:
+        return Response(status_code=_CLIENT_CLOSED)
+    except TriageError as exc:
+        return error_response(exc, {"x-request-id": request_id})
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _generate(request, Endpoint.CHAT, ChatCompletionRequest)
+
+    @router.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _generate(request, Endpoint.COMPLETIONS, CompletionRequest)
+
+    @router.get("/v1/models")
+    async def models(request: Request) -> Response:
+        return Response(gateway(request).models_body, media_type="application/json")
+
+    @router.get("/health")
+    async def health() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @router.get("/ready")
+    async def ready(request: Request) -> Response:
+        """Ready while at least one worker answers: the gateway can still serve what reaches it."""
+        state = gateway(request)
+        workers = state.service.workers
+        up = await asyncio.gather(*(state.backend.reachable(w) for w in workers))
+        body = {
+            "ready": any(up),
+            "workers": {w.name: ("up" if ok else "down") for w, ok in zip(workers, up, strict=True)},
+        }
+        return Response(
+            orjson.dumps(body), status_code=200 if any(up) else 503, media_type="application/json"
+        )
+
+    return router

@@ -1,0 +1,25 @@
+"""What the routes need from the composition root, typed; kept on `app.state.triage`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from router.core.ports import Backend
+from router.service import RoutingService
+
+__all__ = ["GatewayState", "gateway"]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    service: RoutingService
+    backend: Backend
+    max_body_bytes: int
+    models_body: bytes  # GET /v1/models never changes while running: encoded once
+
+
+def gateway(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.triage
+    return state

@@ -1,0 +1,83 @@
+"""Pass a worker's answer to the client: chunk by chunk for streams, cancelling upstream on disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from router.core.ports import UpstreamStream
+from router.errors import UpstreamError
+from router.protocol import error_body
+
+__all__ = ["ClientGone", "PassThroughStream", "until_disconnect"]
+
+log = logging.getLogger("triage.api")
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The caller hung up before its answer was ready."""
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
+    """Await `work`, cancelling it (and so its upstream request) if the client disconnects first."""
+    job = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((job, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not job.done():
+        job.cancel()
+        raise ClientGone
+    return job.result()
+
+
+class PassThroughStream(Response):
+    """Server-sent events from a worker, forwarded without re-encoding.
+
+    A worker failing mid-stream ends the stream with an OpenAI error event (the status is already sent);
+    a client leaving mid-stream closes the upstream connection, which makes vLLM abort the generation."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, stream: UpstreamStream, headers: dict[str, str]) -> None:
+        self._stream = stream
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**headers, "cache-control": "no-cache"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pump = asyncio.ensure_future(self._pump(send))
+        watch = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not pump.done():
+                pump.cancel()
+                await asyncio.wait((pump,))
+            await self._stream.aclose()
+        if not pump.cancelled() and (exc := pump.exception()) is not None and not isinstance(exc, OSError):
+            raise exc
+
+    async def _pump(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self._stream.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            log.warning("%s mid-stream: %s", exc.code, exc.message)
+            event = b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

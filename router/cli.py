@@ -1,0 +1,124 @@
+"""`triage` entry point. Parses flags only when called; every subcommand gets typed settings passed in."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from router.errors import ConfigError
+from router.settings import RoutingSettings, ServerSettings, Settings, WorkerSettings, load_settings
+
+__all__ = ["main"]
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the OpenAI-compatible gateway",
+        description="Run the gateway. With no --config, two local workers are assumed (--small, --large) "
+        "and their served model names are asked from each worker's /v1/models.",
+    )
+    p.add_argument("--config", type=Path, help="YAML config file (see deploy/*/gateway.yaml)")
+    p.add_argument(
+        "--small", metavar="URL", help="base URL of the small worker, e.g. http://127.0.0.1:8001/v1"
+    )
+    p.add_argument(
+        "--large", metavar="URL", help="base URL of the large worker, e.g. http://127.0.0.1:8002/v1"
+    )
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 9000)")
+    p.add_argument("--threshold", type=float, help="score at or above which `auto` goes to the large model")
+    p.add_argument("--alias", help="model name that asks for routing (default auto)")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action="store_true", default=None, help="log every request line")
+    p.set_defaults(run=_serve)
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Config file (or embedded defaults), then flags on top."""
+    base = load_settings(args.config) if args.config else Settings.local()
+    data = base.model_dump()
+    if args.small or args.large:
+        if args.config:
+            raise ConfigError(
+                "--small/--large replace the workers of the embedded defaults; "
+                "with --config, set workers in the file"
+            )
+        defaults = Settings.local()
+        data["workers"] = [
+            WorkerSettings(
+                name="small",
+                role=defaults.workers[0].role,
+                base_url=args.small or defaults.workers[0].base_url,
+            ).model_dump(),
+            WorkerSettings(
+                name="large",
+                role=defaults.workers[1].role,
+                base_url=args.large or defaults.workers[1].base_url,
+            ).model_dump(),
+        ]
+    server = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "log_level": args.log_level,
+            "access_log": args.access_log,
+        }.items()
+        if v is not None
+    }
+    routing = {k: v for k, v in {"threshold": args.threshold, "alias": args.alias}.items() if v is not None}
+    data["server"] = ServerSettings(**{**data["server"], **server}).model_dump()
+    data["routing"] = RoutingSettings(**{**data["routing"], **routing}).model_dump()
+    return Settings.model_validate(data)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from router.api.app import create_app
+
+    settings = build_settings(args)
+    logging.basicConfig(
+        level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app = create_app(settings)
+    workers = app.state.triage.service.workers
+    for w in workers:
+        logging.getLogger("triage").info(
+            "worker %s (%s): %s at %s", w.name, w.role.value, w.model, w.base_url
+        )
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.server.log_level,
+        access_log=settings.server.access_log,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="triage", description="llm-triage: cost-aware LLM request router")
+    sub = p.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        print(f"triage: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,47 @@
+"""The shapes the service needs from the outside world (implemented in router.adapters and classifiers)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from router.core.types import Worker
+
+
+class Scorer(Protocol):
+    """Scores a prompt's difficulty; higher means the large model is needed."""
+
+    def score(self, text: str) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """A whole (non-streamed) answer from a worker, body untouched."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+class UpstreamStream(Protocol):
+    """An open streamed answer; `status` is known before the first chunk is read."""
+
+    @property
+    def status(self) -> int: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def read_all(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Backend(Protocol):
+    """Talks HTTP to OpenAI-compatible workers."""
+
+    async def post(self, worker: Worker, path: str, body: bytes) -> UpstreamReply: ...
+
+    async def open_stream(self, worker: Worker, path: str, body: bytes) -> UpstreamStream: ...
+
+    async def reachable(self, worker: Worker) -> bool: ...

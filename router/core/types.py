@@ -1,0 +1,49 @@
+"""Value types shared by the core, the service and the adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    SMALL = "small"
+    LARGE = "large"
+
+
+class Reason(StrEnum):
+    """Why a worker was chosen; the value is what `x-triage-reason` carries."""
+
+    REQUESTED = "requested"  # the caller named a concrete model
+    BELOW_THRESHOLD = "below_threshold"  # routed: score < threshold -> small
+    AT_OR_ABOVE_THRESHOLD = "at_or_above_threshold"  # routed: score >= threshold -> large
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """USD per million tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """One OpenAI-compatible upstream (a vLLM server) serving one model."""
+
+    name: str
+    role: Role
+    base_url: str  # ends in /v1
+    model: str  # the served model name the worker expects in requests
+    prices: Prices
+    timeout: float  # seconds: whole answer, or longest silence inside a stream
+    connect_timeout: float
+    api_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    role: Role
+    reason: Reason
+    score: float | None = None
+    threshold: float | None = None

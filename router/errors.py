@@ -1,0 +1,84 @@
+"""The gateway's exception tree. The service raises these; only the API edge turns them into HTTP.
+
+    TriageError                       status  type                      code
+    ├── InvalidRequest                400     invalid_request_error     invalid_request / <given>
+    ├── AuthenticationFailed          401     authentication_error      invalid_api_key
+    ├── ModelNotFound                 404     invalid_request_error     model_not_found
+    ├── PayloadTooLarge               413     invalid_request_error     request_too_large
+    └── UpstreamError                 5xx     server_error
+        ├── UpstreamFailed            502     server_error              upstream_error
+        ├── UpstreamUnavailable       503     server_error              upstream_unavailable
+        └── UpstreamTimeout           504     server_error              upstream_timeout
+
+`ConfigError` is separate: it stops a start, it never reaches a client.
+"""
+
+from __future__ import annotations
+
+
+class TriageError(Exception):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(TriageError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AuthenticationFailed(TriageError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(TriageError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLarge(TriageError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamError(TriageError):
+    """A worker could not give an answer. `worker` names it for logs and headers."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, worker: str, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.worker = worker
+
+
+class UpstreamFailed(UpstreamError):
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot start; the message names the file, line and key."""

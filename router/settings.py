@@ -1,0 +1,143 @@
+"""Typed configuration: built once at start (YAML file, flags, embedded defaults) and passed in explicitly.
+
+A bad file stops the start with a message that names the file, the line and the key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from router.core.types import Prices, Role, Worker
+from router.errors import ConfigError
+
+__all__ = ["RoutingSettings", "ServerSettings", "Settings", "WorkerSettings", "load_settings"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkerSettings(_Strict):
+    name: str = Field(min_length=1)
+    role: Role
+    base_url: str
+    model: str | None = None  # served model name; asked from the worker's /v1/models when omitted
+    price_input: float = Field(default=0.0, ge=0)  # USD per million prompt tokens
+    price_output: float = Field(default=0.0, ge=0)  # USD per million completion tokens
+    timeout: float = Field(default=120.0, gt=0)
+    connect_timeout: float = Field(default=3.0, gt=0)
+    api_key_env: str | None = None  # name of the environment variable holding the worker's key
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def to_worker(self, model: str | None = None) -> Worker:
+        served = model or self.model
+        if not served:
+            raise ConfigError(f"worker {self.name!r}: served model name unknown (set `model`)")
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return Worker(
+            name=self.name,
+            role=self.role,
+            base_url=self.base_url,
+            model=served,
+            prices=Prices(self.price_input, self.price_output),
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            api_key=key,
+        )
+
+
+class RoutingSettings(_Strict):
+    alias: str = Field(default="auto", min_length=1)  # the model name that asks for routing
+    threshold: float = Field(default=0.5, ge=0, le=1)  # score >= threshold -> large model
+    scorer: Literal["length", "classifier"] = "length"
+    length_midpoint: int = Field(default=400, gt=0)  # length scorer: characters that score 0.5
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = False
+    discover_timeout: float = Field(default=60.0, ge=0)  # seconds to wait for workers at start
+
+
+class Settings(_Strict):
+    server: ServerSettings = ServerSettings()
+    routing: RoutingSettings = RoutingSettings()
+    workers: list[WorkerSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _roles_and_names(self) -> Settings:
+        names = [w.name for w in self.workers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"worker names must be unique, got {names}")
+        roles = {w.role for w in self.workers}
+        if roles != {Role.SMALL, Role.LARGE}:
+            raise ValueError("need at least one worker with role small and one with role large")
+        return self
+
+    @classmethod
+    def local(
+        cls, small: str = "http://127.0.0.1:8001/v1", large: str = "http://127.0.0.1:8002/v1"
+    ) -> Settings:
+        """Embedded defaults: two local workers whose served names are discovered at start."""
+        return cls(
+            workers=[
+                WorkerSettings(name="small", role=Role.SMALL, base_url=small),
+                WorkerSettings(name="large", role=Role.LARGE, base_url=large),
+            ]
+        )
+
+
+def load_settings(path: Path) -> Settings:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the config must be a mapping of sections (server, routing, workers)")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            lines.append(f"{path}:{_line_of(root, loc)}: {key}: {err['msg']}")
+        raise ConfigError("invalid config\n  " + "\n  ".join(lines)) from None
+
+
+def _line_of(node: Any, loc: tuple[int | str, ...]) -> int:
+    """1-based line of the deepest YAML node on `loc` that exists (a missing key points at its parent)."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((kv for kv in node.value if kv[0].value == part), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from router.core.types import Prices, Role, Worker
 from router.errors import ConfigError
@@ -77,15 +77,15 @@ class Settings(_Strict):
     routing: RoutingSettings = RoutingSettings()
     workers: list[WorkerSettings] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _roles_and_names(self) -> Settings:
-        names = [w.name for w in self.workers]
+    @field_validator("workers")
+    @classmethod
+    def _roles_and_names(cls, workers: list[WorkerSettings]) -> list[WorkerSettings]:
+        names = [w.name for w in workers]
         if len(set(names)) != len(names):
             raise ValueError(f"worker names must be unique, got {names}")
-        roles = {w.role for w in self.workers}
-        if roles != {Role.SMALL, Role.LARGE}:
+        if {w.role for w in workers} != {Role.SMALL, Role.LARGE}:
             raise ValueError("need at least one worker with role small and one with role large")
-        return self
+        return workers
 
     @classmethod
     def local(

@@ -1,0 +1,91 @@
+"""The official OpenAI client, through the gateway, to two real vLLM CPU workers. Order matters: the last
+test kills the small worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import VllmStack
+
+pytestmark = pytest.mark.vllm
+
+SHORT = [{"role": "user", "content": "hello"}]
+# 480 characters: the default length scorer (midpoint 400) puts it at 0.55, over the 0.5 threshold.
+LONG = [{"role": "user", "content": "please explain the answer " * 18 + "x" * 12}]
+
+
+@pytest.fixture
+def client(vllm_stack: VllmStack) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=vllm_stack.gateway.url + "/v1", api_key="none", max_retries=0, timeout=60
+    ) as c:
+        yield c
+
+
+def test_models(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == ["auto", "triage-small", "triage-large"]
+
+
+def test_auto_reaches_each_worker(client: openai.OpenAI) -> None:
+    short = client.chat.completions.with_raw_response.create(model="auto", messages=SHORT, max_tokens=5)  # type: ignore[arg-type]
+    long = client.chat.completions.with_raw_response.create(model="auto", messages=LONG, max_tokens=5)  # type: ignore[arg-type]
+    assert short.headers["x-triage-model"] == "triage-small"
+    assert long.headers["x-triage-model"] == "triage-large"
+    assert short.parse().model == "triage-small"
+    assert long.parse().model == "triage-large"
+    usage = long.parse().usage
+    assert usage is not None and usage.completion_tokens == 5 and usage.prompt_tokens > 50
+
+
+def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="auto",
+        messages=SHORT,
+        max_tokens=6,
+        stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    assert {c.model for c in chunks} == {"triage-small"}
+
+
+def test_completions(client: openai.OpenAI) -> None:
+    done = client.completions.create(model="triage-large", prompt="the answer is", max_tokens=4)
+    assert done.model == "triage-large"
+    assert done.usage is not None and done.usage.completion_tokens == 4
+    streamed = list(client.completions.create(model="auto", prompt="hi", max_tokens=3, stream=True))
+    assert streamed and all(c.model == "triage-small" for c in streamed)
+
+
+def test_unknown_model(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-5", messages=SHORT)  # type: ignore[arg-type]
+    assert info.value.status_code == 404
+
+
+def test_prompt_over_the_context_limit_is_400_from_the_worker(client: openai.OpenAI) -> None:
+    huge = [{"role": "user", "content": "word " * 2000}]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="auto", messages=huge, max_tokens=5)  # type: ignore[arg-type]
+    assert "context" in str(info.value).lower() or "max_model_len" in str(info.value)
+
+
+def test_killed_worker_is_503_and_the_gateway_serves_the_other(
+    vllm_stack: VllmStack, client: openai.OpenAI
+) -> None:
+    vllm_stack.small.kill()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="auto", messages=SHORT, max_tokens=3)  # type: ignore[arg-type]
+    assert info.value.status_code in (502, 503)
+    survivor = client.chat.completions.create(model="auto", messages=LONG, max_tokens=3)  # type: ignore[arg-type]
+    assert survivor.model == "triage-large"
+    ready = httpx.get(vllm_stack.gateway.url + "/ready").json()
+    assert ready == {"ready": True, "workers": {"small": "down", "large": "up"}}
+    assert httpx.get(vllm_stack.gateway.url + "/health").status_code == 200

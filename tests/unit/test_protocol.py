@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+from router.errors import InvalidRequest
+from router.protocol import ChatCompletionRequest, CompletionRequest, decode_body, prompt_text
+
+
+def test_decode_keeps_the_callers_dict_for_forwarding() -> None:
+    payload, typed = decode_body(
+        b'{"model":"m","messages":[{"role":"user","content":"q"}],"zzz":[1]}', ChatCompletionRequest
+    )
+    assert payload == {"model": "m", "messages": [{"role": "user", "content": "q"}], "zzz": [1]}
+    assert typed.model == "m"
+
+
+def test_decode_error_names_the_parameter() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        decode_body(
+            b'{"model":"m","messages":[{"role":"user","content":"q"}],"max_tokens":0}', ChatCompletionRequest
+        )
+    assert info.value.param == "max_tokens"
+
+
+def test_prompt_text_reads_the_last_user_turn() -> None:
+    req = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "ok"},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "second"}, {"type": "image_url", "image_url": {}}],
+                },
+            ],
+        }
+    )
+    assert prompt_text(req) == "second"
+
+
+@pytest.mark.parametrize(("prompt", "text"), [("abc", "abc"), (["x", "y"], "x"), ([1, 2, 3], "")])
+def test_prompt_text_of_completions(prompt: object, text: str) -> None:
+    assert prompt_text(CompletionRequest.model_validate({"model": "m", "prompt": prompt})) == text

@@ -1,0 +1,27 @@
+"""The names users import are a contract: adding one is a decision, losing one is a break."""
+
+from __future__ import annotations
+
+import router
+import router.protocol
+import router.settings
+
+
+def test_exported_members() -> None:
+    assert router.__all__ == ["__version__"]
+    assert sorted(router.settings.__all__) == [
+        "RoutingSettings",
+        "ServerSettings",
+        "Settings",
+        "WorkerSettings",
+        "load_settings",
+    ]
+    assert sorted(router.protocol.__all__) == [
+        "ChatCompletionRequest",
+        "CompletionRequest",
+        "GenerationRequest",
+        "decode_body",
+        "encode",
+        "error_body",
+        "prompt_text",
+    ]

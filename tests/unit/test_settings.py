@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from router.cli import build_settings, parser
+from router.errors import ConfigError
+from router.settings import Settings, load_settings
+
+GOOD = """\
+server:
+  port: 9100
+routing:
+  threshold: 0.3
+workers:
+  - name: small
+    role: small
+    base_url: http://127.0.0.1:8001/v1/
+    model: tiny-small
+    price_input: 0.2
+  - name: large
+    role: large
+    base_url: http://127.0.0.1:8002/v1
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_good_file_loads(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, GOOD))
+    assert s.server.port == 9100
+    assert s.routing.threshold == 0.3
+    assert s.workers[0].base_url == "http://127.0.0.1:8001/v1"  # trailing slash dropped
+    assert s.workers[1].model is None  # to be discovered
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (("    role: small", "    role: tiny"), ":7: workers.0.role: Input should be 'small' or 'large'"),
+        (
+            ("  threshold: 0.3", "  threshold: 3"),
+            ":4: routing.threshold: Input should be less than or equal to 1",
+        ),
+        (("  port: 9100", "  prot: 9100"), ":2: server.prot: Extra inputs are not permitted"),
+        (
+            ("    base_url: http://127.0.0.1:8002/v1", "    base_url: 127.0.0.1:8002"),
+            ":13: workers.1.base_url: Value error, must start with http:// or https://",
+        ),
+        (("    price_input: 0.2", "    price_input: -1"), ":10: workers.0.price_input"),
+        (("    role: large", "    role: small"), ":5: workers: Value error, need at least one worker"),
+    ],
+)
+def test_bad_file_names_line_and_key(tmp_path: Path, change: tuple[str, str], needle: str) -> None:
+    text = GOOD.replace(*change)
+    assert text != GOOD
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert f"{path}{needle}" in str(info.value)
+
+
+def test_unreadable_and_non_yaml_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(write(tmp_path, "workers: [unclosed"))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_settings(write(tmp_path, "- a\n- b\n"))
+
+
+def test_flags_override_defaults_and_file(tmp_path: Path) -> None:
+    args = parser().parse_args(
+        ["serve", "--small", "http://10.0.0.1:1/v1", "--port", "9999", "--threshold", "0.7"]
+    )
+    s = build_settings(args)
+    assert [w.base_url for w in s.workers] == ["http://10.0.0.1:1/v1", "http://127.0.0.1:8002/v1"]
+    assert (s.server.port, s.routing.threshold) == (9999, 0.7)
+    with_file = build_settings(
+        parser().parse_args(["serve", "--config", str(write(tmp_path, GOOD)), "--port", "1"])
+    )
+    assert with_file.server.port == 1 and with_file.routing.threshold == 0.3
+    with pytest.raises(ConfigError):
+        build_settings(
+            parser().parse_args(["serve", "--config", str(write(tmp_path, GOOD)), "--small", "http://x"])
+        )
+
+
+def test_embedded_defaults_are_valid() -> None:
+    s = Settings.local()
+    assert [(w.name, w.role.value) for w in s.workers] == [("small", "small"), ("large", "large")]

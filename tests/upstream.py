@@ -1,0 +1,133 @@
+"""An OpenAI-compatible worker for tests that can be told to misbehave.
+
+The request body's `x_test` field (which the gateway passes through untouched, like any unknown field) picks
+the behaviour: {"sleep": s}, {"status": n, "body": "..."}, {"die_after": k} (stream: k chunks, then the
+connection drops). Every request is recorded, and so is each one the client abandoned."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Journal:
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _hung_up_within(request: Request, seconds: float) -> bool:
+    """Sleep, but return True as soon as the client disconnects."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(disconnected(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
+    journal = journal if journal is not None else Journal()
+
+    async def models(_: Request) -> Response:
+        return JSONResponse(
+            {"object": "list", "data": [{"id": model, "object": "model", "owned_by": "test"}]}
+        )
+
+    async def generate(request: Request) -> Response:
+        body = json.loads(await request.body())
+        journal.bodies.append(body)
+        test = body.get("x_test") or {}
+        if body.get("model") != model:
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"The model `{body.get('model')}` does not exist.",
+                        "type": "NotFoundError",
+                        "param": "model",
+                        "code": 404,
+                    }
+                },
+                404,
+            )
+        if "status" in test:
+            return Response(test.get("body", ""), status_code=test["status"], media_type="application/json")
+        if "sleep" in test and await _hung_up_within(request, test["sleep"]):
+            # Like vLLM: a request whose client left is aborted, and we note that it was.
+            journal.cancelled.append(body.get("x_id", "?"))
+            return Response(status_code=499)
+        if body.get("stream"):
+            return StreamingResponse(_events(body, test, journal), media_type="text/event-stream")
+        completion = int(body.get("max_tokens") or 5)
+        kind = "chat.completion" if "messages" in body else "text_completion"
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+        if "messages" in body:
+            choice["message"] = {"role": "assistant", "content": "word " * completion}
+        else:
+            choice["text"] = "word " * completion
+        return JSONResponse(
+            {
+                "id": "cmpl-test",
+                "object": kind,
+                "created": int(time.time()),
+                "model": model,
+                "choices": [choice],
+                "usage": _usage(7, completion),
+                "echo": body,
+            }
+        )
+
+    async def _events(body: dict[str, Any], test: dict[str, Any], journal: Journal) -> Any:
+        n = int(body.get("max_tokens") or 5)
+        try:
+            for i in range(n):
+                if "die_after" in test and i == test["die_after"]:
+                    raise ConnectionAbortedError("worker died mid-stream")
+                if "chunk_sleep" in test:
+                    await asyncio.sleep(test["chunk_sleep"])
+                chunk = {
+                    "id": "chunk-test",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}],
+                }
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+            if (body.get("stream_options") or {}).get("include_usage"):
+                final = {
+                    "id": "chunk-test",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": model,
+                    "choices": [],
+                    "usage": _usage(7, n),
+                }
+                yield f"data: {json.dumps(final)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            journal.cancelled.append(body.get("x_id", "?"))
+            raise
+
+    return Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", generate, methods=["POST"]),
+            Route("/v1/completions", generate, methods=["POST"]),
+        ]
+    )

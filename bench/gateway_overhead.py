@@ -87,9 +87,7 @@ def rss_mb(pid: int) -> float:
     """Resident memory of a process and its children, in MB."""
     pids = [pid]
     try:
-        children = subprocess.run(
-            ["pgrep", "-g", str(os.getpgid(pid))], capture_output=True, text=True
-        ).stdout
+        children = subprocess.run(["pgrep", "-g", str(os.getpgid(pid))], capture_output=True, text=True).stdout
         pids = [int(p) for p in children.split()] or pids
     except (OSError, ProcessLookupError):
         pass
@@ -160,9 +158,7 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(
-    wrk: str, url: str, script: Path, concurrency: int, duration: float
-) -> tuple[float, float, float, int]:
+def run_wrk(wrk: str, url: str, script: Path, concurrency: int, duration: float) -> tuple[float, float, float, int]:
     cmd = [
         "taskset",
         "-c",
@@ -170,7 +166,7 @@ def run_wrk(
         wrk,
         "-t1",
         f"-c{concurrency}",
-        f"-d{duration}s",
+        f"-d{max(1, round(duration))}s",
         "--latency",
         "-s",
         str(script),

@@ -30,9 +30,7 @@ COMPLETION = json.dumps(
         "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
     }
 ).encode()
-MODELS = json.dumps(
-    {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]}
-).encode()
+MODELS = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]}).encode()
 
 
 def _chunk(i: int) -> bytes:
@@ -74,13 +72,12 @@ MODELS_RESPONSE = _response(MODELS, b"application/json")
 class Handler(asyncio.Protocol):
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.WriteTransport | None = None
         self.url = b""
         self.body: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is not a subclass
 
     def data_received(self, data: bytes) -> None:
         try:

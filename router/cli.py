@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from classifiers import ClassifierFileError
 from router.errors import ConfigError
 from router.settings import RoutingSettings, ServerSettings, Settings, WorkerSettings, load_settings
 
@@ -22,12 +23,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "and their served model names are asked from each worker's /v1/models.",
     )
     p.add_argument("--config", type=Path, help="YAML config file (see deploy/*/gateway.yaml)")
-    p.add_argument(
-        "--small", metavar="URL", help="base URL of the small worker, e.g. http://127.0.0.1:8001/v1"
-    )
-    p.add_argument(
-        "--large", metavar="URL", help="base URL of the large worker, e.g. http://127.0.0.1:8002/v1"
-    )
+    p.add_argument("--small", metavar="URL", help="base URL of the small worker, e.g. http://127.0.0.1:8001/v1")
+    p.add_argument("--large", metavar="URL", help="base URL of the large worker, e.g. http://127.0.0.1:8002/v1")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 9000)")
     p.add_argument("--threshold", type=float, help="score at or above which `auto` goes to the large model")
@@ -44,8 +41,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
     if args.small or args.large:
         if args.config:
             raise ConfigError(
-                "--small/--large replace the workers of the embedded defaults; "
-                "with --config, set workers in the file"
+                "--small/--large replace the workers of the embedded defaults; with --config, set workers in the file"
             )
         defaults = Settings.local()
         data["workers"] = [
@@ -89,9 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     workers = app.state.triage.service.workers
     for w in workers:
-        logging.getLogger("triage").info(
-            "worker %s (%s): %s at %s", w.name, w.role.value, w.model, w.base_url
-        )
+        logging.getLogger("triage").info("worker %s (%s): %s at %s", w.name, w.role.value, w.model, w.base_url)
     uvicorn.run(
         app,
         host=settings.server.host,
@@ -109,6 +103,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="triage", description="llm-triage: cost-aware LLM request router")
     sub = p.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    from classifiers.cli import add_commands
+
+    add_commands(sub)
     return p
 
 
@@ -116,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except ConfigError as exc:
+    except (ConfigError, ClassifierFileError, FileNotFoundError, ValueError) as exc:
         print(f"triage: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -86,9 +86,7 @@ class RoutingService:
     ) -> tuple[Routed, UpstreamStream | UpstreamReply]:
         """An open stream, or the worker's error reply when it refused before streaming."""
         routed = self.route(request)
-        stream = await self._backend.open_stream(
-            routed.worker, endpoint.value, self._body(payload, routed.worker)
-        )
+        stream = await self._backend.open_stream(routed.worker, endpoint.value, self._body(payload, routed.worker))
         if stream.status == 200:
             return routed, stream
         try:
@@ -109,7 +107,6 @@ def _raise_for_server_error(worker: Worker, reply: UpstreamReply) -> None:
     """A worker's 4xx is the caller's mistake and passes through; its 5xx is the gateway's problem."""
     if reply.status >= 500:
         raise UpstreamFailed(
-            f"worker {worker.name!r} failed with status {reply.status}: "
-            f"{reply.body[:300].decode('utf-8', 'replace')}",
+            f"worker {worker.name!r} failed with status {reply.status}: {reply.body[:300].decode('utf-8', 'replace')}",
             worker=worker.name,
         )

@@ -58,8 +58,10 @@ class WorkerSettings(_Strict):
 
 class RoutingSettings(_Strict):
     alias: str = Field(default="auto", min_length=1)  # the model name that asks for routing
-    threshold: float = Field(default=0.5, ge=0, le=1)  # score >= threshold -> large model
-    scorer: Literal["length", "classifier"] = "length"
+    # score >= threshold -> large model; unset: the classifier's suggested threshold (0.5 for `length`)
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    scorer: Literal["classifier", "length"] = "classifier"
+    classifier_path: Path | None = None  # unset: the classifier shipped with llm-triage
     length_midpoint: int = Field(default=400, gt=0)  # length scorer: characters that score 0.5
 
 
@@ -88,9 +90,7 @@ class Settings(_Strict):
         return workers
 
     @classmethod
-    def local(
-        cls, small: str = "http://127.0.0.1:8001/v1", large: str = "http://127.0.0.1:8002/v1"
-    ) -> Settings:
+    def local(cls, small: str = "http://127.0.0.1:8001/v1", large: str = "http://127.0.0.1:8002/v1") -> Settings:
         """Embedded defaults: two local workers whose served names are discovered at start."""
         return cls(
             workers=[

@@ -46,9 +46,7 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
     journal = journal if journal is not None else Journal()
 
     async def models(_: Request) -> Response:
-        return JSONResponse(
-            {"object": "list", "data": [{"id": model, "object": "model", "owned_by": "test"}]}
-        )
+        return JSONResponse({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "test"}]})
 
     async def generate(request: Request) -> Response:
         body = json.loads(await request.body())

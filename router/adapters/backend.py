@@ -23,13 +23,9 @@ _JSON = {"Content-Type": "application/json"}
 def _translate(worker: Worker, exc: BaseException) -> UpstreamError:
     """aiohttp's exceptions -> the gateway's: refused/unreachable 503, silent too long 504, broken 502."""
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnavailable(
-            f"worker {worker.name!r} is unreachable: {exc.os_error}", worker=worker.name
-        )
+        return UpstreamUnavailable(f"worker {worker.name!r} is unreachable: {exc.os_error}", worker=worker.name)
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamTimeout(
-            f"worker {worker.name!r} did not answer within {worker.timeout:g} s", worker=worker.name
-        )
+        return UpstreamTimeout(f"worker {worker.name!r} did not answer within {worker.timeout:g} s", worker=worker.name)
     return UpstreamFailed(f"worker {worker.name!r} failed: {type(exc).__name__}: {exc}", worker=worker.name)
 
 
@@ -92,9 +88,7 @@ class AiohttpBackend:
         timeouts = self._timeouts.get(worker.name)
         if timeouts is None:
             whole = aiohttp.ClientTimeout(total=worker.timeout, sock_connect=worker.connect_timeout)
-            stream = aiohttp.ClientTimeout(
-                total=None, sock_connect=worker.connect_timeout, sock_read=worker.timeout
-            )
+            stream = aiohttp.ClientTimeout(total=None, sock_connect=worker.connect_timeout, sock_read=worker.timeout)
             timeouts = self._timeouts[worker.name] = (whole, stream)
             headers = dict(_JSON)
             if worker.api_key:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import orjson
 from fastapi import FastAPI
 
+import classifiers
 from router.adapters.backend import AiohttpBackend
 from router.adapters.discovery import discover_model
 from router.adapters.scorers import LengthScorer
@@ -17,6 +18,7 @@ from router.api.routes import build_router
 from router.api.state import GatewayState
 from router.core.ports import Scorer
 from router.core.types import Worker
+from router.errors import ConfigError
 from router.service import RoutingService
 from router.settings import Settings
 
@@ -36,11 +38,17 @@ def resolve_workers(settings: Settings) -> list[Worker]:
     return resolved
 
 
-def build_scorer(settings: Settings) -> Scorer:
+def build_scorer(settings: Settings) -> tuple[Scorer, float]:
+    """The configured scorer and the threshold to use with it (the config's, else the scorer's own)."""
     routing = settings.routing
     if routing.scorer == "length":
-        return LengthScorer(routing.length_midpoint)
-    raise NotImplementedError(f"scorer {routing.scorer!r}")
+        return LengthScorer(routing.length_midpoint), 0.5 if routing.threshold is None else routing.threshold
+    try:
+        model = classifiers.load(routing.classifier_path)
+    except classifiers.ClassifierFileError as exc:
+        raise ConfigError(f"routing.classifier_path: {exc}") from None
+    suggested = model.meta.get("suggested_threshold", 0.5)
+    return model, float(suggested) if routing.threshold is None else routing.threshold
 
 
 def _models_body(service: RoutingService, workers: Sequence[Worker]) -> bytes:
@@ -61,13 +69,11 @@ def create_app(
 ) -> FastAPI:
     workers = list(workers) if workers is not None else resolve_workers(settings)
     backend = AiohttpBackend()
-    service = RoutingService(
-        workers,
-        alias=settings.routing.alias,
-        threshold=settings.routing.threshold,
-        scorer=scorer or build_scorer(settings),
-        backend=backend,
-    )
+    if scorer is None:
+        scorer, threshold = build_scorer(settings)
+    else:
+        threshold = 0.5 if settings.routing.threshold is None else settings.routing.threshold
+    service = RoutingService(workers, alias=settings.routing.alias, threshold=threshold, scorer=scorer, backend=backend)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -43,9 +43,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        type_ = _HTTP_TYPES.get(
-            exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
-        )
+        type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
         return Response(
             error_body(str(exc.detail), type_, exc.status_code),
             status_code=exc.status_code,

@@ -76,16 +76,12 @@ async def _generate(request: Request, endpoint: Endpoint, schema: type[Generatio
     payload, typed = decode_body(raw, schema)
     try:
         if typed.stream:
-            routed, upstream = await until_disconnect(
-                state.service.stream(endpoint, payload, typed), request.receive
-            )
+            routed, upstream = await until_disconnect(state.service.stream(endpoint, payload, typed), request.receive)
             headers = _headers(routed, request_id)
             if isinstance(upstream, UpstreamReply):
                 return _reply(upstream, headers)
             return PassThroughStream(upstream, headers)
-        routed, reply = await until_disconnect(
-            state.service.complete(endpoint, payload, typed), request.receive
-        )
+        routed, reply = await until_disconnect(state.service.complete(endpoint, payload, typed), request.receive)
         return _reply(reply, _headers(routed, request_id))
     except ClientGone:
         return Response(status_code=_CLIENT_CLOSED)
@@ -122,8 +118,6 @@ def build_router() -> APIRouter:
             "ready": any(up),
             "workers": {w.name: ("up" if ok else "down") for w, ok in zip(workers, up, strict=True)},
         }
-        return Response(
-            orjson.dumps(body), status_code=200 if any(up) else 503, media_type="application/json"
-        )
+        return Response(orjson.dumps(body), status_code=200 if any(up) else 503, media_type="application/json")
 
     return router

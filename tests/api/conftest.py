@@ -29,7 +29,7 @@ class Stack:
 def settings_for(small_url: str, large_url: str, **server: object) -> Settings:
     return Settings(
         server=ServerSettings.model_validate({"max_body_bytes": 64_000, **server}),
-        routing=RoutingSettings(threshold=0.5, length_midpoint=100),
+        routing=RoutingSettings(scorer="length", threshold=0.5, length_midpoint=100),
         workers=[
             WorkerSettings(
                 name="small",

@@ -62,9 +62,7 @@ def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
 
 
 def test_client_leaving_cancels_the_upstream_request(stack: Stack) -> None:
-    body = (
-        b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"x_id":"plain","x_test":{"sleep":1.2}}'
-    )
+    body = b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"x_id":"plain","x_test":{"sleep":1.2}}'
     _send_and_hang_up(stack.gateway.port, body, wait=0.3)
     assert _wait_for(lambda: "plain" in stack.small_journal.cancelled, timeout=1.0)
 
@@ -119,15 +117,11 @@ def test_gateway_survives_a_worker_restart(stack: Stack) -> None:
     )
     port = stack.small.port
     stack.small.stop()
-    down = httpx.post(
-        f"{stack.gateway.url}/v1/chat/completions", json={"model": "tiny-small", "messages": SHORT}
-    )
+    down = httpx.post(f"{stack.gateway.url}/v1/chat/completions", json={"model": "tiny-small", "messages": SHORT})
     assert down.status_code in (502, 503)
     revived = ThreadedServer(make_upstream("tiny-small"), port=port).start()
     try:
-        again = httpx.post(
-            f"{stack.gateway.url}/v1/chat/completions", json={"model": "tiny-small", "messages": SHORT}
-        )
+        again = httpx.post(f"{stack.gateway.url}/v1/chat/completions", json={"model": "tiny-small", "messages": SHORT})
         assert again.status_code == 200
     finally:
         revived.stop()

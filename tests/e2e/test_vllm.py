@@ -9,20 +9,26 @@ import httpx
 import openai
 import pytest
 
+import classifiers
+
 from tests.e2e.conftest import VllmStack
 
 pytestmark = pytest.mark.vllm
 
 SHORT = [{"role": "user", "content": "hello"}]
-# 480 characters: the default length scorer (midpoint 400) puts it at 0.55, over the 0.5 threshold.
 LONG = [{"role": "user", "content": "please explain the answer " * 18 + "x" * 12}]
+
+
+def test_prompts_fall_on_either_side_of_the_shipped_threshold() -> None:
+    """The gateway runs with its defaults: the shipped classifier and its suggested threshold."""
+    model = classifiers.load()
+    threshold = float(model.meta["suggested_threshold"])
+    assert model.score(SHORT[0]["content"]) < threshold <= model.score(LONG[0]["content"])
 
 
 @pytest.fixture
 def client(vllm_stack: VllmStack) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=vllm_stack.gateway.url + "/v1", api_key="none", max_retries=0, timeout=60
-    ) as c:
+    with openai.OpenAI(base_url=vllm_stack.gateway.url + "/v1", api_key="none", max_retries=0, timeout=60) as c:
         yield c
 
 
@@ -77,9 +83,7 @@ def test_prompt_over_the_context_limit_is_400_from_the_worker(client: openai.Ope
     assert "context" in str(info.value).lower() or "max_model_len" in str(info.value)
 
 
-def test_killed_worker_is_503_and_the_gateway_serves_the_other(
-    vllm_stack: VllmStack, client: openai.OpenAI
-) -> None:
+def test_killed_worker_is_503_and_the_gateway_serves_the_other(vllm_stack: VllmStack, client: openai.OpenAI) -> None:
     vllm_stack.small.kill()
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(model="auto", messages=SHORT, max_tokens=3)  # type: ignore[arg-type]

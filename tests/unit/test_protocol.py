@@ -16,9 +16,7 @@ def test_decode_keeps_the_callers_dict_for_forwarding() -> None:
 
 def test_decode_error_names_the_parameter() -> None:
     with pytest.raises(InvalidRequest) as info:
-        decode_body(
-            b'{"model":"m","messages":[{"role":"user","content":"q"}],"max_tokens":0}', ChatCompletionRequest
-        )
+        decode_body(b'{"model":"m","messages":[{"role":"user","content":"q"}],"max_tokens":0}', ChatCompletionRequest)
     assert info.value.param == "max_tokens"
 
 

@@ -75,20 +75,14 @@ def test_unreadable_and_non_yaml_files(tmp_path: Path) -> None:
 
 
 def test_flags_override_defaults_and_file(tmp_path: Path) -> None:
-    args = parser().parse_args(
-        ["serve", "--small", "http://10.0.0.1:1/v1", "--port", "9999", "--threshold", "0.7"]
-    )
+    args = parser().parse_args(["serve", "--small", "http://10.0.0.1:1/v1", "--port", "9999", "--threshold", "0.7"])
     s = build_settings(args)
     assert [w.base_url for w in s.workers] == ["http://10.0.0.1:1/v1", "http://127.0.0.1:8002/v1"]
     assert (s.server.port, s.routing.threshold) == (9999, 0.7)
-    with_file = build_settings(
-        parser().parse_args(["serve", "--config", str(write(tmp_path, GOOD)), "--port", "1"])
-    )
+    with_file = build_settings(parser().parse_args(["serve", "--config", str(write(tmp_path, GOOD)), "--port", "1"]))
     assert with_file.server.port == 1 and with_file.routing.threshold == 0.3
     with pytest.raises(ConfigError):
-        build_settings(
-            parser().parse_args(["serve", "--config", str(write(tmp_path, GOOD)), "--small", "http://x"])
-        )
+        build_settings(parser().parse_args(["serve", "--config", str(write(tmp_path, GOOD)), "--small", "http://x"]))
 
 
 def test_embedded_defaults_are_valid() -> None:

@@ -1,0 +1,175 @@
+"""`triage classifier train | eval | calibrate`. Registered into router's CLI, which imports this module;
+this module never imports router."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["add_commands"]
+
+
+def _progress() -> Callable[[str], None]:
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from classifiers import default_path
+    from classifiers.data import load_benchmark
+    from classifiers.train import fit
+
+    say = _progress()
+    names = [n.strip() for n in args.benchmarks.split(",") if n.strip()]
+    benches = [load_benchmark(n, args.data) for n in names]
+    items = [i for b in benches for i in b.items]
+    say(f"training on {', '.join(f'{b.name} ({len(b.items)})' for b in benches)}")
+    meta: dict[str, object] = {
+        "trained_on": {b.name: len(b.items) for b in benches},
+        "alpha": args.alpha,
+        "label": "large minus small outcome (ridge on hashed n-grams + structure), Platt-scaled to P(large better)",
+    }
+    model = fit(
+        [i.prompt for i in items],
+        [i.small for i in items],
+        [i.large for i in items],
+        alpha=args.alpha,
+        meta=meta,
+        progress=say,
+    )
+    out = Path(args.out or default_path())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    size = out.stat().st_size
+    say(f"wrote {out} ({size / 1e6:.2f} MB); suggested threshold {model.meta.get('suggested_threshold')}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from classifiers.evaluate import PROTOCOLS, ROUTELLM_PUBLISHED, run_protocols
+    from classifiers.train import DEFAULT_ALPHA
+
+    say = _progress()
+    protocols = tuple(args.protocol) if args.protocol else PROTOCOLS
+    results = run_protocols(
+        root=args.data,
+        alpha=args.alpha or DEFAULT_ALPHA,
+        price_small=args.small_price,
+        price_large=args.large_price,
+        protocols=protocols,
+        progress=say,
+    )
+    if args.format == "json":
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        print(
+            f"\nPrices: small {args.small_price}, large {args.large_price} per million tokens; cost saved is at "
+            "the share that keeps 95% of the large model's quality."
+        )
+        for r in results:
+            print(f"\n## {r.name}  (test: {r.test}, {r.items} items; small {r.q_small:.3f}, large {r.q_large:.3f})")
+            print("| router | APGR | CPT(50%) | CPT(80%) | large share at 95% | saved (small free) | saved (priced) |")
+            print("|---|---:|---:|---:|---:|---:|---:|")
+            for row in r.rows:
+                print(
+                    f"| {row.router} | {row.apgr:.3f} | {_pct(row.cpt50)} | {_pct(row.cpt80)} | "
+                    f"{_pct(row.share_at_95)} | {_pct(row.saved_free_small)} | {_pct(row.saved_priced)} |"
+                )
+            published = ROUTELLM_PUBLISHED.get(r.test, {})
+            if published:
+                apgr = published.get("apgr")
+                print(
+                    f"| RouteLLM (published, arena-trained) | {'-' if apgr is None else f'{apgr:.3f}'} | | | "
+                    f"~{_pct(published['share_at_95'])} | | |"
+                )
+    if args.plots:
+        from classifiers.plots import plot_results
+
+        for path in plot_results(results, Path(args.plots)):
+            say(f"wrote {path}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import classifiers
+    from classifiers.calibrate import (
+        read_prompts,
+        threshold_for_budget,
+        threshold_for_quality,
+        threshold_for_share,
+    )
+
+    records = read_prompts(args.prompts)
+    model = classifiers.load(args.model)
+    scores = model.score_many([r.prompt for r in records])
+    if args.share is not None:
+        threshold, goal = threshold_for_share(scores, args.share), f"{args.share:.0%} to the large model"
+    elif args.budget is not None:
+        threshold = threshold_for_budget(scores, args.budget, args.small_price, args.large_price)
+        goal = f"budget {args.budget} (small {args.small_price}, large {args.large_price})"
+    else:
+        labelled = [r for r in records if r.small is not None and r.large is not None]
+        if len(labelled) != len(records):
+            print("triage: --quality-floor needs `small` and `large` outcomes on every line", file=sys.stderr)
+            return 2
+        threshold = threshold_for_quality(
+            scores, [r.small or 0.0 for r in labelled], [r.large or 0.0 for r in labelled], args.quality_floor
+        )
+        goal = f"{args.quality_floor:.0%} of the large model's quality"
+    share = sum(s >= threshold for s in scores) / len(scores)
+    print(f"threshold {threshold:.6f} for {goal}: {share:.1%} of {len(scores)} prompts go to the large model")
+    print(f"config:\n  routing:\n    threshold: {threshold:.6f}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from classifiers.train import DEFAULT_ALPHA
+
+    p = sub.add_parser("classifier", help="train, evaluate and calibrate the difficulty classifier")
+    cmds = p.add_subparsers(dest="classifier_command", required=True)
+    data_help = "folder holding routellm/ (default: $TRIAGE_DATA or ../shared/data)"
+
+    t = cmds.add_parser("train", help="train on recorded outcomes; by default rewrites the shipped model")
+    t.add_argument("--data", help=data_help)
+    t.add_argument("--benchmarks", default="mmlu,gsm8k", help="comma-separated (default mmlu,gsm8k)")
+    t.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help=f"ridge regularisation (default {DEFAULT_ALPHA})")
+    t.add_argument("--out", help="output file (default: the packaged classifiers/default/classifier.json)")
+    t.set_defaults(run=_train)
+
+    e = cmds.add_parser("eval", help="evaluate under every protocol against random, always-small/large, oracle")
+    e.add_argument("--data", help=data_help)
+    e.add_argument("--alpha", type=float)
+    e.add_argument("--protocol", action="append", help="run only this protocol (repeatable)")
+    e.add_argument("--small-price", type=float, default=0.24, help="USD per million tokens (default 0.24)")
+    e.add_argument("--large-price", type=float, default=24.7, help="USD per million tokens (default 24.7)")
+    e.add_argument("--format", choices=["table", "json"], default="table")
+    e.add_argument("--plots", metavar="DIR", help="write a PNG of the quality curves per benchmark here")
+    e.set_defaults(run=_eval)
+
+    c = cmds.add_parser("calibrate", help="pick a threshold from a file of prompts")
+    c.add_argument(
+        "--prompts",
+        required=True,
+        help="JSONL (prompt or messages; optional small/large outcomes) or plain text, one prompt per line",
+    )
+    c.add_argument("--model", help="classifier file (default: the shipped one)")
+    goal = c.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--share", type=float, help="target share of large-model calls, 0..1")
+    goal.add_argument("--budget", type=float, help="average cost per request you can afford (same unit as prices)")
+    goal.add_argument("--quality-floor", type=float, help="fraction of the large model's quality to keep (labelled)")
+    c.add_argument("--small-price", type=float, default=0.24)
+    c.add_argument("--large-price", type=float, default=24.7)
+    c.set_defaults(run=_calibrate)

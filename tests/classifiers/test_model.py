@@ -1,0 +1,184 @@
+"""Training and scoring on small synthetic data; persistence round trip; corrupted and mismatched files."""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import classifiers
+from classifiers.calibrate import (
+    read_prompts,
+    threshold_for_budget,
+    threshold_for_quality,
+    threshold_for_share,
+)
+from classifiers.features import FeatureSpec, Featurizer
+from classifiers.model import Classifier, ClassifierFileError
+from classifiers.train import fit
+
+SPEC = FeatureSpec(word_bits=12, char_bits=10)
+
+
+def synthetic(n: int = 400, seed: int = 0) -> tuple[list[str], list[float], list[float]]:
+    """Prompts about calculus are hard for the small model; prompts about greetings are easy."""
+    rng = np.random.default_rng(seed)
+    texts, small, large = [], [], []
+    for i in range(n):
+        hard = i % 2 == 0
+        topic = (
+            rng.choice(["integral of", "derivative of", "limit of"])
+            if hard
+            else rng.choice(["say hello to", "greet", "wave at"])
+        )
+        texts.append(f"{topic} item {rng.integers(0, 1000)} please")
+        small.append(float(rng.random() < (0.2 if hard else 0.9)))
+        large.append(float(rng.random() < 0.9))
+    return texts, small, large
+
+
+@pytest.fixture(scope="module")
+def trained() -> Classifier:
+    texts, small, large = synthetic()
+    return fit(texts, small, large, spec=SPEC, alpha=1.0)
+
+
+def test_learns_which_prompts_need_the_large_model(trained: Classifier) -> None:
+    hard = trained.score_many([f"integral of item {i} please" for i in range(20)])
+    easy = trained.score_many([f"greet item {i} please" for i in range(20)])
+    assert min(hard) > max(easy)
+    assert all(0.0 <= s <= 1.0 for s in hard + easy)
+
+
+def test_score_matches_score_many(trained: Classifier) -> None:
+    texts = ["derivative of x", "hello", "", "x" * 5000]
+    assert [trained.score(t) for t in texts] == pytest.approx(trained.score_many(texts), abs=1e-6)
+
+
+def test_suggested_threshold_is_recorded(trained: Classifier) -> None:
+    assert 0.0 <= float(trained.meta["suggested_threshold"]) <= 1.0
+
+
+def test_round_trip(tmp_path: Path, trained: Classifier) -> None:
+    path = tmp_path / "c.json"
+    trained.save(path)
+    again = classifiers.load(path)
+    texts = ["limit of item 3 please", "wave at item 9 please"]
+    assert again.score_many(texts) == trained.score_many(texts)
+    assert again.meta == trained.meta
+    assert "integral" not in path.read_text()  # hashed features: no prompt text in the file
+
+
+def test_training_is_deterministic(tmp_path: Path) -> None:
+    texts, small, large = synthetic(200, seed=3)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    fit(texts, small, large, spec=SPEC).save(a)
+    fit(texts, small, large, spec=SPEC).save(b)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def _tamper(tmp_path: Path, trained: Classifier, change: object) -> Path:
+    doc = trained.to_json()
+    change(doc)  # type: ignore[operator]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _flip_weight(doc: dict[str, object]) -> None:
+    blob = doc["coef"]
+    assert isinstance(blob, dict)
+    raw = bytearray(zlib.decompress(base64.b64decode(blob["zlib_base64"])))
+    raw[100] ^= 0xFF
+    blob["zlib_base64"] = base64.b64encode(zlib.compress(bytes(raw))).decode()
+
+
+def _reweigh_consistently(doc: dict[str, object]) -> None:
+    """Valid checksum, but weights that no longer produce the recorded probe scores."""
+    import hashlib
+
+    blob = doc["coef"]
+    assert isinstance(blob, dict)
+    coef = np.frombuffer(zlib.decompress(base64.b64decode(blob["zlib_base64"])), dtype="<f4") * 3
+    raw = coef.astype("<f4").tobytes()
+    blob["zlib_base64"] = base64.b64encode(zlib.compress(raw)).decode()
+    blob["sha256"] = hashlib.sha256(raw).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(format="other"), "not an llm-triage-classifier file"),
+        (lambda d: d.update(format_version=99), "format version 99"),
+        (lambda d: d.update(sklearn_version="0.24.2"), "scikit-learn 0.24.2"),
+        (_flip_weight, "checksum mismatch"),
+        (_reweigh_consistently, "probe scores do not reproduce"),
+        (lambda d: d["spec"].update(word_bits=11), "shape"),
+        (lambda d: d.pop("platt"), "malformed"),
+    ],
+)
+def test_corrupt_or_mismatched_files_are_refused(
+    tmp_path: Path, trained: Classifier, change: object, message: str
+) -> None:
+    with pytest.raises(ClassifierFileError, match=message):
+        classifiers.load(_tamper(tmp_path, trained, change))
+
+
+def test_not_json_and_missing_files(tmp_path: Path) -> None:
+    garbage = tmp_path / "g.json"
+    garbage.write_bytes(b"\x00\x01 not json")
+    with pytest.raises(ClassifierFileError, match="invalid JSON"):
+        classifiers.load(garbage)
+    with pytest.raises(ClassifierFileError, match="cannot read"):
+        classifiers.load(tmp_path / "missing.json")
+
+
+def test_shipped_default_loads_and_ranks_sensibly() -> None:
+    model = classifiers.load()
+    assert classifiers.default_path().stat().st_size < 5_000_000
+    easy = model.score("What is the capital of France?")
+    hard = model.score(
+        "Let f be a continuous function on [0,1] with f(0)=0. Prove that the integral of f "
+        "squared is bounded by the square of the integral of |f'|, and find when equality holds."
+    )
+    assert 0.0 <= easy < hard <= 1.0
+    assert 0.0 < float(model.meta["suggested_threshold"]) < 1.0
+
+
+def test_featurizer_is_stable_across_calls() -> None:
+    f = Featurizer(SPEC)
+    a, b = f.row("Hello World 42"), f.row("Hello World 42")
+    assert a[0].tolist() == b[0].tolist()
+    assert a[1].tolist() == b[1].tolist()
+    assert f.transform(["Hello World 42", ""]).shape == (2, SPEC.width)
+
+
+def test_thresholds_for_share_budget_and_quality() -> None:
+    scores = [0.9, 0.8, 0.7, 0.1]
+    assert threshold_for_share(scores, 0.5) == 0.8
+    assert threshold_for_share(scores, 0.0) > 0.9
+    assert threshold_for_share(scores, 1.0) == 0.1
+    # budget 3.5 with prices 1 and 6 -> share 0.5
+    assert threshold_for_budget(scores, 3.5, 1.0, 6.0) == 0.8
+    # only item 0 gains from the large model: quality floor 100% needs just it
+    assert threshold_for_quality(scores, [0, 1, 1, 1], [1, 1, 1, 1], 1.0) == 0.9
+
+
+def test_read_prompts_accepts_jsonl_chat_and_text(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        '{"prompt": "a", "small": 1, "large": 0}\n'
+        '{"messages": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "x"}]}\n'
+        "plain c\n\n"
+    )
+    records = read_prompts(path)
+    assert [r.prompt for r in records] == ["a", "b", "plain c"]
+    assert (records[0].small, records[0].large, records[1].small) == (1.0, 0.0, None)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"nothing": 1}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
+        read_prompts(bad)

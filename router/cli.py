@@ -95,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.server.log_level,
         access_log=settings.server.access_log,
         timeout_graceful_shutdown=30,
+        proxy_headers=False,  # X-Forwarded-For is trusted by auth.trusted_proxies alone, never by uvicorn
     )
     return 0
 

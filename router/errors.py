@@ -3,8 +3,11 @@
     TriageError                       status  type                      code
     ├── InvalidRequest                400     invalid_request_error     invalid_request / <given>
     ├── AuthenticationFailed          401     authentication_error      invalid_api_key
+    ├── PermissionDenied              403     permission_error          model_not_allowed
     ├── ModelNotFound                 404     invalid_request_error     model_not_found
     ├── PayloadTooLarge               413     invalid_request_error     request_too_large
+    ├── RateLimited                   429     rate_limit_error          rate_limit_exceeded
+    ├── LimiterUnavailable            503     server_error              rate_limiter_unavailable
     └── UpstreamError                 5xx     server_error
         ├── UpstreamFailed            502     server_error              upstream_error
         ├── UpstreamUnavailable       503     server_error              upstream_unavailable
@@ -41,6 +44,12 @@ class AuthenticationFailed(TriageError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(TriageError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
 class ModelNotFound(TriageError):
     status = 404
     type = "invalid_request_error"
@@ -51,6 +60,26 @@ class PayloadTooLarge(TriageError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RateLimited(TriageError):
+    """Carries the rate-limit headers (Retry-After, x-ratelimit-*) the edge must send."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers
+
+
+class LimiterUnavailable(TriageError):
+    """The limiter's store (Redis) did not answer in time; a fail-closed tier refuses the request."""
+
+    status = 503
+    type = "server_error"
+    code = "rate_limiter_unavailable"
 
 
 class UpstreamError(TriageError):

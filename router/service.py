@@ -1,22 +1,32 @@
-"""RoutingService: one request's steps, in order: choose a worker (score -> decide) -> call it.
+"""RoutingService: one request's steps, in order:
 
-Rate limiting, recording and escalation join here as their ports land; this module never touches HTTP
-frameworks, Redis or the classifier directly, only the ports in router.core.ports."""
+    check the model name against the tier -> admit (rate limits) -> score -> decide -> call the worker
+    -> settle the token reservation with the real usage (streams: when they end)
+
+This module sees only ports (router.core.ports): no HTTP framework, Redis or classifier here."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from router.core.policy import decide
-from router.core.ports import Backend, Scorer, UpstreamReply, UpstreamStream
-from router.core.types import Decision, Reason, Role, Worker
-from router.errors import ModelNotFound, UpstreamFailed
-from router.protocol import GenerationRequest, encode, prompt_text
+import orjson
 
-__all__ = ["Endpoint", "Routed", "RoutingService"]
+from router.core.limits import Admission, estimate_tokens, headers
+from router.core.policy import decide
+from router.core.ports import Backend, RateLimiter, Scorer, UpstreamReply, UpstreamStream
+from router.core.tiers import Caller, Tier, allowed_role, capped_max_tokens
+from router.core.types import Decision, Reason, Role, Worker
+from router.errors import LimiterUnavailable, ModelNotFound, PermissionDenied, RateLimited, UpstreamFailed
+from router.protocol import ChatCompletionRequest, GenerationRequest, encode, prompt_text
+
+__all__ = ["Endpoint", "Outcome", "Routed", "RoutingService"]
+
+log = logging.getLogger("triage.service")
+DEFAULT_COMPLETION_ESTIMATE = 512  # reserved when neither the request nor the tier bounds max_tokens
 
 
 class Endpoint(StrEnum):
@@ -30,15 +40,37 @@ class Routed:
     decision: Decision
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    routed: Routed
+    reply: UpstreamReply | UpstreamStream  # a stream only when one was asked for and the worker accepted
+    limit_headers: dict[str, str]
+
+
+@dataclass
+class LimiterHealth:
+    errors: int = 0
+    last_error: str = ""
+
+
 class RoutingService:
     def __init__(
-        self, workers: Sequence[Worker], *, alias: str, threshold: float, scorer: Scorer, backend: Backend
+        self,
+        workers: Sequence[Worker],
+        *,
+        alias: str,
+        threshold: float,
+        scorer: Scorer,
+        backend: Backend,
+        limiter: RateLimiter,
     ) -> None:
         self.workers = tuple(workers)
         self.alias = alias
         self._threshold = threshold
         self._scorer = scorer
         self._backend = backend
+        self._limiter = limiter
+        self.limiter_health = LimiterHealth()
         self._by_role: dict[Role, tuple[Worker, ...]] = {
             role: tuple(w for w in self.workers if w.role is role) for role in Role
         }
@@ -53,19 +85,33 @@ class RoutingService:
         """What GET /v1/models lists: the routed alias first, then each served model once."""
         return [self.alias, *dict.fromkeys(w.model for w in self.workers)]
 
-    def route(self, request: GenerationRequest) -> Routed:
+    # -- choosing a worker -----------------------------------------------------------------------------
+
+    def _named(self, request: GenerationRequest, tier: Tier) -> tuple[Worker, ...] | None:
+        """Workers a concrete model name refers to (None for the alias); refuses what the tier may not use."""
         if request.model == self.alias:
-            score = self._scorer.score(prompt_text(request))
-            decision = decide(score, self._threshold)
-            return Routed(self._pick(self._by_role[decision.role]), decision)
+            return None
         candidates = self._by_model.get(request.model)
         if not candidates:
             raise ModelNotFound(
                 f"The model `{request.model}` does not exist. Available: {', '.join(self.model_ids())}.",
                 param="model",
             )
-        worker = self._pick(candidates)
-        return Routed(worker, Decision(worker.role, Reason.REQUESTED))
+        allowed = tuple(w for w in candidates if w.role in tier.roles)
+        if not allowed:
+            raise PermissionDenied(f"Your tier ({tier.name}) may not use the model `{request.model}`.", param="model")
+        return allowed
+
+    def route(self, request: GenerationRequest, tier: Tier, named: tuple[Worker, ...] | None) -> Routed:
+        if named is not None:
+            worker = self._pick(named)
+            return Routed(worker, Decision(worker.role, Reason.REQUESTED))
+        threshold = self._threshold if tier.threshold is None else tier.threshold
+        decision = decide(self._scorer.score(prompt_text(request)), threshold)
+        role = allowed_role(tier, decision.role)
+        if role is not None and role is not decision.role:
+            decision = Decision(role, Reason.TIER_POLICY, decision.score, decision.threshold)
+        return Routed(self._pick(self._by_role[decision.role]), decision)
 
     def _pick(self, candidates: tuple[Worker, ...]) -> Worker:
         if len(candidates) == 1:
@@ -73,34 +119,159 @@ class RoutingService:
         self._turn += 1
         return candidates[self._turn % len(candidates)]
 
-    async def complete(
-        self, endpoint: Endpoint, payload: dict[str, Any], request: GenerationRequest
-    ) -> tuple[Routed, UpstreamReply]:
-        routed = self.route(request)
-        reply = await self._backend.post(routed.worker, endpoint.value, self._body(payload, routed.worker))
-        _raise_for_server_error(routed.worker, reply)
-        return routed, reply
+    # -- limits ----------------------------------------------------------------------------------------
 
-    async def stream(
-        self, endpoint: Endpoint, payload: dict[str, Any], request: GenerationRequest
-    ) -> tuple[Routed, UpstreamStream | UpstreamReply]:
-        """An open stream, or the worker's error reply when it refused before streaming."""
-        routed = self.route(request)
-        stream = await self._backend.open_stream(routed.worker, endpoint.value, self._body(payload, routed.worker))
-        if stream.status == 200:
-            return routed, stream
+    async def _admit(self, caller: Caller, request: GenerationRequest, payload: dict[str, Any]) -> Admission | None:
+        tier = caller.tier
+        field = (
+            "max_completion_tokens"
+            if isinstance(request, ChatCompletionRequest) and request.max_completion_tokens is not None
+            else "max_tokens"
+        )
+        capped = capped_max_tokens(tier, payload.get(field) if isinstance(payload.get(field), int) else None)
+        if capped is not None and tier.max_tokens:
+            payload[field] = capped
+        lim = tier.limits
+        if not (
+            lim.requests_per_minute
+            or lim.tokens_per_minute
+            or lim.daily_requests
+            or lim.daily_tokens
+            or lim.max_concurrent
+        ):
+            return None  # unlimited tier: no store round trip at all
+        estimate = estimate_tokens(len(prompt_text(request)), capped or DEFAULT_COMPLETION_ESTIMATE)
         try:
-            body = await stream.read_all()
-        finally:
-            await stream.aclose()
-        reply = UpstreamReply(stream.status, body, "application/json")
-        _raise_for_server_error(routed.worker, reply)
-        return routed, reply
+            admission = await self._limiter.admit(caller, estimate)
+        except LimiterUnavailable as exc:
+            self.limiter_health.errors += 1
+            self.limiter_health.last_error = exc.message
+            log.warning(
+                "rate limiter unavailable (%s); tier %s fails %s",
+                exc.message,
+                tier.name,
+                "open" if tier.fail_open else "closed",
+            )
+            if tier.fail_open:
+                return None
+            raise
+        if not admission.admitted:
+            raise RateLimited(
+                f"Rate limit reached for tier {tier.name} ({admission.denied_by}); retry after "
+                f"{max(1, -(-admission.retry_after_ms // 1000))} s.",
+                headers=headers(admission),
+            )
+        return admission
 
-    @staticmethod
-    def _body(payload: dict[str, Any], worker: Worker) -> bytes:
-        payload["model"] = worker.model
-        return encode(payload)
+    async def _settle(self, caller: Caller, admission: Admission | None, tokens: int | None) -> None:
+        if admission is None:
+            return
+        try:
+            await self._limiter.settle(caller, admission, admission.reserved if tokens is None else tokens)
+        except LimiterUnavailable as exc:
+            self.limiter_health.errors += 1
+            self.limiter_health.last_error = exc.message
+            log.warning("could not settle a reservation: %s", exc.message)
+
+    # -- one request -----------------------------------------------------------------------------------
+
+    async def handle(
+        self, caller: Caller, endpoint: Endpoint, payload: dict[str, Any], request: GenerationRequest
+    ) -> Outcome:
+        named = self._named(request, caller.tier)
+        admission = await self._admit(caller, request, payload)
+        limit_headers = headers(admission) if admission else {}
+        settled = False
+        try:
+            routed = self.route(request, caller.tier, named)
+            payload["model"] = routed.worker.model
+            body = encode(payload)
+            if request.stream:
+                stream = await self._backend.open_stream(routed.worker, endpoint.value, body)
+                if stream.status == 200:
+                    settled = True  # the stream settles when it ends
+                    prompt_estimate = estimate_tokens(len(prompt_text(request)), 0)
+                    metered = MeteredStream(stream, self, caller, admission, prompt_estimate)
+                    return Outcome(routed, metered, limit_headers)
+                try:
+                    error = await stream.read_all()
+                finally:
+                    await stream.aclose()
+                reply = UpstreamReply(stream.status, error, "application/json")
+            else:
+                reply = await self._backend.post(routed.worker, endpoint.value, body)
+            _raise_for_server_error(routed.worker, reply)
+            await self._settle(caller, admission, _usage_tokens(reply.body) if reply.status == 200 else None)
+            settled = True
+            return Outcome(routed, reply, limit_headers)
+        finally:
+            if not settled:  # failed or cancelled: the reservation stands, the slot is freed
+                await self._settle(caller, admission, None)
+
+
+class MeteredStream:
+    """A worker's stream that records the usage it reports and settles the caller's reservation when it
+    closes, however it ends (done, worker failure, client gone)."""
+
+    def __init__(
+        self,
+        inner: UpstreamStream,
+        service: RoutingService,
+        caller: Caller,
+        admission: Admission | None,
+        prompt_estimate: int,
+    ) -> None:
+        self._inner = inner
+        self._prompt_estimate = prompt_estimate
+        self._service = service
+        self._caller = caller
+        self._admission = admission
+        self._tokens: int | None = None
+        self._events = 0
+        self._closed = False
+
+    @property
+    def status(self) -> int:
+        return self._inner.status
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner.chunks():
+            if self._admission is not None:
+                self._observe(chunk)
+            yield chunk
+
+    def _observe(self, chunk: bytes) -> None:
+        self._events += chunk.count(b"data: ")
+        if b'"usage"' in chunk:
+            for line in chunk.split(b"\n"):
+                if line.startswith(b"data: {") and b'"usage"' in line:
+                    tokens = _usage_tokens(line[6:])
+                    if tokens is not None:
+                        self._tokens = tokens
+
+    async def read_all(self) -> bytes:
+        return await self._inner.read_all()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._inner.aclose()
+        finally:
+            tokens = self._tokens
+            if tokens is None and self._admission is not None:
+                # No usage chunk (the caller did not ask for one): vLLM sends about one token per event.
+                tokens = min(self._prompt_estimate + self._events, self._admission.reserved)
+            await self._service._settle(self._caller, self._admission, tokens)
+
+
+def _usage_tokens(body: bytes) -> int | None:
+    try:
+        usage = orjson.loads(body).get("usage")
+        return int(usage["total_tokens"]) if isinstance(usage, dict) else None
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _raise_for_server_error(worker: Worker, reply: UpstreamReply) -> None:

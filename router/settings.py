@@ -9,12 +9,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.core.types import Prices, Role, Worker
 from router.errors import ConfigError
 
-__all__ = ["RoutingSettings", "ServerSettings", "Settings", "WorkerSettings", "load_settings"]
+__all__ = [
+    "AuthSettings",
+    "KeySettings",
+    "LimitsSettings",
+    "RoutingSettings",
+    "ServerSettings",
+    "Settings",
+    "TierSettings",
+    "WorkerSettings",
+    "load_settings",
+]
 
 
 class _Strict(BaseModel):
@@ -74,10 +84,69 @@ class ServerSettings(_Strict):
     discover_timeout: float = Field(default=60.0, ge=0)  # seconds to wait for workers at start
 
 
+class TierSettings(_Strict):
+    """A class of callers. Every limit is per caller (API key, or client address for anonymous); 0 = none."""
+
+    requests_per_minute: int = Field(default=0, ge=0)
+    tokens_per_minute: int = Field(default=0, ge=0)  # prompt + completion, reserved at admission
+    daily_requests: int = Field(default=0, ge=0)
+    daily_tokens: int = Field(default=0, ge=0)
+    max_concurrent: int = Field(default=0, ge=0)
+    max_tokens: int = Field(default=0, ge=0)  # caps a request's max_tokens (and sets it when absent)
+    max_body_bytes: int = Field(default=0, ge=0)  # 0: server.max_body_bytes
+    models: list[Role] = Field(default=[Role.SMALL, Role.LARGE], min_length=1)  # model sizes it may reach
+    threshold: float | None = Field(default=None, ge=0, le=1)  # unset: routing.threshold
+    on_limiter_error: Literal["open", "closed"] = "open"  # Redis unreachable: admit, or refuse with 503
+    lease_ttl: float = Field(default=600.0, gt=0)  # seconds a request may hold a concurrency slot
+
+
+class KeySettings(_Strict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # `triage keys hash KEY` prints it; keys are never stored
+    tier: str
+    name: str | None = None
+
+
+class AuthSettings(_Strict):
+    keys: list[KeySettings] = []
+    anonymous_tier: str = "anonymous"  # callers without a key
+    trusted_proxies: list[str] = []  # CIDRs whose X-Forwarded-For is believed
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+
+class LimitsSettings(_Strict):
+    redis_url: str | None = None  # unset: in-process limits (per replica); env TRIAGE_REDIS_URL overrides
+    redis_timeout: float = Field(default=0.05, gt=0)  # seconds; past it a tier's on_limiter_error applies
+    key_prefix: str = "triage"
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     routing: RoutingSettings = RoutingSettings()
     workers: list[WorkerSettings] = Field(min_length=1)
+    tiers: dict[str, TierSettings] = Field(default_factory=lambda: {"anonymous": TierSettings()})
+    auth: AuthSettings = AuthSettings()
+    limits: LimitsSettings = LimitsSettings()
+
+    @model_validator(mode="after")
+    def _tiers_exist(self) -> Settings:
+        if self.auth.anonymous_tier not in self.tiers:
+            raise ValueError(
+                f"auth.anonymous_tier {self.auth.anonymous_tier!r} is not one of tiers: {list(self.tiers)}"
+            )
+        for key in self.auth.keys:
+            if key.tier not in self.tiers:
+                raise ValueError(
+                    f"key {key.name or key.sha256[:8]!r} names tier {key.tier!r}, not in {list(self.tiers)}"
+                )
+        return self
 
     @field_validator("workers")
     @classmethod

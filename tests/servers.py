@@ -28,6 +28,7 @@ class ThreadedServer:
             port=self.port,
             log_level="warning",
             lifespan="on",
+            proxy_headers=False,  # as `triage serve` runs it: the gateway decides whom to trust
             loop="asyncio",
             timeout_graceful_shutdown=1,
         )

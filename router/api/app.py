@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -12,17 +13,22 @@ from fastapi import FastAPI
 import classifiers
 from router.adapters.backend import AiohttpBackend
 from router.adapters.discovery import discover_model
+from router.adapters.limiter_memory import MemoryLimiter
+from router.adapters.limiter_redis import RedisLimiter
 from router.adapters.scorers import LengthScorer
+from router.api.auth import Authenticator
 from router.api.errors import install_error_handlers
 from router.api.routes import build_router
 from router.api.state import GatewayState
-from router.core.ports import Scorer
+from router.core.limits import TierLimits
+from router.core.ports import RateLimiter, Scorer
+from router.core.tiers import Tier
 from router.core.types import Worker
 from router.errors import ConfigError
 from router.service import RoutingService
 from router.settings import Settings
 
-__all__ = ["build_scorer", "create_app", "resolve_workers"]
+__all__ = ["build_scorer", "build_tiers", "create_app", "resolve_workers"]
 
 
 def resolve_workers(settings: Settings) -> list[Worker]:
@@ -51,6 +57,28 @@ def build_scorer(settings: Settings) -> tuple[Scorer, float]:
     return model, float(suggested) if routing.threshold is None else routing.threshold
 
 
+def build_tiers(settings: Settings) -> dict[str, Tier]:
+    return {
+        name: Tier(
+            name=name,
+            limits=TierLimits(
+                requests_per_minute=t.requests_per_minute,
+                tokens_per_minute=t.tokens_per_minute,
+                daily_requests=t.daily_requests,
+                daily_tokens=t.daily_tokens,
+                max_concurrent=t.max_concurrent,
+                lease_ttl_ms=int(t.lease_ttl * 1000),
+            ),
+            roles=frozenset(t.models),
+            threshold=t.threshold,
+            max_tokens=t.max_tokens,
+            max_body_bytes=t.max_body_bytes,
+            fail_open=t.on_limiter_error == "open",
+        )
+        for name, t in settings.tiers.items()
+    }
+
+
 def _models_body(service: RoutingService, workers: Sequence[Worker]) -> bytes:
     created = int(time.time())
     owners = {w.model: w.name for w in workers}
@@ -73,7 +101,24 @@ def create_app(
         scorer, threshold = build_scorer(settings)
     else:
         threshold = 0.5 if settings.routing.threshold is None else settings.routing.threshold
-    service = RoutingService(workers, alias=settings.routing.alias, threshold=threshold, scorer=scorer, backend=backend)
+    redis_url = os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
+    redis_limiter = (
+        RedisLimiter(redis_url, timeout=settings.limits.redis_timeout, prefix=settings.limits.key_prefix)
+        if redis_url
+        else None
+    )
+    limiter: RateLimiter = redis_limiter or MemoryLimiter()
+    service = RoutingService(
+        workers, alias=settings.routing.alias, threshold=threshold, scorer=scorer, backend=backend, limiter=limiter
+    )
+    tiers = build_tiers(settings)
+    auth = Authenticator(
+        tiers=tiers,
+        keys={k.sha256: k.tier for k in settings.auth.keys},
+        anonymous_tier=settings.auth.anonymous_tier,
+        trusted_proxies=settings.auth.trusted_proxies,
+        key_store=redis_limiter.key_tier if redis_limiter else None,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -82,11 +127,14 @@ def create_app(
             yield
         finally:
             await backend.close()
+            if redis_limiter is not None:
+                await redis_limiter.close()
 
     app = FastAPI(title="llm-triage", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.triage = GatewayState(
         service=service,
         backend=backend,
+        auth=auth,
         max_body_bytes=settings.server.max_body_bytes,
         models_body=_models_body(service, workers),
     )

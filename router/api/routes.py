@@ -13,7 +13,7 @@ from router.api.errors import error_response
 from router.api.state import gateway
 from router.api.streaming import ClientGone, PassThroughStream, until_disconnect
 from router.core.ports import UpstreamReply
-from router.errors import PayloadTooLarge, TriageError
+from router.errors import PayloadTooLarge, RateLimited, TriageError
 from router.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -72,21 +72,23 @@ def _is_envelope(body: bytes) -> bool:
 async def _generate(request: Request, endpoint: Endpoint, schema: type[GenerationRequest]) -> Response:
     state = gateway(request)
     request_id = uuid.uuid4().hex
-    raw = await _read_body(request, state.max_body_bytes)
-    payload, typed = decode_body(raw, schema)
+    base = {"x-request-id": request_id}
     try:
-        if typed.stream:
-            routed, upstream = await until_disconnect(state.service.stream(endpoint, payload, typed), request.receive)
-            headers = _headers(routed, request_id)
-            if isinstance(upstream, UpstreamReply):
-                return _reply(upstream, headers)
-            return PassThroughStream(upstream, headers)
-        routed, reply = await until_disconnect(state.service.complete(endpoint, payload, typed), request.receive)
-        return _reply(reply, _headers(routed, request_id))
+        caller = await state.auth.identify(request)
+        limit = caller.tier.max_body_bytes or state.max_body_bytes
+        raw = await _read_body(request, limit)
+        payload, typed = decode_body(raw, schema)
+        outcome = await until_disconnect(state.service.handle(caller, endpoint, payload, typed), request.receive)
     except ClientGone:
         return Response(status_code=_CLIENT_CLOSED)
+    except RateLimited as exc:
+        return error_response(exc, {**base, **exc.headers})
     except TriageError as exc:
-        return error_response(exc, {"x-request-id": request_id})
+        return error_response(exc, base)
+    headers = {**_headers(outcome.routed, request_id), **outcome.limit_headers}
+    if isinstance(outcome.reply, UpstreamReply):
+        return _reply(outcome.reply, headers)
+    return PassThroughStream(outcome.reply, headers)
 
 
 def build_router() -> APIRouter:
@@ -114,9 +116,11 @@ def build_router() -> APIRouter:
         state = gateway(request)
         workers = state.service.workers
         up = await asyncio.gather(*(state.backend.reachable(w) for w in workers))
+        health = state.service.limiter_health
         body = {
             "ready": any(up),
             "workers": {w.name: ("up" if ok else "down") for w, ok in zip(workers, up, strict=True)},
+            "limiter_errors": health.errors,  # store unreachable since start (see the log for when)
         }
         return Response(orjson.dumps(body), status_code=200 if any(up) else 503, media_type="application/json")
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from router.api.auth import Authenticator
 from router.core.ports import Backend
 from router.service import RoutingService
 
@@ -16,6 +17,7 @@ __all__ = ["GatewayState", "gateway"]
 class GatewayState:
     service: RoutingService
     backend: Backend
+    auth: Authenticator
     max_body_bytes: int
     models_body: bytes  # GET /v1/models never changes while running: encoded once
 

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.core.limits import Admission
+from router.core.tiers import Caller
 from router.core.types import Worker
 
 
@@ -45,3 +47,13 @@ class Backend(Protocol):
     async def open_stream(self, worker: Worker, path: str, body: bytes) -> UpstreamStream: ...
 
     async def reachable(self, worker: Worker) -> bool: ...
+
+
+class RateLimiter(Protocol):
+    """Admits or refuses a request under its caller's tier limits; one call per admission."""
+
+    async def admit(self, caller: Caller, estimate: int) -> Admission: ...
+
+    async def settle(self, caller: Caller, admission: Admission, actual_tokens: int) -> None:
+        """Replace the admission's token reservation by the real usage and free its concurrency slot."""
+        ...

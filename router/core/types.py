@@ -17,6 +17,7 @@ class Reason(StrEnum):
     REQUESTED = "requested"  # the caller named a concrete model
     BELOW_THRESHOLD = "below_threshold"  # routed: score < threshold -> small
     AT_OR_ABOVE_THRESHOLD = "at_or_above_threshold"  # routed: score >= threshold -> large
+    TIER_POLICY = "tier_policy"  # routed, but the tier may not use the model size the score chose
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ import openai
 import pytest
 
 import classifiers
-
 from tests.e2e.conftest import VllmStack
 
 pytestmark = pytest.mark.vllm
@@ -91,5 +90,5 @@ def test_killed_worker_is_503_and_the_gateway_serves_the_other(vllm_stack: VllmS
     survivor = client.chat.completions.create(model="auto", messages=LONG, max_tokens=3)  # type: ignore[arg-type]
     assert survivor.model == "triage-large"
     ready = httpx.get(vllm_stack.gateway.url + "/ready").json()
-    assert ready == {"ready": True, "workers": {"small": "down", "large": "up"}}
+    assert ready == {"ready": True, "workers": {"small": "down", "large": "up"}, "limiter_errors": 0}
     assert httpx.get(vllm_stack.gateway.url + "/health").status_code == 200

@@ -10,9 +10,13 @@ import router.settings
 def test_exported_members() -> None:
     assert router.__all__ == ["__version__"]
     assert sorted(router.settings.__all__) == [
+        "AuthSettings",
+        "KeySettings",
+        "LimitsSettings",
         "RoutingSettings",
         "ServerSettings",
         "Settings",
+        "TierSettings",
         "WorkerSettings",
         "load_settings",
     ]

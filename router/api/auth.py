@@ -1,0 +1,87 @@
+"""Who is calling: an API key's tier, or the anonymous tier keyed by client address.
+
+Keys are compared as SHA-256 hashes and never logged. The client address is the socket peer, or, only when
+the peer is a configured trusted proxy, the right-most untrusted address of X-Forwarded-For. IPv4 callers
+are keyed per address (/32), IPv6 callers per /64, since one host commonly holds a whole /64."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from starlette.requests import Request
+
+from router.core.tiers import Caller, Tier
+from router.errors import AuthenticationFailed
+
+__all__ = ["Authenticator", "hash_key"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _address(text: str) -> IPAddress | None:
+    try:
+        ip = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class Authenticator:
+    def __init__(
+        self,
+        *,
+        tiers: Mapping[str, Tier],
+        keys: Mapping[str, str],  # sha256 -> tier name
+        anonymous_tier: str,
+        trusted_proxies: Sequence[str] = (),
+        key_store: Callable[[str], Awaitable[str | None]] | None = None,  # sha256 -> tier name, e.g. Redis
+    ) -> None:
+        self._tiers = dict(tiers)
+        self._keys = dict(keys)
+        self._anonymous = self._tiers[anonymous_tier]
+        self._trusted: list[Network] = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
+        self._key_store = key_store
+        # With no key anywhere, keys mean nothing: SDKs must send one, so it is ignored rather than refused.
+        self._keys_in_use = bool(self._keys) or key_store is not None
+
+    async def identify(self, request: Request) -> Caller:
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if token and self._keys_in_use:
+            digest = hash_key(token)
+            tier_name = self._keys.get(digest)
+            if tier_name is None and self._key_store is not None:
+                tier_name = await self._key_store(digest)
+            tier = self._tiers.get(tier_name or "")
+            if tier is None:
+                raise AuthenticationFailed("Incorrect API key provided.")
+            return Caller(tier, "key:" + digest[:32])
+        return Caller(self._anonymous, "ip:" + self._client_network(request))
+
+    def _trusted_peer(self, ip: IPAddress | None) -> bool:
+        return ip is not None and any(ip in net for net in self._trusted)
+
+    def _client_network(self, request: Request) -> str:
+        peer = _address(request.client.host) if request.client else None
+        ip = peer
+        if self._trusted_peer(peer):
+            forwarded = request.headers.get("x-forwarded-for", "")
+            hops = [_address(h) for h in forwarded.split(",") if h.strip()]
+            if hops and all(h is not None for h in hops):
+                chain = [h for h in hops if h is not None]
+                untrusted = [h for h in chain if not self._trusted_peer(h)]
+                ip = untrusted[-1] if untrusted else chain[0]
+        if ip is None:
+            return "unknown"
+        if isinstance(ip, ipaddress.IPv6Address):
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
+        return str(ip)

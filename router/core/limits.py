@@ -1,0 +1,85 @@
+"""Rate-limit arithmetic shared by the Redis and in-memory limiters: no I/O.
+
+Semantics (both limiters):
+- requests per minute: a sliding-window log, exact: at most N admissions in any 60 s.
+- tokens per minute: the request's estimated tokens are reserved at admission in 1-second buckets summed
+  over a sliding minute; when the response ends the reservation is settled to the real usage.
+- daily quotas (requests and tokens) per UTC day.
+- concurrency: a lease per request, with an expiry, so that a gateway that dies frees its slots.
+Failed upstream requests count: admission is what is counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WINDOW_MS = 60_000
+BUCKET_MS = 1_000
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class TierLimits:
+    """0 means unlimited."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    daily_requests: int = 0
+    daily_tokens: int = 0
+    max_concurrent: int = 0
+    lease_ttl_ms: int = 600_000  # longest a request may hold a concurrency slot
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    admitted: bool
+    denied_by: str  # "" when admitted; else requests | tokens | daily_requests | daily_tokens | concurrency
+    retry_after_ms: int
+    limits: TierLimits
+    used_requests: int  # in the current minute, this request included when admitted
+    used_tokens: int
+    reset_requests_ms: int  # until the oldest request leaves the window
+    reset_tokens_ms: int
+    lease: str  # identifies this admission for settle/release
+    bucket: int  # token bucket the reservation went into
+    day: int  # UTC day number of the admission
+    reserved: int  # tokens reserved
+
+
+def estimate_tokens(prompt_chars: int, max_tokens: int) -> int:
+    """Reservation at admission: ~4 characters a token for the prompt, plus the completion's ceiling."""
+    return prompt_chars // 4 + 1 + max_tokens
+
+
+def duration(ms: int) -> str:
+    """OpenAI's reset format: 1s, 6m0s, 20ms."""
+    ms = max(0, int(ms))
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s"
+
+
+def headers(a: Admission) -> dict[str, str]:
+    """x-ratelimit-* headers (OpenAI's names) for a tier's per-minute limits."""
+    out: dict[str, str] = {}
+    lim = a.limits
+    if lim.requests_per_minute:
+        out["x-ratelimit-limit-requests"] = str(lim.requests_per_minute)
+        out["x-ratelimit-remaining-requests"] = str(max(0, lim.requests_per_minute - a.used_requests))
+        out["x-ratelimit-reset-requests"] = duration(a.reset_requests_ms)
+    if lim.tokens_per_minute:
+        out["x-ratelimit-limit-tokens"] = str(lim.tokens_per_minute)
+        out["x-ratelimit-remaining-tokens"] = str(max(0, lim.tokens_per_minute - a.used_tokens))
+        out["x-ratelimit-reset-tokens"] = duration(a.reset_tokens_ms)
+    if not a.admitted:
+        out["retry-after"] = str(max(1, -(-a.retry_after_ms // 1000)))
+        out["retry-after-ms"] = str(max(0, a.retry_after_ms))
+    return out
+
+
+def ms_to_next_day(now_ms: int) -> int:
+    return DAY_MS - now_ms % DAY_MS

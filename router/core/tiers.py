@@ -1,0 +1,40 @@
+"""Tier policy applied to a routed request: which models a tier may reach, its threshold, its caps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from router.core.limits import TierLimits
+from router.core.types import Role
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    limits: TierLimits = field(default_factory=TierLimits)
+    roles: frozenset[Role] = frozenset({Role.SMALL, Role.LARGE})  # model sizes this tier may reach
+    threshold: float | None = None  # None: the gateway's threshold
+    max_tokens: int = 0  # cap on a request's max_tokens; 0: no cap
+    max_body_bytes: int = 0  # 0: the server's limit
+    fail_open: bool = True  # when the limiter's store is unreachable: admit (True) or refuse (False)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the tier and a stable identity for limits (a key hash or a masked address)."""
+
+    tier: Tier
+    identity: str
+
+
+def allowed_role(tier: Tier, wanted: Role) -> Role | None:
+    """The role a routed request gets under the tier: the wanted one if allowed, else the one allowed."""
+    if wanted in tier.roles:
+        return wanted
+    return next(iter(tier.roles), None)
+
+
+def capped_max_tokens(tier: Tier, requested: int | None) -> int | None:
+    if not tier.max_tokens:
+        return requested
+    return tier.max_tokens if requested is None else min(requested, tier.max_tokens)

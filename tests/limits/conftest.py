@@ -1,0 +1,34 @@
+"""Limiters under test: the in-memory one, and the Redis one against the real server on 127.0.0.1:6379."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from router.adapters.limiter_memory import MemoryLimiter
+from router.adapters.limiter_redis import RedisLimiter
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def require_redis() -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"these tests need Redis on 127.0.0.1:6379 (./dev test starts one): {exc}")
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[MemoryLimiter | RedisLimiter]:
+    if request.param == "memory":
+        yield MemoryLimiter()
+        return
+    require_redis()
+    lim = RedisLimiter(REDIS_URL, timeout=1.0, prefix=f"test-{uuid.uuid4().hex[:8]}")
+    try:
+        yield lim
+    finally:
+        await lim.close()

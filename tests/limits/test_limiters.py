@@ -1,0 +1,101 @@
+"""The same semantics from both limiters, checked against each."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from router.adapters.limiter_memory import MemoryLimiter
+from router.adapters.limiter_redis import RedisLimiter
+from router.core.limits import WINDOW_MS, TierLimits, headers
+from router.core.tiers import Caller, Tier
+
+Limiter = MemoryLimiter | RedisLimiter
+
+
+def caller(limits: TierLimits, who: str = "ip:203.0.113.7") -> Caller:
+    return Caller(Tier("t", limits), who)
+
+
+async def test_requests_per_minute_is_exact(limiter: Limiter) -> None:
+    c = caller(TierLimits(requests_per_minute=5))
+    results = await asyncio.gather(*(limiter.admit(c, 1) for _ in range(20)))
+    assert sum(a.admitted for a in results) == 5
+    denied = next(a for a in results if not a.admitted)
+    assert denied.denied_by == "requests"
+    assert 0 < denied.retry_after_ms <= WINDOW_MS
+    h = headers(denied)
+    assert h["x-ratelimit-limit-requests"] == "5"
+    assert h["x-ratelimit-remaining-requests"] == "0"
+    assert int(h["retry-after"]) >= 1
+
+
+async def test_callers_are_counted_apart(limiter: Limiter) -> None:
+    limits = TierLimits(requests_per_minute=1)
+    assert (await limiter.admit(caller(limits, "ip:a"), 1)).admitted
+    assert (await limiter.admit(caller(limits, "ip:b"), 1)).admitted
+    assert not (await limiter.admit(caller(limits, "ip:a"), 1)).admitted
+
+
+async def test_tokens_reserved_then_settled(limiter: Limiter) -> None:
+    c = caller(TierLimits(tokens_per_minute=100))
+    first = await limiter.admit(c, 60)
+    assert first.admitted
+    assert first.used_tokens == 60
+    assert not (await limiter.admit(c, 60)).admitted  # 60 reserved + 60 > 100
+    await limiter.settle(c, first, 10)  # the answer was short: 50 tokens come back
+    second = await limiter.admit(c, 60)
+    assert second.admitted
+    assert second.used_tokens == 70
+    h = headers(second)
+    assert (h["x-ratelimit-limit-tokens"], h["x-ratelimit-remaining-tokens"]) == ("100", "30")
+
+
+async def test_daily_quota(limiter: Limiter) -> None:
+    c = caller(TierLimits(daily_requests=2))
+    got = [(await limiter.admit(c, 1)) for _ in range(3)]
+    assert [a.admitted for a in got] == [True, True, False]
+    assert got[2].denied_by == "daily_requests"
+    assert got[2].retry_after_ms > 0
+
+
+async def test_concurrency_slots_are_released_by_settle(limiter: Limiter) -> None:
+    c = caller(TierLimits(max_concurrent=2))
+    a, b = await limiter.admit(c, 1), await limiter.admit(c, 1)
+    third = await limiter.admit(c, 1)
+    assert (a.admitted, b.admitted, third.admitted, third.denied_by) == (True, True, False, "concurrency")
+    await limiter.settle(c, a, 1)
+    assert (await limiter.admit(c, 1)).admitted
+
+
+async def test_leases_expire_when_never_settled(limiter: Limiter) -> None:
+    """A gateway that dies never settles: its slots come back after the lease TTL."""
+    c = caller(TierLimits(max_concurrent=1, lease_ttl_ms=300))
+    assert (await limiter.admit(c, 1)).admitted
+    assert not (await limiter.admit(c, 1)).admitted
+    await asyncio.sleep(0.4)
+    assert (await limiter.admit(c, 1)).admitted
+
+
+def test_memory_window_slides_with_the_clock() -> None:
+    now = [1_000_000]
+    lim = MemoryLimiter(clock=lambda: now[0])
+    c = caller(TierLimits(requests_per_minute=2, tokens_per_minute=10))
+
+    async def run() -> list[bool]:
+        out = [(await lim.admit(c, 4)).admitted, (await lim.admit(c, 4)).admitted, (await lim.admit(c, 1)).admitted]
+        now[0] += WINDOW_MS - 1
+        out.append((await lim.admit(c, 1)).admitted)  # both still inside the minute
+        now[0] += 1
+        out.append((await lim.admit(c, 4)).admitted)  # the first two left the window
+        return out
+
+    assert asyncio.run(run()) == [True, True, False, False, True]
+
+
+@pytest.mark.parametrize(("ms", "text"), [(20, "20ms"), (1500, "1.5s"), (360_000, "6m0s"), (-5, "0ms")])
+def test_reset_durations_in_openai_format(ms: int, text: str) -> None:
+    from router.core.limits import duration
+
+    assert duration(ms) == text

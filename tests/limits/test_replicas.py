@@ -1,0 +1,197 @@
+"""Several gateway processes sharing one real Redis: exact limits, leases of a killed gateway, Redis
+restarted mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+
+from tests.limits.conftest import REDIS_URL, require_redis
+from tests.servers import ThreadedServer, free_port, serving
+from tests.upstream import Journal, make_upstream
+
+SHORT = [{"role": "user", "content": "hi"}]
+
+
+def config(tmp: Path, small: str, large: str, redis_url: str, tiers: dict[str, object],
+           keys: list[dict[str, str]] | None = None) -> Path:
+    path = tmp / f"gateway-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps({
+        "server": {"log_level": "warning"},
+        "routing": {"scorer": "length"},
+        "workers": [{"name": "small", "role": "small", "base_url": small, "model": "tiny-small"},
+                    {"name": "large", "role": "large", "base_url": large, "model": "tiny-large"}],
+        "tiers": tiers,
+        "auth": {"keys": keys or []},
+        "limits": {"redis_url": redis_url, "key_prefix": f"test-{uuid.uuid4().hex[:8]}", "redis_timeout": 0.2},
+    }))
+    return path
+
+
+class Gateway:
+    def __init__(self, cfg: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.log = log
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gateway did not start:\n{log.read_text()[-2000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[ThreadedServer, ThreadedServer, Journal]]:
+    journal = Journal()
+    with serving(make_upstream("tiny-small", journal)) as small, serving(make_upstream("tiny-large")) as large:
+        yield small, large, journal
+
+
+async def _flood(urls: list[str], total: int, in_flight: int) -> dict[int, int]:
+    codes: dict[int, int] = {}
+    gate = asyncio.Semaphore(in_flight)
+    body = json.dumps({"model": "auto", "messages": SHORT, "max_tokens": 2}).encode()
+
+    async def one(i: int, session: aiohttp.ClientSession) -> None:
+        async with gate, session.post(urls[i % len(urls)] + "/v1/chat/completions", data=body,
+                                      headers={"content-type": "application/json"}) as r:
+            await r.read()
+            codes[r.status] = codes.get(r.status, 0) + 1
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        await asyncio.gather(*(one(i, session) for i in range(total)))
+    return codes
+
+
+def test_four_replicas_admit_exactly_the_limit(tmp_path: Path, upstreams: tuple[ThreadedServer, ...]) -> None:
+    require_redis()
+    small, large = upstreams[0], upstreams[1]
+    cfg = config(tmp_path, f"{small.url}/v1", f"{large.url}/v1", REDIS_URL,
+                 {"anonymous": {"requests_per_minute": 100}})
+    gateways = [Gateway(cfg, tmp_path / f"gw{i}.log") for i in range(4)]
+    try:
+        codes = asyncio.run(_flood([g.url for g in gateways], total=2000, in_flight=400))
+    finally:
+        for g in gateways:
+            g.kill(signal.SIGTERM)
+    assert codes == {200: 100, 429: 1900}
+
+
+def test_leases_of_a_killed_gateway_expire(tmp_path: Path,
+                                           upstreams: tuple[ThreadedServer, ThreadedServer, Journal]) -> None:
+    require_redis()
+    small, large, journal = upstreams
+    cfg = config(tmp_path, f"{small.url}/v1", f"{large.url}/v1", REDIS_URL,
+                 {"anonymous": {"max_concurrent": 1, "lease_ttl": 1.5}})
+    doomed, survivor = Gateway(cfg, tmp_path / "a.log"), Gateway(cfg, tmp_path / "b.log")
+    try:
+        def hold() -> None:
+            try:
+                httpx.post(doomed.url + "/v1/chat/completions", timeout=30,
+                           json={"model": "auto", "messages": SHORT, "x_test": {"sleep": 20}})
+            except httpx.HTTPError:
+                pass  # its gateway is killed under it
+
+        threading.Thread(target=hold, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while not journal.bodies and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert journal.bodies, "the held request never reached the worker"
+        doomed.kill()
+        busy = httpx.post(survivor.url + "/v1/chat/completions", json={"model": "auto", "messages": SHORT})
+        assert busy.status_code == 429
+        assert "concurrency" in busy.json()["error"]["message"]
+        time.sleep(1.7)
+        freed = httpx.post(survivor.url + "/v1/chat/completions", json={"model": "auto", "messages": SHORT})
+        assert freed.status_code == 200
+    finally:
+        doomed.kill()
+        survivor.kill(signal.SIGTERM)
+
+
+def _redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is needed to restart Redis mid-test")
+    with log.open("ab") as out:
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no"], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    import redis
+
+    while time.monotonic() < deadline:
+        try:
+            redis.Redis(port=port, socket_timeout=0.5).ping()
+            return proc
+        except redis.RedisError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+def test_redis_restarted_mid_run(tmp_path: Path, upstreams: tuple[ThreadedServer, ...]) -> None:
+    """Fail-closed tiers refuse with 503 while Redis is gone, fail-open tiers are served, and both recover
+    without a gateway restart."""
+    from router.api.auth import hash_key
+
+    small, large = upstreams[0], upstreams[1]
+    port = free_port()
+    store = _redis_server(port, tmp_path / "redis.log")
+    cfg = config(tmp_path, f"{small.url}/v1", f"{large.url}/v1", f"redis://127.0.0.1:{port}/0",
+                 {"anonymous": {"requests_per_minute": 1000, "on_limiter_error": "closed"},
+                  "paid": {"requests_per_minute": 1000, "on_limiter_error": "open"}},
+                 keys=[{"sha256": hash_key("sk-paid"), "tier": "paid"}])
+    gw = Gateway(cfg, tmp_path / "gw.log")
+
+    def send(key: str | None = None) -> httpx.Response:
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        return httpx.post(gw.url + "/v1/chat/completions", json={"model": "auto", "messages": SHORT},
+                          headers=headers, timeout=10)
+
+    try:
+        assert send().status_code == 200
+        store.terminate()
+        store.wait(timeout=10)
+        down = send()
+        assert down.status_code == 503
+        assert down.json()["error"]["code"] == "rate_limiter_unavailable"
+        assert send("sk-paid").status_code == 200  # fail-open tier
+        assert httpx.get(gw.url + "/ready").json()["limiter_errors"] >= 2
+        store = _redis_server(port, tmp_path / "redis.log")
+        deadline = time.monotonic() + 10
+        while send().status_code != 200:
+            assert time.monotonic() < deadline, "the gateway did not recover when Redis came back"
+            time.sleep(0.2)
+        ok = send()
+        assert ok.status_code == 200
+        assert ok.headers["x-ratelimit-limit-requests"] == "1000"
+    finally:
+        gw.kill(signal.SIGTERM)
+        store.terminate()
+        store.wait(timeout=10)

@@ -123,7 +123,9 @@ class AuthSettings(_Strict):
 
 class LimitsSettings(_Strict):
     redis_url: str | None = None  # unset: in-process limits (per replica); env TRIAGE_REDIS_URL overrides
-    redis_timeout: float = Field(default=0.05, gt=0)  # seconds; past it a tier's on_limiter_error applies
+    # Seconds to wait for Redis; past it a tier's on_limiter_error applies. An overloaded gateway's event loop
+    # delays replies too: a fail-open tier can then admit over its limit, a fail-closed one answers 503.
+    redis_timeout: float = Field(default=0.1, gt=0)
     key_prefix: str = "triage"
 
 

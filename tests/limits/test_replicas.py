@@ -27,18 +27,35 @@ from tests.upstream import Journal, make_upstream
 SHORT = [{"role": "user", "content": "hi"}]
 
 
-def config(tmp: Path, small: str, large: str, redis_url: str, tiers: dict[str, object],
-           keys: list[dict[str, str]] | None = None) -> Path:
+def config(
+    tmp: Path,
+    small: str,
+    large: str,
+    redis_url: str,
+    tiers: dict[str, object],
+    keys: list[dict[str, str]] | None = None,
+    redis_timeout: float = 0.2,
+) -> Path:
     path = tmp / f"gateway-{uuid.uuid4().hex[:6]}.json"
-    path.write_text(json.dumps({
-        "server": {"log_level": "warning"},
-        "routing": {"scorer": "length"},
-        "workers": [{"name": "small", "role": "small", "base_url": small, "model": "tiny-small"},
-                    {"name": "large", "role": "large", "base_url": large, "model": "tiny-large"}],
-        "tiers": tiers,
-        "auth": {"keys": keys or []},
-        "limits": {"redis_url": redis_url, "key_prefix": f"test-{uuid.uuid4().hex[:8]}", "redis_timeout": 0.2},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "server": {"log_level": "warning"},
+                "routing": {"scorer": "length"},
+                "workers": [
+                    {"name": "small", "role": "small", "base_url": small, "model": "tiny-small"},
+                    {"name": "large", "role": "large", "base_url": large, "model": "tiny-large"},
+                ],
+                "tiers": tiers,
+                "auth": {"keys": keys or []},
+                "limits": {
+                    "redis_url": redis_url,
+                    "key_prefix": f"test-{uuid.uuid4().hex[:8]}",
+                    "redis_timeout": redis_timeout,
+                },
+            }
+        )
+    )
     return path
 
 
@@ -49,7 +66,9 @@ class Gateway:
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.log = log
         deadline = time.monotonic() + 30
@@ -80,8 +99,12 @@ async def _flood(urls: list[str], total: int, in_flight: int) -> dict[int, int]:
     body = json.dumps({"model": "auto", "messages": SHORT, "max_tokens": 2}).encode()
 
     async def one(i: int, session: aiohttp.ClientSession) -> None:
-        async with gate, session.post(urls[i % len(urls)] + "/v1/chat/completions", data=body,
-                                      headers={"content-type": "application/json"}) as r:
+        async with (
+            gate,
+            session.post(
+                urls[i % len(urls)] + "/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+            ) as r,
+        ):
             await r.read()
             codes[r.status] = codes.get(r.status, 0) + 1
 
@@ -93,8 +116,16 @@ async def _flood(urls: list[str], total: int, in_flight: int) -> dict[int, int]:
 def test_four_replicas_admit_exactly_the_limit(tmp_path: Path, upstreams: tuple[ThreadedServer, ...]) -> None:
     require_redis()
     small, large = upstreams[0], upstreams[1]
-    cfg = config(tmp_path, f"{small.url}/v1", f"{large.url}/v1", REDIS_URL,
-                 {"anonymous": {"requests_per_minute": 100}})
+    # A generous store timeout: this test is about atomicity across replicas. With a tight one, event-loop lag
+    # under this flood makes some admissions time out, and a fail-open tier then admits them (by design).
+    cfg = config(
+        tmp_path,
+        f"{small.url}/v1",
+        f"{large.url}/v1",
+        REDIS_URL,
+        {"anonymous": {"requests_per_minute": 100}},
+        redis_timeout=1.0,
+    )
     gateways = [Gateway(cfg, tmp_path / f"gw{i}.log") for i in range(4)]
     try:
         codes = asyncio.run(_flood([g.url for g in gateways], total=2000, in_flight=400))
@@ -104,18 +135,28 @@ def test_four_replicas_admit_exactly_the_limit(tmp_path: Path, upstreams: tuple[
     assert codes == {200: 100, 429: 1900}
 
 
-def test_leases_of_a_killed_gateway_expire(tmp_path: Path,
-                                           upstreams: tuple[ThreadedServer, ThreadedServer, Journal]) -> None:
+def test_leases_of_a_killed_gateway_expire(
+    tmp_path: Path, upstreams: tuple[ThreadedServer, ThreadedServer, Journal]
+) -> None:
     require_redis()
     small, large, journal = upstreams
-    cfg = config(tmp_path, f"{small.url}/v1", f"{large.url}/v1", REDIS_URL,
-                 {"anonymous": {"max_concurrent": 1, "lease_ttl": 1.5}})
+    cfg = config(
+        tmp_path,
+        f"{small.url}/v1",
+        f"{large.url}/v1",
+        REDIS_URL,
+        {"anonymous": {"max_concurrent": 1, "lease_ttl": 1.5}},
+    )
     doomed, survivor = Gateway(cfg, tmp_path / "a.log"), Gateway(cfg, tmp_path / "b.log")
     try:
+
         def hold() -> None:
             try:
-                httpx.post(doomed.url + "/v1/chat/completions", timeout=30,
-                           json={"model": "auto", "messages": SHORT, "x_test": {"sleep": 20}})
+                httpx.post(
+                    doomed.url + "/v1/chat/completions",
+                    timeout=30,
+                    json={"model": "auto", "messages": SHORT, "x_test": {"sleep": 20}},
+                )
             except httpx.HTTPError:
                 pass  # its gateway is killed under it
 
@@ -141,8 +182,11 @@ def _redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
     if binary is None:
         pytest.fail("redis-server is needed to restart Redis mid-test")
     with log.open("ab") as out:
-        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no"], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 10
     import redis
 
@@ -163,16 +207,24 @@ def test_redis_restarted_mid_run(tmp_path: Path, upstreams: tuple[ThreadedServer
     small, large = upstreams[0], upstreams[1]
     port = free_port()
     store = _redis_server(port, tmp_path / "redis.log")
-    cfg = config(tmp_path, f"{small.url}/v1", f"{large.url}/v1", f"redis://127.0.0.1:{port}/0",
-                 {"anonymous": {"requests_per_minute": 1000, "on_limiter_error": "closed"},
-                  "paid": {"requests_per_minute": 1000, "on_limiter_error": "open"}},
-                 keys=[{"sha256": hash_key("sk-paid"), "tier": "paid"}])
+    cfg = config(
+        tmp_path,
+        f"{small.url}/v1",
+        f"{large.url}/v1",
+        f"redis://127.0.0.1:{port}/0",
+        {
+            "anonymous": {"requests_per_minute": 1000, "on_limiter_error": "closed"},
+            "paid": {"requests_per_minute": 1000, "on_limiter_error": "open"},
+        },
+        keys=[{"sha256": hash_key("sk-paid"), "tier": "paid"}],
+    )
     gw = Gateway(cfg, tmp_path / "gw.log")
 
     def send(key: str | None = None) -> httpx.Response:
         headers = {"authorization": f"Bearer {key}"} if key else {}
-        return httpx.post(gw.url + "/v1/chat/completions", json={"model": "auto", "messages": SHORT},
-                          headers=headers, timeout=10)
+        return httpx.post(
+            gw.url + "/v1/chat/completions", json={"model": "auto", "messages": SHORT}, headers=headers, timeout=10
+        )
 
     try:
         assert send().status_code == 200

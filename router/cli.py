@@ -29,6 +29,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--port", type=int, help="port to listen on (default 9000)")
     p.add_argument("--threshold", type=float, help="score at or above which `auto` goes to the large model")
     p.add_argument("--alias", help="model name that asks for routing (default auto)")
+    p.add_argument("--redis", metavar="URL", help="Redis for limits shared by replicas (or env TRIAGE_REDIS_URL)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", default=None, help="log every request line")
     p.set_defaults(run=_serve)
@@ -69,6 +70,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
     routing = {k: v for k, v in {"threshold": args.threshold, "alias": args.alias}.items() if v is not None}
     data["server"] = ServerSettings(**{**data["server"], **server}).model_dump()
     data["routing"] = RoutingSettings(**{**data["routing"], **routing}).model_dump()
+    if args.redis:
+        data["limits"] = {**data["limits"], "redis_url": args.redis}
     return Settings.model_validate(data)
 
 
@@ -100,10 +103,29 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("keys", help="API key helpers (keys are configured as SHA-256 hashes, never in clear)")
+    cmds = p.add_subparsers(dest="keys_command", required=True)
+    h = cmds.add_parser("hash", help="print the sha256 to put under auth.keys for an API key")
+    h.add_argument("key", nargs="?", help="the key (default: read one line from standard input)")
+    h.set_defaults(run=_hash_key)
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    from router.api.auth import hash_key
+
+    key = args.key if args.key is not None else sys.stdin.readline().strip()
+    if not key:
+        raise ConfigError("no key given")
+    print(hash_key(key))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="triage", description="llm-triage: cost-aware LLM request router")
     sub = p.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    _keys_parser(sub)
     from classifiers.cli import add_commands
 
     add_commands(sub)

@@ -88,3 +88,15 @@ def test_flags_override_defaults_and_file(tmp_path: Path) -> None:
 def test_embedded_defaults_are_valid() -> None:
     s = Settings.local()
     assert [(w.name, w.role.value) for w in s.workers] == [("small", "small"), ("large", "large")]
+
+
+def test_keys_hash_prints_the_sha256(capsys: pytest.CaptureFixture[str]) -> None:
+    from router.cli import main
+
+    assert main(["keys", "hash", "sk-test"]) == 0
+    assert capsys.readouterr().out.strip() == "f3abf2a6cc4f00987743db5f544ba345b4899ae31f326d8ee9c4816de153c9e0"
+
+
+def test_redis_flag_sets_the_limits_store() -> None:
+    s = build_settings(parser().parse_args(["serve", "--redis", "redis://127.0.0.1:6379/2"]))
+    assert s.limits.redis_url == "redis://127.0.0.1:6379/2"

@@ -7,7 +7,10 @@ This module sees only ports (router.core.ports): no HTTP framework, Redis or cla
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -15,12 +18,21 @@ from typing import Any
 
 import orjson
 
+from router.core import costs
 from router.core.limits import Admission, estimate_tokens, headers
 from router.core.policy import decide
-from router.core.ports import Backend, RateLimiter, Scorer, UpstreamReply, UpstreamStream
+from router.core.ports import Backend, DecisionSink, RateLimiter, Scorer, UpstreamReply, UpstreamStream
+from router.core.records import DecisionRecord
 from router.core.tiers import Caller, Tier, allowed_role, capped_max_tokens
-from router.core.types import Decision, Reason, Role, Worker
-from router.errors import LimiterUnavailable, ModelNotFound, PermissionDenied, RateLimited, UpstreamFailed
+from router.core.types import Decision, Prices, Reason, Role, Worker
+from router.errors import (
+    LimiterUnavailable,
+    ModelNotFound,
+    PermissionDenied,
+    RateLimited,
+    TriageError,
+    UpstreamFailed,
+)
 from router.protocol import ChatCompletionRequest, GenerationRequest, encode, prompt_text
 
 __all__ = ["Endpoint", "Outcome", "Routed", "RoutingService"]
@@ -63,8 +75,14 @@ class RoutingService:
         scorer: Scorer,
         backend: Backend,
         limiter: RateLimiter,
+        sink: DecisionSink | None = None,
+        store_prompts: bool = False,
     ) -> None:
         self.workers = tuple(workers)
+        self.sink = sink
+        self.store_prompts = store_prompts
+        large = [w for w in workers if w.role is Role.LARGE]
+        self.large_prices = large[0].prices if large else Prices()
         self.alias = alias
         self._threshold = threshold
         self._scorer = scorer
@@ -176,23 +194,47 @@ class RoutingService:
     # -- one request -----------------------------------------------------------------------------------
 
     async def handle(
-        self, caller: Caller, endpoint: Endpoint, payload: dict[str, Any], request: GenerationRequest
+        self,
+        caller: Caller,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        request: GenerationRequest,
+        request_id: str = "",
+    ) -> Outcome:
+        trace = Trace(self, caller, request, request_id)
+        try:
+            outcome = await self._handle(caller, endpoint, payload, request, trace)
+        except TriageError as exc:
+            trace.finish(exc.status, reason=trace.reason or exc.code)
+            raise
+        except asyncio.CancelledError:
+            trace.finish(499, reason=trace.reason or "client_gone")
+            raise
+        if isinstance(outcome.reply, UpstreamReply):
+            trace.finish(outcome.reply.status)
+        return outcome
+
+    async def _handle(
+        self, caller: Caller, endpoint: Endpoint, payload: dict[str, Any], request: GenerationRequest, trace: Trace
     ) -> Outcome:
         named = self._named(request, caller.tier)
-        admission = await self._admit(caller, request, payload)
+        try:
+            admission = await self._admit(caller, request, payload)
+        except RateLimited:
+            trace.reason = "rate_limited"
+            raise
         limit_headers = headers(admission) if admission else {}
         settled = False
         try:
             routed = self.route(request, caller.tier, named)
+            trace.routed = routed
             payload["model"] = routed.worker.model
             body = encode(payload)
             if request.stream:
                 stream = await self._backend.open_stream(routed.worker, endpoint.value, body)
                 if stream.status == 200:
-                    settled = True  # the stream settles when it ends
-                    prompt_estimate = estimate_tokens(len(prompt_text(request)), 0)
-                    metered = MeteredStream(stream, self, caller, admission, prompt_estimate)
-                    return Outcome(routed, metered, limit_headers)
+                    settled = True  # the stream settles and records when it ends
+                    return Outcome(routed, MeteredStream(stream, self, caller, admission, trace), limit_headers)
                 try:
                     error = await stream.read_all()
                 finally:
@@ -201,7 +243,9 @@ class RoutingService:
             else:
                 reply = await self._backend.post(routed.worker, endpoint.value, body)
             _raise_for_server_error(routed.worker, reply)
-            await self._settle(caller, admission, _usage_tokens(reply.body) if reply.status == 200 else None)
+            if reply.status == 200:
+                trace.usage = _usage(reply.body)
+            await self._settle(caller, admission, sum(trace.usage) if trace.usage else None)
             settled = True
             return Outcome(routed, reply, limit_headers)
         finally:
@@ -209,9 +253,71 @@ class RoutingService:
                 await self._settle(caller, admission, None)
 
 
+class Trace:
+    """What the service learns about one request as it goes, turned into a DecisionRecord at the end."""
+
+    def __init__(self, service: RoutingService, caller: Caller, request: GenerationRequest, request_id: str) -> None:
+        self.service = service
+        self.caller = caller
+        self.request = request
+        self.request_id = request_id
+        self.started = time.time()
+        self._t0 = time.perf_counter()
+        self.routed: Routed | None = None
+        self.reason = ""
+        self.usage: tuple[int, int] | None = None  # prompt, completion
+        self.ttft_ms: float | None = None
+        self._done = False
+
+    def first_chunk(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = (time.perf_counter() - self._t0) * 1000
+
+    def finish(self, status: int, *, reason: str = "", estimated_completion: int | None = None) -> None:
+        sink = self.service.sink
+        if self._done or sink is None:
+            return
+        self._done = True
+        latency = (time.perf_counter() - self._t0) * 1000
+        svc, routed = self.service, self.routed
+        usage = self.usage
+        if usage is None and estimated_completion is not None:
+            usage = (estimate_tokens(len(prompt_text(self.request)), 0), estimated_completion)
+        prompt_tokens, completion_tokens = usage if usage else (None, None)
+        cost = cost_large = 0.0
+        if usage and routed is not None:
+            cost = costs.cost(routed.worker.prices, *usage)
+            cost_large = costs.cost(svc.large_prices, *usage)
+        d = routed.decision if routed else None
+        sink.emit(
+            DecisionRecord(
+                ts=self.started,
+                request_id=self.request_id,
+                tier=self.caller.tier.name,
+                caller=hashlib.sha256(self.caller.identity.encode()).hexdigest()[:16],
+                model_requested=self.request.model,
+                model=routed.worker.model if routed else "",
+                worker=routed.worker.name if routed else "",
+                score=d.score if d else None,
+                threshold=d.threshold if d else None,
+                reason=reason or (d.reason.value if d else ""),
+                escalated=False,
+                cache_hit=False,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                ttft_ms=self.ttft_ms if self.ttft_ms is not None else latency,
+                latency_ms=latency,
+                status=status,
+                cost=cost,
+                cost_large=cost_large,
+                prompt=prompt_text(self.request) if svc.store_prompts else None,
+            )
+        )
+
+
 class MeteredStream:
-    """A worker's stream that records the usage it reports and settles the caller's reservation when it
-    closes, however it ends (done, worker failure, client gone)."""
+    """A worker's stream that records the usage it reports, then settles the caller's reservation and records
+    the decision when it closes, however it ends (done, worker failure, client gone)."""
 
     def __init__(
         self,
@@ -219,35 +325,39 @@ class MeteredStream:
         service: RoutingService,
         caller: Caller,
         admission: Admission | None,
-        prompt_estimate: int,
+        trace: Trace,
     ) -> None:
         self._inner = inner
-        self._prompt_estimate = prompt_estimate
         self._service = service
         self._caller = caller
         self._admission = admission
-        self._tokens: int | None = None
+        self._trace = trace
         self._events = 0
         self._closed = False
+        self._failed = False
 
     @property
     def status(self) -> int:
         return self._inner.status
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner.chunks():
-            if self._admission is not None:
+        try:
+            async for chunk in self._inner.chunks():
+                self._trace.first_chunk()
                 self._observe(chunk)
-            yield chunk
+                yield chunk
+        except TriageError:
+            self._failed = True
+            raise
 
     def _observe(self, chunk: bytes) -> None:
         self._events += chunk.count(b"data: ")
         if b'"usage"' in chunk:
             for line in chunk.split(b"\n"):
                 if line.startswith(b"data: {") and b'"usage"' in line:
-                    tokens = _usage_tokens(line[6:])
-                    if tokens is not None:
-                        self._tokens = tokens
+                    usage = _usage(line[6:])
+                    if usage is not None:
+                        self._trace.usage = usage
 
     async def read_all(self) -> bytes:
         return await self._inner.read_all()
@@ -259,18 +369,26 @@ class MeteredStream:
         try:
             await self._inner.aclose()
         finally:
-            tokens = self._tokens
+            usage = self._trace.usage
+            # No usage chunk (the caller did not ask for one): vLLM sends about one token per event.
+            completion = usage[1] if usage else max(0, self._events - 2)
+            tokens = sum(usage) if usage else None
             if tokens is None and self._admission is not None:
-                # No usage chunk (the caller did not ask for one): vLLM sends about one token per event.
-                tokens = min(self._prompt_estimate + self._events, self._admission.reserved)
+                tokens = min(
+                    estimate_tokens(len(prompt_text(self._trace.request)), 0) + completion, self._admission.reserved
+                )
             await self._service._settle(self._caller, self._admission, tokens)
+            self._trace.finish(200, reason="upstream_error" if self._failed else "", estimated_completion=completion)
 
 
-def _usage_tokens(body: bytes) -> int | None:
+def _usage(body: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens from an OpenAI `usage` object."""
     try:
         usage = orjson.loads(body).get("usage")
-        return int(usage["total_tokens"]) if isinstance(usage, dict) else None
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        if not isinstance(usage, dict):
+            return None
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
         return None
 
 

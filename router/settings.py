@@ -17,6 +17,7 @@ from router.errors import ConfigError
 __all__ = [
     "AuthSettings",
     "KeySettings",
+    "LedgerSettings",
     "LimitsSettings",
     "RoutingSettings",
     "ServerSettings",
@@ -129,6 +130,12 @@ class LimitsSettings(_Strict):
     key_prefix: str = "triage"
 
 
+class LedgerSettings(_Strict):
+    enabled: bool = True
+    path: Path = Path(".triage/ledger.sqlite")  # `triage analytics` reads this one by default
+    store_prompts: bool = False  # prompts are not recorded unless turned on
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     routing: RoutingSettings = RoutingSettings()
@@ -136,6 +143,7 @@ class Settings(_Strict):
     tiers: dict[str, TierSettings] = Field(default_factory=lambda: {"anonymous": TierSettings()})
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
+    ledger: LedgerSettings = LedgerSettings()
 
     @model_validator(mode="after")
     def _tiers_exist(self) -> Settings:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 import classifiers
 from router.adapters.backend import AiohttpBackend
 from router.adapters.discovery import discover_model
+from router.adapters.ledger_sqlite import SqliteLedger
 from router.adapters.limiter_memory import MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
 from router.adapters.scorers import LengthScorer
@@ -108,8 +109,16 @@ def create_app(
         else None
     )
     limiter: RateLimiter = redis_limiter or MemoryLimiter()
+    ledger = SqliteLedger(settings.ledger.path) if settings.ledger.enabled else None
     service = RoutingService(
-        workers, alias=settings.routing.alias, threshold=threshold, scorer=scorer, backend=backend, limiter=limiter
+        workers,
+        alias=settings.routing.alias,
+        threshold=threshold,
+        scorer=scorer,
+        backend=backend,
+        limiter=limiter,
+        sink=ledger,
+        store_prompts=settings.ledger.store_prompts,
     )
     tiers = build_tiers(settings)
     auth = Authenticator(
@@ -123,9 +132,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await backend.start()
+        if ledger is not None:
+            await ledger.start()
         try:
             yield
         finally:
+            # uvicorn has finished in-flight requests by now (graceful shutdown): drain their records.
+            if ledger is not None:
+                await ledger.close()
             await backend.close()
             if redis_limiter is not None:
                 await redis_limiter.close()

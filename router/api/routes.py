@@ -78,7 +78,9 @@ async def _generate(request: Request, endpoint: Endpoint, schema: type[Generatio
         limit = caller.tier.max_body_bytes or state.max_body_bytes
         raw = await _read_body(request, limit)
         payload, typed = decode_body(raw, schema)
-        outcome = await until_disconnect(state.service.handle(caller, endpoint, payload, typed), request.receive)
+        outcome = await until_disconnect(
+            state.service.handle(caller, endpoint, payload, typed, request_id), request.receive
+        )
     except ClientGone:
         return Response(status_code=_CLIENT_CLOSED)
     except RateLimited as exc:

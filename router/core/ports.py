@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from router.core.limits import Admission
+from router.core.records import DecisionRecord
 from router.core.tiers import Caller
 from router.core.types import Worker
 
@@ -57,3 +58,9 @@ class RateLimiter(Protocol):
     async def settle(self, caller: Caller, admission: Admission, actual_tokens: int) -> None:
         """Replace the admission's token reservation by the real usage and free its concurrency slot."""
         ...
+
+
+class DecisionSink(Protocol):
+    """Takes decision records off the request path: emit() never blocks and never raises."""
+
+    def emit(self, record: DecisionRecord) -> None: ...

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from router.api.app import create_app
-from router.settings import RoutingSettings, ServerSettings, Settings, WorkerSettings
+from router.settings import LedgerSettings, RoutingSettings, ServerSettings, Settings, WorkerSettings
 from tests.servers import ThreadedServer, free_port
 from tests.upstream import Journal, make_upstream
 
@@ -30,6 +30,7 @@ def settings_for(small_url: str, large_url: str, **server: object) -> Settings:
     return Settings(
         server=ServerSettings.model_validate({"max_body_bytes": 64_000, **server}),
         routing=RoutingSettings(scorer="length", threshold=0.5, length_midpoint=100),
+        ledger=LedgerSettings(enabled=False),  # the ledger's own tests turn it on, in a temporary folder
         workers=[
             WorkerSettings(
                 name="small",

@@ -24,7 +24,9 @@ def test_default_scorer_is_the_shipped_classifier_with_its_suggested_threshold()
     threshold = (easy + hard) / 2  # between the two, so each must land on its own side
     with serving(make_upstream("tiny-small")) as small, serving(make_upstream("tiny-large")) as large:
         base = settings_for(f"{small.url}/v1", f"{large.url}/v1")
-        settings = Settings(server=base.server, workers=base.workers, routing=RoutingSettings(threshold=threshold))
+        settings = Settings(
+            server=base.server, workers=base.workers, ledger=base.ledger, routing=RoutingSettings(threshold=threshold)
+        )
         assert settings.routing.scorer == "classifier"
         with serving(create_app(settings)) as gw:
             for text, model_name in ((EASY, "tiny-small"), (HARD, "tiny-large")):

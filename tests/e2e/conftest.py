@@ -69,7 +69,9 @@ def _models(python: str, scratch: Path) -> Path:
 
 def _start(cmd: list[str], log: Path, env: dict[str, str], url: str) -> Proc:
     with log.open("wb") as out:  # the child keeps its own descriptor
-        popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        popen = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=log.parent
+        )  # the gateway's default ledger lands in the scratch folder
     return Proc(popen, url, log)
 
 

@@ -49,6 +49,7 @@ def config(
                 ],
                 "tiers": tiers,
                 "auth": {"keys": keys or []},
+                "ledger": {"enabled": False},
                 "limits": {
                     "redis_url": redis_url,
                     "key_prefix": f"test-{uuid.uuid4().hex[:8]}",

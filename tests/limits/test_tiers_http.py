@@ -25,6 +25,7 @@ def tiered(small: str, large: str, trusted: list[str] | None = None) -> Settings
     return Settings(
         server=base.server,
         workers=base.workers,
+        ledger=base.ledger,
         routing=RoutingSettings(scorer="length", threshold=0.5, length_midpoint=100),
         tiers={
             "anonymous": TierSettings(requests_per_minute=3, max_tokens=16, models=["small"]),

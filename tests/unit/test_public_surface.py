@@ -12,6 +12,7 @@ def test_exported_members() -> None:
     assert sorted(router.settings.__all__) == [
         "AuthSettings",
         "KeySettings",
+        "LedgerSettings",
         "LimitsSettings",
         "RoutingSettings",
         "ServerSettings",

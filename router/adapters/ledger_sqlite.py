@@ -1,0 +1,126 @@
+"""Decision ledger in SQLite (WAL): records queue in memory and are written in batches by a background task,
+in a worker thread, so recording never blocks a request. A full queue drops the record and counts it;
+close() drains what is queued (the gateway calls it on SIGTERM, after in-flight requests finish)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import astuple
+from pathlib import Path
+from typing import Any
+
+from router.core.records import COLUMNS, DecisionRecord
+
+__all__ = ["SqliteLedger", "read_records"]
+
+log = logging.getLogger("triage.ledger")
+
+_TYPES = {
+    "ts": "REAL",
+    "score": "REAL",
+    "threshold": "REAL",
+    "ttft_ms": "REAL",
+    "latency_ms": "REAL",
+    "cost": "REAL",
+    "cost_large": "REAL",
+    "escalated": "INTEGER",
+    "cache_hit": "INTEGER",
+    "prompt_tokens": "INTEGER",
+    "completion_tokens": "INTEGER",
+    "status": "INTEGER",
+    "schema": "INTEGER",
+}
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS decisions ("
+    + ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in COLUMNS)
+    + ");\nCREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);"
+)
+_INSERT = f"INSERT INTO decisions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_CREATE)
+    return db
+
+
+class SqliteLedger:
+    def __init__(self, path: str | Path, *, batch: int = 512, interval: float = 0.25, max_queue: int = 100_000) -> None:
+        self.path = Path(path)
+        self._batch = batch
+        self._interval = interval
+        self._max_queue = max_queue
+        self._queue: deque[DecisionRecord] = deque()
+        self.dropped = 0
+        self.written = 0
+        self._db: sqlite3.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def emit(self, record: DecisionRecord) -> None:
+        if len(self._queue) >= self._max_queue:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("decision ledger queue full: %d records dropped so far", self.dropped)
+            return
+        self._queue.append(record)
+
+    async def start(self) -> None:
+        self._db = await asyncio.to_thread(_connect, self.path)
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self._interval)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        while self._queue and self._db is not None:
+            rows = [astuple(self._queue.popleft()) for _ in range(min(self._batch, len(self._queue)))]
+            try:
+                await asyncio.to_thread(self._write, rows)
+            except sqlite3.Error as exc:
+                self.dropped += len(rows)
+                log.error("decision ledger write failed (%s): %d records dropped", exc, len(rows))
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        assert self._db is not None
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(_INSERT, rows)
+        self.written += len(rows)
+
+    async def close(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._flush()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        log.info("decision ledger closed: %d written, %d dropped", self.written, self.dropped)
+
+
+def read_records(path: str | Path, where: str = "", params: tuple[Any, ...] = ()) -> Iterator[DecisionRecord]:
+    """Records in time order; `where` is an SQL condition on the columns, with `params` bound to it."""
+    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    try:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM decisions {('WHERE ' + where) if where else ''} ORDER BY ts"
+        for row in db.execute(sql, params):
+            values = dict(zip(COLUMNS, row, strict=True))
+            values["escalated"], values["cache_hit"] = bool(values["escalated"]), bool(values["cache_hit"])
+            yield DecisionRecord(**values)
+    finally:
+        db.close()

@@ -1,0 +1,35 @@
+"""The decision record: one per request that reaches the service, one versioned schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    ts: float  # unix seconds when the request reached the service
+    request_id: str
+    tier: str
+    caller: str  # a hash of the caller's identity: never the key or the raw address
+    model_requested: str
+    model: str  # served model name that answered ("" when none did, e.g. a 429)
+    worker: str
+    score: float | None
+    threshold: float | None
+    reason: str  # x-triage-reason, or rate_limited
+    escalated: bool
+    cache_hit: bool
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    ttft_ms: float | None  # streams: time to the first chunk; otherwise the whole answer
+    latency_ms: float
+    status: int  # status the caller got
+    cost: float  # USD at the serving worker's prices
+    cost_large: float  # USD had the large model served it: the always-large baseline
+    prompt: str | None = None  # only when the operator turns storing prompts on
+    schema: int = SCHEMA_VERSION
+
+
+COLUMNS = tuple(f.name for f in fields(DecisionRecord))

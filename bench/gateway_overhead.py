@@ -216,6 +216,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per cell (default 8)")
     ap.add_argument("--skip-litellm", action="store_true", help="measure direct and llm-triage only")
+    ap.add_argument("--skip-ledger-off", action="store_true", help="skip llm-triage with the decision ledger off")
     args = ap.parse_args()
     wrk = ensure_wrk()
     litellm = None if args.skip_litellm else ensure_litellm()
@@ -239,37 +240,41 @@ def main() -> int:
             "direct", f"{upstream}/chat/completions", wrk, tmp, "bench-model", args.duration, None, None, rss
         )
 
-        gw_port = free_port()
-        config = tmp / "gateway.yaml"
-        config.write_text(
-            json.dumps(
-                {
-                    "server": {"port": gw_port, "log_level": "warning"},
-                    "routing": {"alias": "auto", "threshold": 0.5},
-                    "workers": [
-                        {"name": "small", "role": "small", "base_url": upstream, "model": "bench-model"},
-                        {"name": "large", "role": "large", "base_url": upstream, "model": "bench-model"},
-                    ],
-                }
+        for target, ledger in (("llm-triage", True), ("llm-triage no-ledger", False)):
+            if ledger is False and args.skip_ledger_off:
+                continue
+            gw_port = free_port()
+            config = tmp / f"gateway-{gw_port}.yaml"
+            config.write_text(
+                json.dumps(
+                    {
+                        "server": {"port": gw_port, "log_level": "warning"},
+                        "routing": {"alias": "auto"},  # the shipped classifier scores every request
+                        "workers": [
+                            {"name": "small", "role": "small", "base_url": upstream, "model": "bench-model"},
+                            {"name": "large", "role": "large", "base_url": upstream, "model": "bench-model"},
+                        ],
+                        "ledger": {"enabled": ledger, "path": str(tmp / f"ledger-{gw_port}.sqlite")},
+                    }
+                )
             )
-        )
-        gw = start([sys.executable, "-m", "router", "serve", "--config", str(config)], 0, tmp / "gateway.log")
-        procs.append(gw)
-        wait_http(f"http://127.0.0.1:{gw_port}/health", 30)
-        rss["llm-triage"] = rss_mb(gw.pid)
-        print("through llm-triage (model auto: scored and routed)", file=sys.stderr)
-        cells += measure(
-            "llm-triage",
-            f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-            wrk,
-            tmp,
-            "auto",
-            args.duration,
-            None,
-            gw.pid,
-            rss,
-        )
-        stop(gw)
+            gw = start([sys.executable, "-m", "router", "serve", "--config", str(config)], 0, tmp / f"{target}.log")
+            procs.append(gw)
+            wait_http(f"http://127.0.0.1:{gw_port}/health", 30)
+            rss[target] = rss_mb(gw.pid)
+            print(f"through {target} (model auto: scored by the classifier and routed)", file=sys.stderr)
+            cells += measure(
+                target,
+                f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+                wrk,
+                tmp,
+                "auto",
+                args.duration,
+                None,
+                gw.pid,
+                rss,
+            )
+            stop(gw)
 
         if litellm is not None:
             ll_port = free_port()
@@ -356,6 +361,11 @@ def report(cells: list[Cell], rss: dict[str, float]) -> None:
                 parts.append(f"llm-triage/direct = {tri.rps / by[('direct', mode, conc)].rps:.2f}")
             if parts:
                 print(f"  {mode} c={conc}: " + ", ".join(parts))
+    for mode in MODES:
+        for conc in CONCURRENCY:
+            on, off = by.get(("llm-triage", mode, conc)), by.get(("llm-triage no-ledger", mode, conc))
+            if on and off:
+                print(f"  {mode} c={conc}: ledger on / off req/s = {on.rps / off.rps:.3f}")
     for mode in MODES:
         tri, direct = by.get(("llm-triage", mode, 1)), by.get(("direct", mode, 1))
         if tri and direct:

@@ -126,9 +126,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _keys_parser(sub)
-    from classifiers.cli import add_commands
+    from classifiers.cli import add_commands as classifier_commands
+    from router.analytics.cli import add_commands as analytics_commands
 
-    add_commands(sub)
+    analytics_commands(sub)
+    classifier_commands(sub)
     return p
 
 

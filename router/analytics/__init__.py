@@ -1,0 +1,1 @@
+"""Routing analytics over the decision ledger: `triage analytics ...`."""

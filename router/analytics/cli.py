@@ -1,0 +1,97 @@
+"""`triage analytics summary`: what routing saved and what it cost, from the decision ledger."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from router.adapters.ledger_sqlite import read_records
+from router.analytics.report import Summary, summarize
+
+__all__ = ["add_commands"]
+
+DEFAULT_LEDGER = Path(".triage/ledger.sqlite")
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """An ISO date or time (UTC unless it says otherwise), or an age: 30m, 24h, 7d."""
+    now = time.time() if now is None else now
+    age = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if age:
+        return now - float(age.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[age.group(2)]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (use an ISO date like 2026-11-30, or an age like 24h or 7d)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _filters(args: argparse.Namespace) -> tuple[str, tuple[object, ...]]:
+    where, params = [], []
+    if args.since:
+        where.append("ts >= ?")
+        params.append(parse_time(args.since))
+    if args.until:
+        where.append("ts < ?")
+        params.append(parse_time(args.until))
+    if args.tier:
+        where.append("tier = ?")
+        params.append(args.tier)
+    if args.model:
+        where.append("model = ?")
+        params.append(args.model)
+    return " AND ".join(where), tuple(params)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def render(s: Summary, ledger: Path) -> str:
+    lines = [f"ledger {ledger}: {s.requests} requests from {_when(s.first_ts)} to {_when(s.last_ts)}"]
+    if not s.requests:
+        return lines[0]
+    lines.append(
+        f"saved {s.saving:.1%}: paid ${s.cost:.6f} against ${s.cost_large:.6f} had the large model served "
+        "every answered request (each worker's configured prices; same tokens)"
+    )
+    lines.append(f"served {s.served}, escalated {s.escalations}, cache hits {s.cache_hits}")
+    lines.append("\nmodel                      share   latency p50 / p95 / p99 ms     ttft p50 ms")
+    for model, share in s.share.items():
+        lat, ttft = s.latency_ms.get(model, {}), s.ttft_ms.get(model, {})
+        lines.append(
+            f"{model:<26} {share:6.1%}   {lat.get('p50', 0):8.1f} {lat.get('p95', 0):8.1f} "
+            f"{lat.get('p99', 0):8.1f}     {ttft.get('p50', 0):8.1f}"
+        )
+    if s.rate_limited:
+        lines.append("\nrate limited (429) by tier: " + ", ".join(f"{t} {n}" for t, n in s.rate_limited.items()))
+    if s.errors:
+        lines.append("errors by status: " + ", ".join(f"{k}: {v}" for k, v in s.errors.items()))
+    return "\n".join(lines)
+
+
+def _summary(args: argparse.Namespace) -> int:
+    ledger = Path(args.ledger)
+    if not ledger.exists():
+        raise FileNotFoundError(f"no ledger at {ledger}: `triage serve` writes one there once it has served traffic")
+    where, params = _filters(args)
+    summary = summarize(read_records(ledger, where, params))
+    print(json.dumps(summary.to_json(), indent=2) if args.format == "json" else render(summary, ledger))
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("analytics", help="what routing saved and cost, from the decision ledger")
+    cmds = p.add_subparsers(dest="analytics_command", required=True)
+    s = cmds.add_parser("summary", help="requests, share per model, cost against always-large, latency, 429s")
+    s.add_argument("--ledger", default=str(DEFAULT_LEDGER), help=f"ledger file (default {DEFAULT_LEDGER})")
+    s.add_argument("--since", help="ISO date/time or an age (24h, 7d)")
+    s.add_argument("--until", help="ISO date/time or an age")
+    s.add_argument("--tier", help="only this tier")
+    s.add_argument("--model", help="only requests served by this model")
+    s.add_argument("--format", choices=["table", "json"], default="table")
+    s.set_defaults(run=_summary)

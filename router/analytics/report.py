@@ -1,0 +1,91 @@
+"""Aggregations over decision records: pure functions, so that every number can be checked by hand."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.core.records import DecisionRecord
+
+__all__ = ["Summary", "percentile", "summarize"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Summary:
+    first_ts: float | None = None
+    last_ts: float | None = None
+    requests: int = 0
+    served: int = 0  # answered 200 by a worker
+    share: dict[str, float] = field(default_factory=dict)  # model -> share of served requests
+    escalations: int = 0
+    cache_hits: int = 0
+    rate_limited: dict[str, int] = field(default_factory=dict)  # tier -> 429s
+    errors: dict[int, int] = field(default_factory=dict)  # status -> count, for status >= 400 but 429
+    cost: float = 0.0
+    cost_large: float = 0.0
+    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> p50/p95/p99
+    ttft_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def saving(self) -> float:
+        """Fraction of the always-large cost not paid."""
+        return 1 - self.cost / self.cost_large if self.cost_large else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "period": {"from": self.first_ts, "to": self.last_ts},
+            "requests": self.requests,
+            "served": self.served,
+            "share": self.share,
+            "escalations": self.escalations,
+            "cache_hits": self.cache_hits,
+            "rate_limited": self.rate_limited,
+            "errors": {str(k): v for k, v in self.errors.items()},
+            "cost": {"paid": self.cost, "always_large": self.cost_large, "saving": self.saving},
+            "latency_ms": self.latency_ms,
+            "ttft_ms": self.ttft_ms,
+        }
+
+
+def summarize(records: Iterable[DecisionRecord]) -> Summary:
+    s = Summary()
+    served: Counter[str] = Counter()
+    latency: defaultdict[str, list[float]] = defaultdict(list)
+    ttft: defaultdict[str, list[float]] = defaultdict(list)
+    limited: Counter[str] = Counter()
+    errors: Counter[int] = Counter()
+    for r in records:
+        s.requests += 1
+        s.first_ts = r.ts if s.first_ts is None else min(s.first_ts, r.ts)
+        s.last_ts = r.ts if s.last_ts is None else max(s.last_ts, r.ts)
+        s.escalations += r.escalated
+        s.cache_hits += r.cache_hit
+        s.cost += r.cost
+        s.cost_large += r.cost_large
+        if r.status == 429:
+            limited[r.tier] += 1
+        elif r.status >= 400:
+            errors[r.status] += 1
+        if r.status == 200 and r.model:
+            served[r.model] += 1
+            latency[r.model].append(r.latency_ms)
+            if r.ttft_ms is not None:
+                ttft[r.model].append(r.ttft_ms)
+    s.served = sum(served.values())
+    s.share = {m: n / s.served for m, n in served.most_common()}
+    s.rate_limited = dict(limited)
+    s.errors = dict(sorted(errors.items()))
+    for store, source in ((s.latency_ms, latency), (s.ttft_ms, ttft)):
+        for model, values in source.items():
+            store[model] = {f"p{q}": percentile(values, q) for q in (50, 95, 99)}
+    return s

@@ -1,0 +1,123 @@
+"""Analytics numbers against a ledger built by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from router.adapters.ledger_sqlite import SqliteLedger, read_records
+from router.analytics.cli import parse_time
+from router.analytics.report import percentile, summarize
+from router.cli import main
+from router.core.records import DecisionRecord
+
+
+def rec(
+    ts: float,
+    model: str,
+    status: int = 200,
+    tier: str = "free",
+    cost: float = 0.0,
+    cost_large: float = 0.0,
+    latency: float = 10.0,
+    **kw: object,
+) -> DecisionRecord:
+    values: dict[str, object] = dict(
+        ts=ts,
+        request_id=f"r{ts}",
+        tier=tier,
+        caller="c",
+        model_requested="auto",
+        model=model,
+        worker=model,
+        score=0.5,
+        threshold=0.4,
+        reason="below_threshold",
+        escalated=False,
+        cache_hit=False,
+        prompt_tokens=10,
+        completion_tokens=5,
+        ttft_ms=latency / 2,
+        latency_ms=latency,
+        status=status,
+        cost=cost,
+        cost_large=cost_large,
+    )
+    values.update(kw)
+    return DecisionRecord(**values)  # type: ignore[arg-type]
+
+
+HAND = [
+    rec(100, "small", cost=0.001, cost_large=0.010, latency=10),
+    rec(101, "small", cost=0.001, cost_large=0.010, latency=20),
+    rec(102, "small", cost=0.001, cost_large=0.010, latency=30),
+    rec(103, "large", cost=0.010, cost_large=0.010, latency=100, escalated=True),
+    rec(104, "", status=429, tier="anonymous"),
+    rec(105, "", status=429, tier="anonymous"),
+    rec(106, "small", status=502, tier="free"),
+]
+
+
+def test_summary_by_hand() -> None:
+    s = summarize(HAND)
+    assert (s.requests, s.served, s.escalations) == (7, 4, 1)
+    assert s.share == {"small": 0.75, "large": 0.25}
+    assert s.rate_limited == {"anonymous": 2}
+    assert s.errors == {502: 1}
+    assert s.cost == pytest.approx(0.013)
+    assert s.cost_large == pytest.approx(0.040)
+    assert s.saving == pytest.approx(1 - 0.013 / 0.040)
+    assert s.latency_ms["small"] == {"p50": 20, "p95": 30, "p99": 30}
+    assert s.ttft_ms["large"]["p50"] == 50
+    assert (s.first_ts, s.last_ts) == (100, 106)
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 95), percentile(values, 99)) == (50, 95, 99)
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_times() -> None:
+    assert parse_time("2026-11-30") == 1_795_996_800  # midnight UTC
+    assert parse_time("24h", now=100_000) == 100_000 - 86_400
+    with pytest.raises(ValueError, match="not a time"):
+        parse_time("yesterday")
+
+
+async def test_ledger_round_trip_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = SqliteLedger(path, batch=3, interval=0.01)
+    await ledger.start()
+    for r in HAND:
+        ledger.emit(r)
+    await ledger.close()
+    assert (ledger.written, ledger.dropped) == (7, 0)
+    assert list(read_records(path)) == HAND
+    assert main(["analytics", "summary", "--ledger", str(path), "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["requests"] == 7
+    assert out["cost"]["saving"] == pytest.approx(0.675)
+    assert main(["analytics", "summary", "--ledger", str(path), "--tier", "anonymous", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rate_limited"] == {"anonymous": 2}
+    assert main(["analytics", "summary", "--ledger", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "saved 67.5%" in table
+    assert "anonymous 2" in table
+
+
+async def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "l.sqlite", max_queue=2)
+    for r in HAND[:5]:
+        ledger.emit(r)
+    assert (ledger.depth, ledger.dropped) == (2, 3)
+    await ledger.start()
+    await ledger.close()
+    assert ledger.written == 2
+
+
+def test_missing_ledger_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analytics", "summary", "--ledger", str(tmp_path / "none.sqlite")]) == 2
+    assert "no ledger at" in capsys.readouterr().err

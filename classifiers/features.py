@@ -12,11 +12,11 @@ import itertools
 import math
 import re
 import zlib
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 __all__ = ["STRUCTURE", "FeatureSpec", "Featurizer", "structure"]
 
@@ -119,17 +119,23 @@ def structure(text: str) -> list[float]:
 _PRIME = np.uint64(0x100000001B3)
 _MIX = np.uint64(0xFF51AFD7ED558CCD)
 _SHIFT = np.uint64(33)
+_MASK64 = (1 << 64) - 1
 
 
 def _block(cols: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
     """Hashed columns (repeats allowed) with values 1/||counts||, so that summing repeats gives the
     L2-normalised count. A dot product sums repeats by itself; no per-prompt dedup is needed."""
-    if len(cols) == 0:
+    n = len(cols)
+    if n == 0:
         return cols, np.zeros(0, np.float32)
+    if n < 256:  # numpy's per-call overhead dominates small blocks: count in Python
+        counts = Counter(cols.tolist()).values()
+        norm = math.sqrt(sum(c * c for c in counts))
+        return cols + offset, np.full(n, 1.0 / norm, np.float32)
     ordered = np.sort(cols)
     runs = np.diff(np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1], [True]))))
     norm = math.sqrt(float(np.dot(runs, runs)))
-    return ordered + offset, np.full(len(ordered), 1.0 / norm, np.float32)
+    return ordered + offset, np.full(n, 1.0 / norm, np.float32)
 
 
 def _word_columns(words: list[str], buckets: int) -> np.ndarray:
@@ -142,26 +148,33 @@ def _char_columns(lowered: str, lo: int, hi: int, buckets: int) -> np.ndarray:
     """Byte n-grams (lo..hi) of the words, each word padded with a space on both sides, hashed in bulk.
 
     On " w1 w2 ... " the grams that lie within one padded word are exactly those with no space inside
-    (a space may only be the first or last byte)."""
+    (a space may only be the first or last byte). The hash of an n-gram extends that of its (n-1)-prefix,
+    so all lengths cost a few vector operations each."""
     data = np.frombuffer((" " + " ".join(lowered.split()) + " ").encode("utf-8"), dtype=np.uint8)
-    spaces = np.concatenate([[0], np.cumsum(data == 32)])
+    size = len(data)
+    if size < lo:
+        return np.zeros(0, np.int64)
+    spaces = np.concatenate(([0], np.cumsum(data == 32)))
     codes = data.astype(np.uint64)
-    out = []
-    for n in range(lo, hi + 1):
-        count = len(data) - n + 1
-        if count <= 0:
+    count = size - lo + 1
+    h = codes[:count].copy()
+    for k in range(1, lo):
+        h = h * _PRIME + codes[k : k + count]
+    parts = []
+    n = lo
+    while True:
+        inside = spaces[n - 1 : n - 1 + count] - spaces[1 : 1 + count]  # spaces strictly inside each gram
+        parts.append(h[inside == 0] ^ np.uint64((n * int(_MIX)) & _MASK64))  # salt by length
+        if n == hi or count == 1:
             break
-        h = np.full(count, np.uint64(n))
-        for k in range(n):
-            h = h * _PRIME + codes[k : k + count]
-        starts = np.arange(count)
-        inside = spaces[starts + n - 1] - spaces[starts + 1]  # spaces strictly inside the gram
-        h = h[inside == 0]
-        h ^= h >> _SHIFT
-        h *= _MIX
-        h ^= h >> _SHIFT
-        out.append((h & np.uint64(buckets - 1)).astype(np.int64))
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+        count -= 1
+        h = h[:count] * _PRIME + codes[n : n + count]
+        n += 1
+    mixed = np.concatenate(parts)
+    mixed ^= mixed >> _SHIFT
+    mixed *= _MIX
+    mixed ^= mixed >> _SHIFT
+    return (mixed & np.uint64(buckets - 1)).astype(np.int64)
 
 
 class Featurizer:
@@ -182,7 +195,10 @@ class Featurizer:
             parts.append((np.arange(len(values), dtype=np.int64) + spec.structure_offset, values))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def transform(self, texts: list[str]) -> sp.csr_matrix:
+    def transform(self, texts: list[str]) -> Any:
+        """A scipy CSR matrix of all texts (training and evaluation; serving uses row())."""
+        import scipy.sparse as sp  # not needed to serve: keeps the gateway's memory down
+
         indptr = [0]
         indices: list[np.ndarray] = []
         data: list[np.ndarray] = []

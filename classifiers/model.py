@@ -14,11 +14,11 @@ import logging
 import math
 import zlib
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sklearn
 
 from classifiers.features import FeatureSpec, Featurizer
 
@@ -81,7 +81,7 @@ class Classifier:
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "sklearn_version": sklearn.__version__,
+            "sklearn_version": version("scikit-learn"),
             "spec": self.spec.to_json(),
             "intercept": self.intercept,
             "platt": list(self.platt),
@@ -124,7 +124,7 @@ class Classifier:
             raise ClassifierFileError(
                 f"{path}: format version {doc['format_version']}, this llm-triage reads version {FORMAT_VERSION}"
             )
-        theirs, ours = str(doc["sklearn_version"]), sklearn.__version__
+        theirs, ours = str(doc["sklearn_version"]), version("scikit-learn")
         if theirs.split(".")[0] != ours.split(".")[0]:
             raise ClassifierFileError(f"{path}: trained with scikit-learn {theirs}, this is {ours}; retrain it")
         blob = doc["coef"]

@@ -9,7 +9,7 @@ import logging
 import sqlite3
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import astuple
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ _CREATE = (
     + ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in COLUMNS)
     + ");\nCREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);"
 )
+# attrgetter, not dataclasses.astuple: astuple deep-copies every field, on the event loop's thread.
+_row = attrgetter(*COLUMNS)
 _INSERT = f"INSERT INTO decisions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
 
@@ -87,7 +89,8 @@ class SqliteLedger:
 
     async def _flush(self) -> None:
         while self._queue and self._db is not None:
-            rows = [astuple(self._queue.popleft()) for _ in range(min(self._batch, len(self._queue)))]
+            take = self._queue.popleft
+            rows = [_row(take()) for _ in range(min(self._batch, len(self._queue)))]
             try:
                 await asyncio.to_thread(self._write, rows)
             except sqlite3.Error as exc:

@@ -9,11 +9,9 @@ A Platt scaling fitted on out-of-fold predictions turns the raw gain into P(larg
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import KFold
 
 from classifiers.calibrate import threshold_for_quality
 from classifiers.features import FeatureSpec, Featurizer
@@ -24,14 +22,22 @@ __all__ = ["DEFAULT_ALPHA", "fit", "fit_raw"]
 DEFAULT_ALPHA = 10.0
 
 
-def fit_raw(X: sp.csr_matrix, small: np.ndarray, large: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    """Ridge weights and intercept predicting large - small. sparse_cg is deterministic."""
+# scikit-learn is imported inside the functions that train: the gateway imports this module (through the CLI)
+# but never trains, and scikit-learn costs ~80 MB of memory.
+
+
+def fit_raw(X: Any, small: np.ndarray, large: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """Ridge weights and intercept predicting large - small, from a sparse matrix. sparse_cg is deterministic."""
+    from sklearn.linear_model import Ridge
+
     ridge = Ridge(alpha=alpha, solver="sparse_cg", tol=1e-6, max_iter=2000)
     ridge.fit(X, np.asarray(large, dtype=np.float64) - np.asarray(small, dtype=np.float64))
     return np.asarray(ridge.coef_, dtype=np.float32), float(ridge.intercept_)
 
 
 def _platt(raw: np.ndarray, small: np.ndarray, large: np.ndarray) -> tuple[float, float]:
+    from sklearn.linear_model import LogisticRegression
+
     y = (np.asarray(large) > np.asarray(small)).astype(int)
     if y.min() == y.max():
         return 1.0, 0.0
@@ -50,6 +56,8 @@ def fit(
     meta: dict[str, object] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Classifier:
+    from sklearn.model_selection import KFold
+
     spec = spec or FeatureSpec()
     small_a, large_a = np.asarray(small, dtype=np.float64), np.asarray(large, dtype=np.float64)
     progress(f"featurizing {len(texts)} prompts")

@@ -212,6 +212,29 @@ def measure(
     return cells
 
 
+def measure_arms(
+    arms: list[tuple[str, str, int]], wrk: str, tmp: Path, model: str, duration: float, rss: dict[str, float]
+) -> list[Cell]:
+    cells = []
+    for mode in MODES:
+        body = {**BODY, "model": model, **({"stream": True} if mode == "sse" else {})}
+        script = wrk_script(tmp, body, None)
+        for _, url, _ in arms:
+            run_wrk(wrk, url, script, 16, min(2.0, duration))  # warm-up
+        for c in CONCURRENCY:
+            for target, url, pid in arms:
+                rps, p50, p99, errors = run_wrk(wrk, url, script, c, duration)
+                cells.append(Cell(target, mode, c, rps, p50, p99, errors))
+                print(
+                    f"  {target:<11} {mode:<4} c={c:<3} {rps:9.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms"
+                    + (f"  ERRORS {errors}" if errors else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                rss[target] = max(rss.get(target, 0.0), rss_mb(pid))
+    return cells
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per cell (default 8)")
@@ -240,6 +263,9 @@ def main() -> int:
             "direct", f"{upstream}/chat/completions", wrk, tmp, "bench-model", args.duration, None, None, rss
         )
 
+        # Both llm-triage gateways run at once (idle while the other is measured) and are measured cell by
+        # cell in turn, so that machine noise over the run falls on both alike: that is the ledger's cost.
+        arms: list[tuple[str, str, int]] = []
         for target, ledger in (("llm-triage", True), ("llm-triage no-ledger", False)):
             if ledger is False and args.skip_ledger_off:
                 continue
@@ -262,18 +288,13 @@ def main() -> int:
             procs.append(gw)
             wait_http(f"http://127.0.0.1:{gw_port}/health", 30)
             rss[target] = rss_mb(gw.pid)
-            print(f"through {target} (model auto: scored by the classifier and routed)", file=sys.stderr)
-            cells += measure(
-                target,
-                f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-                wrk,
-                tmp,
-                "auto",
-                args.duration,
-                None,
-                gw.pid,
-                rss,
-            )
+            arms.append((target, f"http://127.0.0.1:{gw_port}/v1/chat/completions", gw.pid))
+        print(
+            "through llm-triage (model auto: scored by the classifier and routed), ledger on and off in turn",
+            file=sys.stderr,
+        )
+        cells += measure_arms(arms, wrk, tmp, "auto", args.duration, rss)
+        for gw in procs[1:]:
             stop(gw)
 
         if litellm is not None:

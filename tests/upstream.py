@@ -65,7 +65,9 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
                 404,
             )
         if "status" in test:
-            return Response(test.get("body", ""), status_code=test["status"], media_type="application/json")
+            return Response(
+                test.get("body", ""), status_code=test["status"], media_type=test.get("type", "application/json")
+            )
         if "sleep" in test and await _hung_up_within(request, test["sleep"]):
             # Like vLLM: a request whose client left is aborted, and we note that it was.
             journal.cancelled.append(body.get("x_id", "?"))

@@ -53,12 +53,12 @@ def _headers(routed: Routed, request_id: str) -> dict[str, str]:
 
 
 def _reply(reply: UpstreamReply, headers: dict[str, str]) -> Response:
-    body = reply.body
+    body, media_type = reply.body, reply.content_type
     if reply.status >= 400 and not _is_envelope(body):
         # A worker's 4xx without OpenAI's envelope still reaches the SDK as one.
         text = body[:500].decode("utf-8", "replace") or f"worker answered {reply.status}"
-        body = error_body(text, "invalid_request_error", reply.status)
-    return Response(body, status_code=reply.status, media_type=reply.content_type, headers=headers)
+        body, media_type = error_body(text, "invalid_request_error", reply.status), "application/json"
+    return Response(body, status_code=reply.status, media_type=media_type, headers=headers)
 
 
 def _is_envelope(body: bytes) -> bool:

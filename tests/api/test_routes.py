@@ -147,10 +147,12 @@ def test_worker_4xx_passes_through_and_non_envelope_is_wrapped(stack: Stack) -> 
         {"error": {"message": "prompt too long", "type": "BadRequestError", "param": None, "code": 400}}
     )
     r1 = chat(stack, model="auto", x_test={"status": 400, "body": envelope})
-    r2 = chat(stack, model="auto", x_test={"status": 422, "body": "plain words"})
+    r2 = chat(stack, model="auto", x_test={"status": 422, "body": "plain words", "type": "text/plain"})
     assert r1.status_code == 400 and r1.json()["error"]["message"] == "prompt too long"
     assert r1.headers["x-triage-model"] == "tiny-small"
-    assert r2.status_code == 422 and r2.json()["error"]["message"] == "plain words"
+    assert r2.status_code == 422
+    assert r2.json()["error"]["message"] == "plain words"
+    assert r2.headers["content-type"].startswith("application/json")
 
 
 def test_worker_5xx_is_502(stack: Stack) -> None:

@@ -16,6 +16,7 @@ from router.adapters.discovery import discover_model
 from router.adapters.ledger_sqlite import SqliteLedger
 from router.adapters.limiter_memory import MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
+from router.adapters.metrics import FanOutSink, Metrics
 from router.adapters.scorers import LengthScorer
 from router.api.auth import Authenticator
 from router.api.errors import install_error_handlers
@@ -110,6 +111,8 @@ def create_app(
     )
     limiter: RateLimiter = redis_limiter or MemoryLimiter()
     ledger = SqliteLedger(settings.ledger.path) if settings.ledger.enabled else None
+    metrics = Metrics()
+    sink = FanOutSink([metrics, ledger]) if ledger is not None else metrics
     service = RoutingService(
         workers,
         alias=settings.routing.alias,
@@ -117,8 +120,21 @@ def create_app(
         scorer=scorer,
         backend=backend,
         limiter=limiter,
-        sink=ledger,
+        sink=sink,
         store_prompts=settings.ledger.store_prompts,
+    )
+    metrics.gauge(
+        "triage_ledger_queue_depth", "Records waiting to be written.", lambda: float(ledger.depth if ledger else 0)
+    )
+    metrics.gauge(
+        "triage_ledger_dropped_total",
+        "Records dropped because the queue was full.",
+        lambda: float(ledger.dropped if ledger else 0),
+    )
+    metrics.gauge(
+        "triage_limiter_errors_total",
+        "Times the rate-limit store did not answer.",
+        lambda: float(service.limiter_health.errors),
     )
     tiers = build_tiers(settings)
     auth = Authenticator(
@@ -149,6 +165,7 @@ def create_app(
         service=service,
         backend=backend,
         auth=auth,
+        metrics=metrics,
         max_body_bytes=settings.server.max_body_bytes,
         models_body=_models_body(service, workers),
     )

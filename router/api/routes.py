@@ -111,6 +111,10 @@ def build_router() -> APIRouter:
     async def models(request: Request) -> Response:
         return Response(gateway(request).models_body, media_type="application/json")
 
+    @router.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(gateway(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
     @router.get("/health")
     async def health() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.requests import Request
 
@@ -13,11 +14,16 @@ from router.service import RoutingService
 __all__ = ["GatewayState", "gateway"]
 
 
+class MetricsView(Protocol):
+    def render(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayState:
     service: RoutingService
     backend: Backend
     auth: Authenticator
+    metrics: MetricsView
     max_body_bytes: int
     models_body: bytes  # GET /v1/models never changes while running: encoded once
 

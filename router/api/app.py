@@ -23,7 +23,7 @@ from router.api.errors import install_error_handlers
 from router.api.routes import build_router
 from router.api.state import GatewayState
 from router.core.limits import TierLimits
-from router.core.ports import RateLimiter, Scorer
+from router.core.ports import Scorer
 from router.core.tiers import Tier
 from router.core.types import Worker
 from router.errors import ConfigError
@@ -81,6 +81,30 @@ def build_tiers(settings: Settings) -> dict[str, Tier]:
     }
 
 
+def _redis_limiter(settings: Settings) -> RedisLimiter | None:
+    """Limits shared through Redis when a URL is configured (env TRIAGE_REDIS_URL first); else None."""
+    url = os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
+    if not url:
+        return None
+    return RedisLimiter(url, timeout=settings.limits.redis_timeout, prefix=settings.limits.key_prefix)
+
+
+def _gauges(metrics: Metrics, ledger: SqliteLedger | None, service: RoutingService) -> None:
+    metrics.gauge(
+        "triage_ledger_queue_depth", "Records waiting to be written.", lambda: float(ledger.depth if ledger else 0)
+    )
+    metrics.gauge(
+        "triage_ledger_dropped_total",
+        "Records dropped because the queue was full.",
+        lambda: float(ledger.dropped if ledger else 0),
+    )
+    metrics.gauge(
+        "triage_limiter_errors_total",
+        "Times the rate-limit store did not answer.",
+        lambda: float(service.limiter_health.errors),
+    )
+
+
 def _models_body(service: RoutingService, workers: Sequence[Worker]) -> bytes:
     created = int(time.time())
     owners = {w.model: w.name for w in workers}
@@ -103,39 +127,20 @@ def create_app(
         scorer, threshold = build_scorer(settings)
     else:
         threshold = 0.5 if settings.routing.threshold is None else settings.routing.threshold
-    redis_url = os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
-    redis_limiter = (
-        RedisLimiter(redis_url, timeout=settings.limits.redis_timeout, prefix=settings.limits.key_prefix)
-        if redis_url
-        else None
-    )
-    limiter: RateLimiter = redis_limiter or MemoryLimiter()
+    redis_limiter = _redis_limiter(settings)
     ledger = SqliteLedger(settings.ledger.path) if settings.ledger.enabled else None
     metrics = Metrics()
-    sink = FanOutSink([metrics, ledger]) if ledger is not None else metrics
     service = RoutingService(
         workers,
         alias=settings.routing.alias,
         threshold=threshold,
         scorer=scorer,
         backend=backend,
-        limiter=limiter,
-        sink=sink,
+        limiter=redis_limiter or MemoryLimiter(),
+        sink=FanOutSink([metrics, ledger]) if ledger is not None else metrics,
         store_prompts=settings.ledger.store_prompts,
     )
-    metrics.gauge(
-        "triage_ledger_queue_depth", "Records waiting to be written.", lambda: float(ledger.depth if ledger else 0)
-    )
-    metrics.gauge(
-        "triage_ledger_dropped_total",
-        "Records dropped because the queue was full.",
-        lambda: float(ledger.dropped if ledger else 0),
-    )
-    metrics.gauge(
-        "triage_limiter_errors_total",
-        "Times the rate-limit store did not answer.",
-        lambda: float(service.limiter_health.errors),
-    )
+    _gauges(metrics, ledger, service)
     tiers = build_tiers(settings)
     auth = Authenticator(
         tiers=tiers,

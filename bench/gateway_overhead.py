@@ -183,44 +183,22 @@ def run_wrk(wrk: str, url: str, script: Path, concurrency: int, duration: float)
 
 
 def measure(
-    target: str,
-    url: str,
+    arms: list[tuple[str, str, int | None]],
     wrk: str,
     tmp: Path,
     model: str,
     duration: float,
-    auth: str | None,
-    pid: int | None,
     rss: dict[str, float],
+    auth: str | None = None,
 ) -> list[Cell]:
+    """Every mode and concurrency for each arm (target, url, server pid or None); with several arms, each
+    cell is measured for all of them in turn, so that drift over the run falls on all alike."""
     cells = []
     for mode in MODES:
         body = {**BODY, "model": model, **({"stream": True} if mode == "sse" else {})}
         script = wrk_script(tmp, body, auth)
-        run_wrk(wrk, url, script, 16, min(2.0, duration))  # warm-up: connections, caches, JIT-free paths
-        for c in CONCURRENCY:
-            rps, p50, p99, errors = run_wrk(wrk, url, script, c, duration)
-            cells.append(Cell(target, mode, c, rps, p50, p99, errors))
-            print(
-                f"  {target:<11} {mode:<4} c={c:<3} {rps:9.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms"
-                + (f"  ERRORS {errors}" if errors else ""),
-                file=sys.stderr,
-                flush=True,
-            )
-            if pid is not None:
-                rss[target] = max(rss.get(target, 0.0), rss_mb(pid))
-    return cells
-
-
-def measure_arms(
-    arms: list[tuple[str, str, int]], wrk: str, tmp: Path, model: str, duration: float, rss: dict[str, float]
-) -> list[Cell]:
-    cells = []
-    for mode in MODES:
-        body = {**BODY, "model": model, **({"stream": True} if mode == "sse" else {})}
-        script = wrk_script(tmp, body, None)
         for _, url, _ in arms:
-            run_wrk(wrk, url, script, 16, min(2.0, duration))  # warm-up
+            run_wrk(wrk, url, script, 16, min(2.0, duration))  # warm-up: connections, caches
         for c in CONCURRENCY:
             for target, url, pid in arms:
                 rps, p50, p99, errors = run_wrk(wrk, url, script, c, duration)
@@ -231,7 +209,8 @@ def measure_arms(
                     file=sys.stderr,
                     flush=True,
                 )
-                rss[target] = max(rss.get(target, 0.0), rss_mb(pid))
+                if pid is not None:
+                    rss[target] = max(rss.get(target, 0.0), rss_mb(pid))
     return cells
 
 
@@ -260,12 +239,12 @@ def main() -> int:
         wait_http(f"{upstream}/models", 10)
         print("direct to the upstream", file=sys.stderr)
         cells += measure(
-            "direct", f"{upstream}/chat/completions", wrk, tmp, "bench-model", args.duration, None, None, rss
+            [("direct", f"{upstream}/chat/completions", None)], wrk, tmp, "bench-model", args.duration, rss
         )
 
         # Both llm-triage gateways run at once (idle while the other is measured) and are measured cell by
         # cell in turn, so that machine noise over the run falls on both alike: that is the ledger's cost.
-        arms: list[tuple[str, str, int]] = []
+        arms: list[tuple[str, str, int | None]] = []
         for target, ledger in (("llm-triage", True), ("llm-triage no-ledger", False)):
             if ledger is False and args.skip_ledger_off:
                 continue
@@ -293,7 +272,7 @@ def main() -> int:
             "through llm-triage (model auto: scored by the classifier and routed), ledger on and off in turn",
             file=sys.stderr,
         )
-        cells += measure_arms(arms, wrk, tmp, "auto", args.duration, rss)
+        cells += measure(arms, wrk, tmp, "auto", args.duration, rss)
         for gw in procs[1:]:
             stop(gw)
 
@@ -333,17 +312,8 @@ def main() -> int:
             wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", 180)
             rss["litellm"] = rss_mb(ll.pid)
             print(f"through the LiteLLM proxy {litellm_version()}", file=sys.stderr)
-            cells += measure(
-                "litellm",
-                f"http://127.0.0.1:{ll_port}/v1/chat/completions",
-                wrk,
-                tmp,
-                "bench",
-                args.duration,
-                "sk-bench",
-                ll.pid,
-                rss,
-            )
+            arm = ("litellm", f"http://127.0.0.1:{ll_port}/v1/chat/completions", ll.pid)
+            cells += measure([arm], wrk, tmp, "bench", args.duration, rss, auth="sk-bench")
     finally:
         for proc in procs:
             stop(proc)

@@ -39,7 +39,7 @@ def count_round_trips() -> None:
         SENT[0] += 1
         await original(self, command, check_health)
 
-    Connection.send_packed_command = counted  # type: ignore[method-assign]
+    Connection.send_packed_command = counted  # type: ignore[method-assign,assignment]
 
 
 async def run(name: str, admit: Callable[[int], Awaitable[bool]], seconds: float, concurrency: int) -> dict[str, float]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
+import pytest
 
 import classifiers
 from router.api.app import create_app
+from router.errors import ConfigError
 from router.settings import RoutingSettings, Settings
 from tests.api.conftest import settings_for
 from tests.servers import serving
@@ -45,3 +49,12 @@ def test_unset_threshold_uses_the_models_suggestion() -> None:
     base = settings_for("http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1")
     _, threshold = build_scorer(base.model_copy(update={"routing": RoutingSettings()}))
     assert threshold == classifiers.load().meta["suggested_threshold"]
+
+
+def test_a_corrupt_classifier_stops_the_start_with_a_clear_message(tmp_path: Path) -> None:
+    bad = tmp_path / "classifier.json"
+    bad.write_text('{"format": "llm-triage-classifier", "format_version": 1}')
+    base = settings_for("http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1")
+    settings = base.model_copy(update={"routing": RoutingSettings(classifier_path=bad)})
+    with pytest.raises(ConfigError, match=r"routing\.classifier_path: .*classifier\.json: malformed"):
+        create_app(settings)

@@ -130,6 +130,9 @@ def parser() -> argparse.ArgumentParser:
     from router.analytics.cli import add_commands as analytics_commands
 
     analytics_commands(sub)
+    from router.analytics.replay import add_command as replay_command
+
+    replay_command(sub)
     classifier_commands(sub)
     return p
 

@@ -55,10 +55,13 @@ def render(s: Summary, ledger: Path) -> str:
     lines = [f"ledger {ledger}: {s.requests} requests from {_when(s.first_ts)} to {_when(s.last_ts)}"]
     if not s.requests:
         return lines[0]
-    lines.append(
-        f"saved {s.saving:.1%}: paid ${s.cost:.6f} against ${s.cost_large:.6f} had the large model served "
-        "every answered request (each worker's configured prices; same tokens)"
-    )
+    if s.cost_large:
+        lines.append(
+            f"saved {s.saving:.1%}: paid ${s.cost:.6f} against ${s.cost_large:.6f} had the large model served "
+            "every answered request (each worker's configured prices; same tokens)"
+        )
+    else:
+        lines.append("saving unknown: no prices were configured (set workers' price_input and price_output)")
     lines.append(f"served {s.served}, escalated {s.escalations}, cache hits {s.cache_hits}")
     lines.append("\nmodel                      share   latency p50 / p95 / p99 ms     ttft p50 ms")
     for model, share in s.share.items():

@@ -121,3 +121,15 @@ async def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
 def test_missing_ledger_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analytics", "summary", "--ledger", str(tmp_path / "none.sqlite")]) == 2
     assert "no ledger at" in capsys.readouterr().err
+
+
+async def test_summary_without_prices_says_the_saving_is_unknown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "free.sqlite"
+    ledger = SqliteLedger(path)
+    await ledger.start()
+    ledger.emit(rec(1, "small"))
+    await ledger.close()
+    assert main(["analytics", "summary", "--ledger", str(path)]) == 0
+    assert "saving unknown: no prices were configured" in capsys.readouterr().out

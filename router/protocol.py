@@ -17,6 +17,7 @@ __all__ = [
     "decode_body",
     "encode",
     "error_body",
+    "prompt_chars",
     "prompt_text",
 ]
 
@@ -92,6 +93,16 @@ def prompt_text(request: GenerationRequest) -> str:
             return str(prompt[0])
         return ""  # token ids: nothing to read
     return ""
+
+
+def prompt_chars(request: GenerationRequest) -> int:
+    """Characters of everything the worker reads as the prompt (the whole conversation for a chat)."""
+    if isinstance(request, ChatCompletionRequest):
+        return sum(len(_text_of(m.content)) for m in request.messages)
+    if isinstance(request, CompletionRequest) and isinstance(request.prompt, list) and request.prompt:
+        first = request.prompt[0]
+        return sum(len(str(p)) for p in request.prompt) if isinstance(first, str) else len(request.prompt) * 4
+    return len(prompt_text(request))
 
 
 def encode(payload: dict[str, Any]) -> bytes:

@@ -33,7 +33,7 @@ from router.errors import (
     TriageError,
     UpstreamFailed,
 )
-from router.protocol import ChatCompletionRequest, GenerationRequest, encode, prompt_text
+from router.protocol import ChatCompletionRequest, GenerationRequest, encode, prompt_chars, prompt_text
 
 __all__ = ["Endpoint", "Outcome", "Routed", "RoutingService"]
 
@@ -158,7 +158,8 @@ class RoutingService:
             or lim.max_concurrent
         ):
             return None  # unlimited tier: no store round trip at all
-        estimate = estimate_tokens(len(prompt_text(request)), capped or DEFAULT_COMPLETION_ESTIMATE)
+        completions = (capped or DEFAULT_COMPLETION_ESTIMATE) * (request.n or 1)
+        estimate = estimate_tokens(prompt_chars(request), completions)
         try:
             admission = await self._limiter.admit(caller, estimate)
         except LimiterUnavailable as exc:
@@ -282,7 +283,7 @@ class Trace:
         svc, routed = self.service, self.routed
         usage = self.usage
         if usage is None and estimated_completion is not None:
-            usage = (estimate_tokens(len(prompt_text(self.request)), 0), estimated_completion)
+            usage = (estimate_tokens(prompt_chars(self.request), 0), estimated_completion)
         prompt_tokens, completion_tokens = usage if usage else (None, None)
         cost = cost_large = 0.0
         if usage and routed is not None:
@@ -375,7 +376,7 @@ class MeteredStream:
             tokens = sum(usage) if usage else None
             if tokens is None and self._admission is not None:
                 tokens = min(
-                    estimate_tokens(len(prompt_text(self._trace.request)), 0) + completion, self._admission.reserved
+                    estimate_tokens(prompt_chars(self._trace.request), 0) + completion, self._admission.reserved
                 )
             await self._service._settle(self._caller, self._admission, tokens)
             self._trace.finish(200, reason="upstream_error" if self._failed else "", estimated_completion=completion)

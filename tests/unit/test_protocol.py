@@ -41,3 +41,22 @@ def test_prompt_text_reads_the_last_user_turn() -> None:
 @pytest.mark.parametrize(("prompt", "text"), [("abc", "abc"), (["x", "y"], "x"), ([1, 2, 3], "")])
 def test_prompt_text_of_completions(prompt: object, text: str) -> None:
     assert prompt_text(CompletionRequest.model_validate({"model": "m", "prompt": prompt})) == text
+
+
+def test_prompt_chars_counts_the_whole_conversation() -> None:
+    from router.protocol import prompt_chars
+
+    chat = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "abc"},
+                {"role": "user", "content": "de"},
+                {"role": "assistant", "content": None},
+                {"role": "user", "content": [{"type": "text", "text": "fgh"}]},
+            ],
+        }
+    )
+    assert prompt_chars(chat) == 8
+    assert prompt_chars(CompletionRequest.model_validate({"model": "m", "prompt": ["ab", "cde"]})) == 5
+    assert prompt_chars(CompletionRequest.model_validate({"model": "m", "prompt": [1, 2, 3]})) == 12

@@ -28,5 +28,6 @@ def test_exported_members() -> None:
         "decode_body",
         "encode",
         "error_body",
+        "prompt_chars",
         "prompt_text",
     ]

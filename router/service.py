@@ -299,6 +299,7 @@ class Trace:
                 model_requested=self.request.model,
                 model=routed.worker.model if routed else "",
                 worker=routed.worker.name if routed else "",
+                role=routed.worker.role.value if routed else "",
                 score=d.score if d else None,
                 threshold=d.threshold if d else None,
                 reason=reason or (d.reason.value if d else ""),

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
+import sys
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 from router.adapters.ledger_sqlite import read_records
-from router.analytics.report import Summary, summarize
+from router.analytics.report import Bucket, Summary, by_tier, summarize, timeline
+from router.core.records import COLUMNS, DecisionRecord
 
 __all__ = ["add_commands"]
 
@@ -77,24 +81,102 @@ def render(s: Summary, ledger: Path) -> str:
     return "\n".join(lines)
 
 
-def _summary(args: argparse.Namespace) -> int:
+def _records(args: argparse.Namespace) -> list[DecisionRecord]:
     ledger = Path(args.ledger)
     if not ledger.exists():
         raise FileNotFoundError(f"no ledger at {ledger}: `triage serve` writes one there once it has served traffic")
     where, params = _filters(args)
-    summary = summarize(read_records(ledger, where, params))
+    return list(read_records(ledger, where, params))
+
+
+def _summary(args: argparse.Namespace) -> int:
+    ledger = Path(args.ledger)
+    summary = summarize(_records(args))
     print(json.dumps(summary.to_json(), indent=2) if args.format == "json" else render(summary, ledger))
     return 0
+
+
+def _step(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if not match:
+        raise ValueError(f"not a step: {text!r} (use 15m, 1h, 1d)")
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _buckets_out(buckets: list[Bucket], title: str, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([{**asdict(b), "saving": b.saving} for b in buckets], indent=2)
+    lines = [f"{title:<22} requests  served  large share  429s      cost paid   always-large  saved"]
+    lines += [
+        f"{b.key:<22} {b.requests:8d} {b.served:7d} {b.large_share:11.1%} {b.rate_limited:5d} "
+        f"{b.cost:14.6f} {b.cost_large:14.6f} {b.saving:6.1%}"
+        for b in buckets
+    ]
+    return "\n".join(lines)
+
+
+def _timeline(args: argparse.Namespace) -> int:
+    print(_buckets_out(timeline(_records(args), _step(args.step)), "period start (UTC)", args.format))
+    return 0
+
+
+def _tiers(args: argparse.Namespace) -> int:
+    print(_buckets_out(by_tier(_records(args)), "tier", args.format))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    records = _records(args)
+    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        if args.format == "json":
+            json.dump([asdict(r) for r in records], out)
+            out.write("\n")
+        else:
+            writer = csv.writer(out)
+            writer.writerow(COLUMNS)
+            writer.writerows([getattr(r, c) for c in COLUMNS] for r in records)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from router.analytics.plots import plot_ledger
+
+    for path in plot_ledger(_records(args), Path(args.out), _step(args.step)):
+        print(f"wrote {path}")
+    return 0
+
+
+def _with_filters(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--ledger", default=str(DEFAULT_LEDGER), help=f"ledger file (default {DEFAULT_LEDGER})")
+    p.add_argument("--since", help="ISO date/time or an age (24h, 7d)")
+    p.add_argument("--until", help="ISO date/time or an age")
+    p.add_argument("--tier", help="only this tier")
+    p.add_argument("--model", help="only requests served by this model")
+    return p
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("analytics", help="what routing saved and cost, from the decision ledger")
     cmds = p.add_subparsers(dest="analytics_command", required=True)
-    s = cmds.add_parser("summary", help="requests, share per model, cost against always-large, latency, 429s")
-    s.add_argument("--ledger", default=str(DEFAULT_LEDGER), help=f"ledger file (default {DEFAULT_LEDGER})")
-    s.add_argument("--since", help="ISO date/time or an age (24h, 7d)")
-    s.add_argument("--until", help="ISO date/time or an age")
-    s.add_argument("--tier", help="only this tier")
-    s.add_argument("--model", help="only requests served by this model")
+    s = _with_filters(cmds.add_parser("summary", help="requests, share per model, cost vs always-large, latency, 429s"))
     s.add_argument("--format", choices=["table", "json"], default="table")
     s.set_defaults(run=_summary)
+    t = _with_filters(cmds.add_parser("timeline", help="requests, large-model share and saving per period"))
+    t.add_argument("--step", default="1h", help="period length: 15m, 1h, 1d (default 1h)")
+    t.add_argument("--format", choices=["table", "json"], default="table")
+    t.set_defaults(run=_timeline)
+    r = _with_filters(cmds.add_parser("tiers", help="requests, large-model share, 429s and saving per tier"))
+    r.add_argument("--format", choices=["table", "json"], default="table")
+    r.set_defaults(run=_tiers)
+    e = _with_filters(cmds.add_parser("export", help="the records themselves, for a spreadsheet"))
+    e.add_argument("--format", choices=["csv", "json"], default="csv")
+    e.add_argument("--out", help="file to write (default: standard output)")
+    e.set_defaults(run=_export)
+    g = _with_filters(cmds.add_parser("plot", help="PNG charts: share and saving over time, latency per model"))
+    g.add_argument("--out", default=".triage/plots", help="folder for the PNGs (default .triage/plots)")
+    g.add_argument("--step", default="1h", help="period length for the time charts (default 1h)")
+    g.set_defaults(run=_plot)

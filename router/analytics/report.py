@@ -6,11 +6,12 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from router.core.records import DecisionRecord
 
-__all__ = ["Summary", "percentile", "summarize"]
+__all__ = ["Bucket", "Summary", "by_tier", "percentile", "summarize", "timeline"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -89,3 +90,51 @@ def summarize(records: Iterable[DecisionRecord]) -> Summary:
         for model, values in source.items():
             store[model] = {f"p{q}": percentile(values, q) for q in (50, 95, 99)}
     return s
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One period of the timeline, or one tier."""
+
+    key: str  # period start (ISO, UTC) or tier name
+    requests: int
+    served: int
+    large_share: float  # share of served requests the large model answered
+    rate_limited: int
+    cost: float
+    cost_large: float
+
+    @property
+    def saving(self) -> float:
+        return 1 - self.cost / self.cost_large if self.cost_large else 0.0
+
+
+def _bucket(key: str, records: list[DecisionRecord]) -> Bucket:
+    served = [r for r in records if r.status == 200 and r.model]
+    return Bucket(
+        key=key,
+        requests=len(records),
+        served=len(served),
+        large_share=sum(r.role == "large" for r in served) / len(served) if served else 0.0,
+        rate_limited=sum(r.status == 429 for r in records),
+        cost=sum(r.cost for r in records),
+        cost_large=sum(r.cost_large for r in records),
+    )
+
+
+def timeline(records: list[DecisionRecord], step_seconds: int) -> list[Bucket]:
+    """Buckets of `step_seconds`, keyed by their start in UTC."""
+    groups: dict[int, list[DecisionRecord]] = defaultdict(list)
+    for r in records:
+        groups[int(r.ts // step_seconds) * step_seconds].append(r)
+    return [
+        _bucket(datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), groups[start])
+        for start in sorted(groups)
+    ]
+
+
+def by_tier(records: list[DecisionRecord]) -> list[Bucket]:
+    groups: dict[str, list[DecisionRecord]] = defaultdict(list)
+    for r in records:
+        groups[r.tier].append(r)
+    return [_bucket(tier, groups[tier]) for tier in sorted(groups)]

@@ -16,6 +16,7 @@ class DecisionRecord:
     model_requested: str
     model: str  # served model name that answered ("" when none did, e.g. a 429)
     worker: str
+    role: str  # small | large ("" when no worker answered)
     score: float | None
     threshold: float | None
     reason: str  # x-triage-reason, or rate_limited

@@ -32,6 +32,7 @@ def rec(
         model_requested="auto",
         model=model,
         worker=model,
+        role=model if model in ("small", "large") else "",
         score=0.5,
         threshold=0.4,
         reason="below_threshold",
@@ -133,3 +134,49 @@ async def test_summary_without_prices_says_the_saving_is_unknown(
     await ledger.close()
     assert main(["analytics", "summary", "--ledger", str(path)]) == 0
     assert "saving unknown: no prices were configured" in capsys.readouterr().out
+
+
+async def _ledger(tmp_path: Path, records: list[DecisionRecord]) -> Path:
+    path = tmp_path / "hand.sqlite"
+    ledger = SqliteLedger(path)
+    await ledger.start()
+    for r in records:
+        ledger.emit(r)
+    await ledger.close()
+    return path
+
+
+def test_timeline_and_tiers_by_hand() -> None:
+    from router.analytics.report import by_tier, timeline
+
+    buckets = timeline(HAND, step_seconds=3)  # [99-102): ts 100, 101 | [102-105): 102, 103, 104 | [105-108): 105, 106
+    assert [b.key for b in buckets] == ["1970-01-01T00:01:39Z", "1970-01-01T00:01:42Z", "1970-01-01T00:01:45Z"]
+    assert [(b.requests, b.served, b.rate_limited) for b in buckets] == [(2, 2, 0), (3, 2, 1), (2, 0, 1)]
+    assert buckets[1].large_share == 0.5  # small at 102, large at 103
+    assert buckets[0].saving == pytest.approx(1 - 0.002 / 0.020)
+    tiers = {b.key: b for b in by_tier(HAND)}
+    assert (tiers["anonymous"].requests, tiers["anonymous"].rate_limited) == (2, 2)
+    assert (tiers["free"].served, tiers["free"].large_share) == (4, 0.25)
+
+
+async def test_export_plot_timeline_and_tiers_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+
+    path = await _ledger(tmp_path, HAND)
+    out = tmp_path / "records.csv"
+    assert main(["analytics", "export", "--ledger", str(path), "--out", str(out)]) == 0
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7
+    assert rows[3]["model"] == "large"
+    assert main(["analytics", "export", "--ledger", str(path), "--format", "json", "--tier", "anonymous"]) == 0
+    assert [r["status"] for r in json.loads(capsys.readouterr().out)] == [429, 429]
+    assert main(["analytics", "timeline", "--ledger", str(path), "--step", "1d", "--format", "json"]) == 0
+    (day,) = json.loads(capsys.readouterr().out)
+    assert (day["requests"], day["served"], day["large_share"]) == (7, 4, 0.25)
+    assert main(["analytics", "tiers", "--ledger", str(path)]) == 0
+    assert "anonymous" in capsys.readouterr().out
+    plots = tmp_path / "plots"
+    assert main(["analytics", "plot", "--ledger", str(path), "--out", str(plots), "--step", "2s"]) == 0
+    for name in ("share_and_saving.png", "latency_by_model.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

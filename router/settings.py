@@ -132,7 +132,11 @@ class LimitsSettings(_Strict):
 
 class LedgerSettings(_Strict):
     enabled: bool = True
+    # auto: a Redis stream when limits use Redis (replicas share it), else SQLite at `path`
+    backend: Literal["auto", "sqlite", "redis"] = "auto"
     path: Path = Path(".triage/ledger.sqlite")  # `triage analytics` reads this one by default
+    stream: str = "triage:decisions"  # Redis stream (read with `triage analytics --ledger redis://...`)
+    maxlen: int = Field(default=1_000_000, gt=0)  # the stream is trimmed to about this many records
     store_prompts: bool = False  # prompts are not recorded unless turned on
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+from router.adapters.ledger_redis import read_stream_records
 from router.adapters.ledger_sqlite import read_records
 from router.analytics.report import Bucket, Summary, by_tier, summarize, timeline
 from router.core.records import COLUMNS, DecisionRecord
@@ -81,10 +82,24 @@ def render(s: Summary, ledger: Path) -> str:
     return "\n".join(lines)
 
 
+def _matches(r: DecisionRecord, args: argparse.Namespace) -> bool:
+    return (
+        (not args.since or r.ts >= parse_time(args.since))
+        and (not args.until or r.ts < parse_time(args.until))
+        and (not args.tier or r.tier == args.tier)
+        and (not args.model or r.model == args.model)
+    )
+
+
 def _records(args: argparse.Namespace) -> list[DecisionRecord]:
+    if args.ledger.startswith(("redis://", "rediss://")):
+        return [r for r in read_stream_records(args.ledger, args.stream) if _matches(r, args)]
     ledger = Path(args.ledger)
     if not ledger.exists():
-        raise FileNotFoundError(f"no ledger at {ledger}: `triage serve` writes one there once it has served traffic")
+        raise FileNotFoundError(
+            f"no ledger at {ledger}: `triage serve` writes one there once it has served traffic "
+            "(with Redis configured it writes a stream instead: --ledger redis://HOST:PORT/DB)"
+        )
     where, params = _filters(args)
     return list(read_records(ledger, where, params))
 
@@ -151,7 +166,12 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _with_filters(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--ledger", default=str(DEFAULT_LEDGER), help=f"ledger file (default {DEFAULT_LEDGER})")
+    p.add_argument(
+        "--ledger",
+        default=str(DEFAULT_LEDGER),
+        help=f"ledger file, or a redis:// URL for the shared stream (default {DEFAULT_LEDGER})",
+    )
+    p.add_argument("--stream", default="triage:decisions", help="Redis stream name, with a redis:// ledger")
     p.add_argument("--since", help="ISO date/time or an age (24h, 7d)")
     p.add_argument("--until", help="ISO date/time or an age")
     p.add_argument("--tier", help="only this tier")

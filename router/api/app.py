@@ -13,6 +13,8 @@ from fastapi import FastAPI
 import classifiers
 from router.adapters.backend import AiohttpBackend
 from router.adapters.discovery import discover_model
+from router.adapters.ledger_queue import QueuedLedger
+from router.adapters.ledger_redis import RedisStreamLedger
 from router.adapters.ledger_sqlite import SqliteLedger
 from router.adapters.limiter_memory import MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
@@ -89,7 +91,19 @@ def _redis_limiter(settings: Settings) -> RedisLimiter | None:
     return RedisLimiter(url, timeout=settings.limits.redis_timeout, prefix=settings.limits.key_prefix)
 
 
-def _gauges(metrics: Metrics, ledger: SqliteLedger | None, service: RoutingService) -> None:
+def _ledger(settings: Settings) -> QueuedLedger | None:
+    cfg = settings.ledger
+    if not cfg.enabled:
+        return None
+    url = os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
+    if cfg.backend == "redis" or (cfg.backend == "auto" and url):
+        if not url:
+            raise ConfigError("ledger.backend: redis needs limits.redis_url (or TRIAGE_REDIS_URL)")
+        return RedisStreamLedger(url, stream=cfg.stream, maxlen=cfg.maxlen)
+    return SqliteLedger(cfg.path)
+
+
+def _gauges(metrics: Metrics, ledger: QueuedLedger | None, service: RoutingService) -> None:
     metrics.gauge(
         "triage_ledger_queue_depth", "Records waiting to be written.", lambda: float(ledger.depth if ledger else 0)
     )
@@ -128,7 +142,7 @@ def create_app(
     else:
         threshold = 0.5 if settings.routing.threshold is None else settings.routing.threshold
     redis_limiter = _redis_limiter(settings)
-    ledger = SqliteLedger(settings.ledger.path) if settings.ledger.enabled else None
+    ledger = _ledger(settings)
     metrics = Metrics()
     service = RoutingService(
         workers,

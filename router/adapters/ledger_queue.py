@@ -1,0 +1,85 @@
+"""What every decision ledger shares: an in-memory queue that never blocks the request path, batches written
+by a background task, drops counted when the queue is full, and a drain on close (SIGTERM)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from operator import attrgetter
+from typing import Any
+
+from router.core.records import COLUMNS, DecisionRecord
+
+__all__ = ["QueuedLedger", "row"]
+
+log = logging.getLogger("triage.ledger")
+
+# attrgetter, not dataclasses.astuple: astuple deep-copies every field, on the event loop's thread.
+row = attrgetter(*COLUMNS)
+
+
+class QueuedLedger:
+    """Subclasses store batches (`_store`) and may do periodic upkeep (`_tick`)."""
+
+    def __init__(self, *, batch: int, interval: float, max_queue: int) -> None:
+        self._batch = batch
+        self._interval = interval
+        self._max_queue = max_queue
+        self._queue: deque[DecisionRecord] = deque()
+        self.dropped = 0
+        self.written = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def emit(self, record: DecisionRecord) -> None:
+        if len(self._queue) >= self._max_queue:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("decision ledger queue full: %d records dropped so far", self.dropped)
+            return
+        self._queue.append(record)
+
+    async def start(self) -> None:
+        await self._open()
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self._interval)
+            await self._flush()
+            await self._tick()
+
+    async def _flush(self) -> None:
+        while self._queue:
+            take = self._queue.popleft
+            rows = [row(take()) for _ in range(min(self._batch, len(self._queue)))]
+            try:
+                await self._store(rows)
+                self.written += len(rows)
+            except Exception as exc:  # a store failure must never reach requests; it is counted and logged
+                self.dropped += len(rows)
+                log.error("decision ledger write failed (%s): %d records dropped", exc, len(rows))
+            await asyncio.sleep(0)  # let requests run between batches
+
+    async def close(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._flush()
+        await self._close()
+        log.info("decision ledger closed: %d written, %d dropped", self.written, self.dropped)
+
+    async def _open(self) -> None: ...
+
+    async def _store(self, rows: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    async def _tick(self) -> None: ...
+
+    async def _close(self) -> None: ...

@@ -31,6 +31,7 @@ from router.errors import (
     PermissionDenied,
     RateLimited,
     TriageError,
+    UpstreamError,
     UpstreamFailed,
 )
 from router.protocol import ChatCompletionRequest, GenerationRequest, encode, prompt_chars, prompt_text
@@ -228,30 +229,65 @@ class RoutingService:
         settled = False
         try:
             routed = self.route(request, caller.tier, named)
-            trace.routed = routed
-            payload["model"] = routed.worker.model
-            body = encode(payload)
-            if request.stream:
-                stream = await self._backend.open_stream(routed.worker, endpoint.value, body)
-                if stream.status == 200:
-                    settled = True  # the stream settles and records when it ends
-                    return Outcome(routed, MeteredStream(stream, self, caller, admission, trace), limit_headers)
+            chain = self._failover(routed, caller.tier, named is not None)
+            for attempt, routed in enumerate(chain, 1):
+                trace.routed = routed
+                payload["model"] = routed.worker.model
                 try:
-                    error = await stream.read_all()
-                finally:
-                    await stream.aclose()
-                reply = UpstreamReply(stream.status, error, "application/json")
-            else:
-                reply = await self._backend.post(routed.worker, endpoint.value, body)
-            _raise_for_server_error(routed.worker, reply)
-            if reply.status == 200:
-                trace.usage = _usage(reply.body)
-            await self._settle(caller, admission, sum(trace.usage) if trace.usage else None)
-            settled = True
-            return Outcome(routed, reply, limit_headers)
+                    outcome = await self._call(endpoint, payload, request, routed, caller, admission, trace)
+                except UpstreamError as exc:
+                    if attempt == len(chain):
+                        raise
+                    log.warning("%s; failing over to worker %r", exc.message, chain[attempt].worker.name)
+                    continue
+                settled = True  # by _call, or by the stream when it ends
+                return Outcome(outcome.routed, outcome.reply, limit_headers)
+            raise AssertionError("unreachable: the failover chain always holds the routed worker")
         finally:
             if not settled:  # failed or cancelled: the reservation stands, the slot is freed
                 await self._settle(caller, admission, None)
+
+    def _failover(self, routed: Routed, tier: Tier, named: bool) -> list[Routed]:
+        """The routed worker, then the other replicas of its model, then (for a routed request, where the
+        tier may use it) the other model's workers, marked as a fallback."""
+        same = [w for w in self._by_model.get(routed.worker.model, ()) if w is not routed.worker]
+        chain = [routed, *(Routed(w, routed.decision) for w in same)]
+        if not named:
+            for role in Role:
+                if role is not routed.worker.role and role in tier.roles:
+                    d = routed.decision
+                    fallback = Decision(role, Reason.FALLBACK, d.score, d.threshold)
+                    chain += [Routed(w, fallback) for w in self._by_role[role]]
+        return chain
+
+    async def _call(
+        self,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        request: GenerationRequest,
+        routed: Routed,
+        caller: Caller,
+        admission: Admission | None,
+        trace: Trace,
+    ) -> Outcome:
+        """One attempt on one worker; raises UpstreamError when it cannot answer (refused, down, 5xx, timeout)."""
+        body = encode(payload)
+        if request.stream:
+            stream = await self._backend.open_stream(routed.worker, endpoint.value, body)
+            if stream.status == 200:  # the stream settles and records when it ends
+                return Outcome(routed, MeteredStream(stream, self, caller, admission, trace), {})
+            try:
+                error = await stream.read_all()
+            finally:
+                await stream.aclose()
+            reply = UpstreamReply(stream.status, error, "application/json")
+        else:
+            reply = await self._backend.post(routed.worker, endpoint.value, body)
+        _raise_for_server_error(routed.worker, reply)
+        if reply.status == 200:
+            trace.usage = _usage(reply.body)
+        await self._settle(caller, admission, sum(trace.usage) if trace.usage else None)
+        return Outcome(routed, reply, {})
 
 
 class Trace:

@@ -18,6 +18,7 @@ class Reason(StrEnum):
     BELOW_THRESHOLD = "below_threshold"  # routed: score < threshold -> small
     AT_OR_ABOVE_THRESHOLD = "at_or_above_threshold"  # routed: score >= threshold -> large
     TIER_POLICY = "tier_policy"  # routed, but the tier may not use the model size the score chose
+    FALLBACK = "fallback"  # the chosen model's workers failed; the other model (allowed by the tier) answered
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ def test_worker_down_is_503_and_the_other_still_serves(dead_url: str) -> None:
         serving(make_upstream("tiny-large", journal)) as large,
         serving(create_app(settings_for(dead_url, f"{large.url}/v1"))) as gw,
     ):
-        down = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "auto", "messages": SHORT})
-        assert down.status_code == 503
+        down = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "tiny-small", "messages": SHORT})
+        assert down.status_code == 503  # named model, no other replica: nothing to fail over to
         assert down.json()["error"]["code"] == "upstream_unavailable"
         assert "'small'" in down.json()["error"]["message"]
         up = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "tiny-large", "messages": SHORT})

@@ -85,8 +85,12 @@ def test_prompt_over_the_context_limit_is_400_from_the_worker(client: openai.Ope
 def test_killed_worker_is_503_and_the_gateway_serves_the_other(vllm_stack: VllmStack, client: openai.OpenAI) -> None:
     vllm_stack.small.kill()
     with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(model="auto", messages=SHORT, max_tokens=3)  # type: ignore[arg-type]
-    assert info.value.status_code in (502, 503)
+        client.chat.completions.create(model="triage-small", messages=SHORT, max_tokens=3)  # type: ignore[arg-type]
+    assert info.value.status_code == 503
+    # routed requests fail over to the other model, which the default tier may use
+    rerouted = client.chat.completions.with_raw_response.create(model="auto", messages=SHORT, max_tokens=3)  # type: ignore[arg-type]
+    assert rerouted.headers["x-triage-model"] == "triage-large"
+    assert rerouted.headers["x-triage-reason"] == "fallback"
     survivor = client.chat.completions.create(model="auto", messages=LONG, max_tokens=3)  # type: ignore[arg-type]
     assert survivor.model == "triage-large"
     ready = httpx.get(vllm_stack.gateway.url + "/ready").json()

@@ -229,20 +229,23 @@ class RoutingService:
         settled = False
         try:
             routed = self.route(request, caller.tier, named)
-            chain = self._failover(routed, caller.tier, named is not None)
-            for attempt, routed in enumerate(chain, 1):
+            chain: list[Routed] | None = None  # built only when an attempt fails: the common path skips it
+            attempt = 0
+            while True:
                 trace.routed = routed
                 payload["model"] = routed.worker.model
                 try:
                     outcome = await self._call(endpoint, payload, request, routed, caller, admission, trace)
                 except UpstreamError as exc:
-                    if attempt == len(chain):
+                    chain = chain or self._failover(routed, caller.tier, named is not None)
+                    attempt += 1
+                    if attempt >= len(chain):
                         raise
                     log.warning("%s; failing over to worker %r", exc.message, chain[attempt].worker.name)
+                    routed = chain[attempt]
                     continue
                 settled = True  # by _call, or by the stream when it ends
                 return Outcome(outcome.routed, outcome.reply, limit_headers)
-            raise AssertionError("unreachable: the failover chain always holds the routed worker")
         finally:
             if not settled:  # failed or cancelled: the reservation stands, the slot is freed
                 await self._settle(caller, admission, None)

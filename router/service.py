@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from router.core import costs
-from router.core.limits import Admission, estimate_tokens, headers
+from router.core.limits import Admission, estimate_tokens, headers, retry_after_seconds
 from router.core.policy import decide
 from router.core.ports import Backend, DecisionSink, RateLimiter, Scorer, UpstreamReply, UpstreamStream
 from router.core.records import DecisionRecord
@@ -150,35 +150,21 @@ class RoutingService:
         capped = capped_max_tokens(tier, payload.get(field) if isinstance(payload.get(field), int) else None)
         if capped is not None and tier.max_tokens:
             payload[field] = capped
-        lim = tier.limits
-        if not (
-            lim.requests_per_minute
-            or lim.tokens_per_minute
-            or lim.daily_requests
-            or lim.daily_tokens
-            or lim.max_concurrent
-        ):
+        if not tier.limits.any:
             return None  # unlimited tier: no store round trip at all
         completions = (capped or DEFAULT_COMPLETION_ESTIMATE) * (request.n or 1)
         estimate = estimate_tokens(prompt_chars(request), completions)
         try:
             admission = await self._limiter.admit(caller, estimate)
         except LimiterUnavailable as exc:
-            self.limiter_health.errors += 1
-            self.limiter_health.last_error = exc.message
-            log.warning(
-                "rate limiter unavailable (%s); tier %s fails %s",
-                exc.message,
-                tier.name,
-                "open" if tier.fail_open else "closed",
-            )
+            self._limiter_failed(exc, f"admission for tier {tier.name} fails {'open' if tier.fail_open else 'closed'}")
             if tier.fail_open:
                 return None
             raise
         if not admission.admitted:
             raise RateLimited(
                 f"Rate limit reached for tier {tier.name} ({admission.denied_by}); retry after "
-                f"{max(1, -(-admission.retry_after_ms // 1000))} s.",
+                f"{retry_after_seconds(admission.retry_after_ms)} s.",
                 headers=headers(admission),
             )
         return admission
@@ -189,9 +175,12 @@ class RoutingService:
         try:
             await self._limiter.settle(caller, admission, admission.reserved if tokens is None else tokens)
         except LimiterUnavailable as exc:
-            self.limiter_health.errors += 1
-            self.limiter_health.last_error = exc.message
-            log.warning("could not settle a reservation: %s", exc.message)
+            self._limiter_failed(exc, "the reservation stays until its window passes")
+
+    def _limiter_failed(self, exc: LimiterUnavailable, consequence: str) -> None:
+        self.limiter_health.errors += 1
+        self.limiter_health.last_error = exc.message
+        log.warning("%s; %s", exc.message, consequence)
 
     # -- one request -----------------------------------------------------------------------------------
 

@@ -29,6 +29,17 @@ class TierLimits:
     max_concurrent: int = 0
     lease_ttl_ms: int = 600_000  # longest a request may hold a concurrency slot
 
+    @property
+    def any(self) -> bool:
+        """Whether anything is limited at all (an unlimited tier never touches the store)."""
+        return bool(
+            self.requests_per_minute
+            or self.tokens_per_minute
+            or self.daily_requests
+            or self.daily_tokens
+            or self.max_concurrent
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Admission:
@@ -63,6 +74,11 @@ def duration(ms: int) -> str:
     return f"{minutes}m{rest}s"
 
 
+def retry_after_seconds(ms: int) -> int:
+    """Whole seconds for Retry-After, rounded up, at least 1."""
+    return max(1, -(-ms // 1000))
+
+
 def headers(a: Admission) -> dict[str, str]:
     """x-ratelimit-* headers (OpenAI's names) for a tier's per-minute limits."""
     out: dict[str, str] = {}
@@ -76,7 +92,7 @@ def headers(a: Admission) -> dict[str, str]:
         out["x-ratelimit-remaining-tokens"] = str(max(0, lim.tokens_per_minute - a.used_tokens))
         out["x-ratelimit-reset-tokens"] = duration(a.reset_tokens_ms)
     if not a.admitted:
-        out["retry-after"] = str(max(1, -(-a.retry_after_ms // 1000)))
+        out["retry-after"] = str(retry_after_seconds(a.retry_after_ms))
         out["retry-after-ms"] = str(max(0, a.retry_after_ms))
     return out
 

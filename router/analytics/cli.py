@@ -82,18 +82,17 @@ def render(s: Summary, ledger: Path) -> str:
     return "\n".join(lines)
 
 
-def _matches(r: DecisionRecord, args: argparse.Namespace) -> bool:
-    return (
-        (not args.since or r.ts >= parse_time(args.since))
-        and (not args.until or r.ts < parse_time(args.until))
-        and (not args.tier or r.tier == args.tier)
-        and (not args.model or r.model == args.model)
-    )
-
-
 def _records(args: argparse.Namespace) -> list[DecisionRecord]:
     if args.ledger.startswith(("redis://", "rediss://")):
-        return [r for r in read_stream_records(args.ledger, args.stream) if _matches(r, args)]
+        since = parse_time(args.since) if args.since else float("-inf")  # parsed once, not per record
+        until = parse_time(args.until) if args.until else float("inf")
+        return [
+            r
+            for r in read_stream_records(args.ledger, args.stream)
+            if since <= r.ts < until
+            and (not args.tier or r.tier == args.tier)
+            and (not args.model or r.model == args.model)
+        ]
     ledger = Path(args.ledger)
     if not ledger.exists():
         raise FileNotFoundError(

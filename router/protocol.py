@@ -14,6 +14,7 @@ __all__ = [
     "ChatCompletionRequest",
     "CompletionRequest",
     "GenerationRequest",
+    "affinity_key",
     "decode_body",
     "encode",
     "error_body",
@@ -103,6 +104,23 @@ def prompt_chars(request: GenerationRequest) -> int:
         first = request.prompt[0]
         return sum(len(str(p)) for p in request.prompt) if isinstance(first, str) else len(request.prompt) * 4
     return len(prompt_text(request))
+
+
+AFFINITY_CHARS = 2048  # enough to tell conversations apart; hashing more buys nothing
+AFFINITY_PROMPT_CHARS = 256  # a completion prompt grows turn by turn: only its start is stable
+
+
+def affinity_key(request: GenerationRequest) -> bytes:
+    """What requests of one conversation share at their start: a chat's system turns and first user turn (every
+    later turn repeats them), or a completion prompt's beginning. Replicas chosen by it reuse their KV cache."""
+    if isinstance(request, ChatCompletionRequest):
+        parts = []
+        for message in request.messages:
+            parts.append(f"{message.role}\0{_text_of(message.content)}")
+            if message.role == "user":
+                break
+        return "\0".join(parts)[:AFFINITY_CHARS].encode()
+    return prompt_text(request)[:AFFINITY_PROMPT_CHARS].encode()
 
 
 def encode(payload: dict[str, Any]) -> bytes:

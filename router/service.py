@@ -19,9 +19,19 @@ from typing import Any
 import orjson
 
 from router.core import costs
+from router.core.balance import Balancer
+from router.core.caching import cache_key
 from router.core.limits import Admission, estimate_tokens, headers, retry_after_seconds
 from router.core.policy import decide
-from router.core.ports import Backend, DecisionSink, RateLimiter, Scorer, UpstreamReply, UpstreamStream
+from router.core.ports import (
+    Backend,
+    DecisionSink,
+    RateLimiter,
+    ResponseCache,
+    Scorer,
+    UpstreamReply,
+    UpstreamStream,
+)
 from router.core.records import DecisionRecord
 from router.core.tiers import Caller, Tier, allowed_role, capped_max_tokens
 from router.core.types import Decision, Prices, Reason, Role, Worker
@@ -34,12 +44,20 @@ from router.errors import (
     UpstreamError,
     UpstreamFailed,
 )
-from router.protocol import ChatCompletionRequest, GenerationRequest, encode, prompt_chars, prompt_text
+from router.protocol import (
+    ChatCompletionRequest,
+    GenerationRequest,
+    affinity_key,
+    encode,
+    prompt_chars,
+    prompt_text,
+)
 
 __all__ = ["Endpoint", "Outcome", "Routed", "RoutingService"]
 
 log = logging.getLogger("triage.service")
 DEFAULT_COMPLETION_ESTIMATE = 512  # reserved when neither the request nor the tier bounds max_tokens
+MAX_CACHED_BYTES = 1 << 20  # larger answers are not cached: one entry must not crowd out thousands
 
 
 class Endpoint(StrEnum):
@@ -58,6 +76,7 @@ class Outcome:
     routed: Routed
     reply: UpstreamReply | UpstreamStream  # a stream only when one was asked for and the worker accepted
     limit_headers: dict[str, str]
+    cache: str = ""  # hit | miss | bypass for a cacheable request, else empty
 
 
 @dataclass
@@ -78,6 +97,9 @@ class RoutingService:
         limiter: RateLimiter,
         sink: DecisionSink | None = None,
         store_prompts: bool = False,
+        balancer: Balancer | None = None,
+        cache: ResponseCache | None = None,
+        cache_ttl: float = 300.0,
     ) -> None:
         self.workers = tuple(workers)
         self.sink = sink
@@ -98,7 +120,10 @@ class RoutingService:
         for w in self.workers:
             for key in {w.model, w.name}:
                 self._by_model[key] = (*self._by_model.get(key, ()), w)
-        self._turn = 0
+        self.balancer = balancer or Balancer(self.workers)
+        self._cache = cache
+        self._cache_ttl = cache_ttl
+        self._by_name = {w.name: w for w in self.workers}
 
     def model_ids(self) -> list[str]:
         """What GET /v1/models lists: the routed alias first, then each served model once."""
@@ -123,20 +148,20 @@ class RoutingService:
 
     def route(self, request: GenerationRequest, tier: Tier, named: tuple[Worker, ...] | None) -> Routed:
         if named is not None:
-            worker = self._pick(named)
+            worker = self._pick(named, request)
             return Routed(worker, Decision(worker.role, Reason.REQUESTED))
         threshold = self._threshold if tier.threshold is None else tier.threshold
         decision = decide(self._scorer.score(prompt_text(request)), threshold)
         role = allowed_role(tier, decision.role)
         if role is not None and role is not decision.role:
             decision = Decision(role, Reason.TIER_POLICY, decision.score, decision.threshold)
-        return Routed(self._pick(self._by_role[decision.role]), decision)
+        return Routed(self._pick(self._by_role[decision.role], request), decision)
 
-    def _pick(self, candidates: tuple[Worker, ...]) -> Worker:
+    def _pick(self, candidates: tuple[Worker, ...], request: GenerationRequest) -> Worker:
         if len(candidates) == 1:
-            return candidates[0]
-        self._turn += 1
-        return candidates[self._turn % len(candidates)]
+            return candidates[0]  # one replica: no key to hash, no load to compare
+        key = affinity_key(request) if self.balancer.affinity else None
+        return self.balancer.pick(candidates, key)
 
     # -- limits ----------------------------------------------------------------------------------------
 
@@ -191,10 +216,12 @@ class RoutingService:
         payload: dict[str, Any],
         request: GenerationRequest,
         request_id: str = "",
+        *,
+        cache_bypass: bool = False,
     ) -> Outcome:
         trace = Trace(self, caller, request, request_id)
         try:
-            outcome = await self._handle(caller, endpoint, payload, request, trace)
+            outcome = await self._handle(caller, endpoint, payload, request, trace, cache_bypass)
         except TriageError as exc:
             trace.finish(exc.status, reason=trace.reason or exc.code)
             raise
@@ -206,7 +233,13 @@ class RoutingService:
         return outcome
 
     async def _handle(
-        self, caller: Caller, endpoint: Endpoint, payload: dict[str, Any], request: GenerationRequest, trace: Trace
+        self,
+        caller: Caller,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        request: GenerationRequest,
+        trace: Trace,
+        cache_bypass: bool,
     ) -> Outcome:
         named = self._named(request, caller.tier)
         try:
@@ -217,6 +250,14 @@ class RoutingService:
         limit_headers = headers(admission) if admission else {}
         settled = False
         try:
+            cacheable = self._cache is not None and caller.tier.cache
+            key = cache_key(caller.tier.name, endpoint.value, payload) if cacheable else None
+            if key is not None and not cache_bypass:
+                cached = await self._cached(key, trace)
+                if cached is not None:
+                    await self._settle(caller, admission, 0)  # nothing was generated
+                    settled = True
+                    return Outcome(cached.routed, cached.reply, limit_headers, "hit")
             routed = self.route(request, caller.tier, named)
             chain: list[Routed] | None = None  # built only when an attempt fails: the common path skips it
             attempt = 0
@@ -234,23 +275,48 @@ class RoutingService:
                     routed = chain[attempt]
                     continue
                 settled = True  # by _call, or by the stream when it ends
-                return Outcome(outcome.routed, outcome.reply, limit_headers)
+                if key is not None:
+                    await self._store(key, outcome)
+                cache = "" if key is None else "bypass" if cache_bypass else "miss"
+                return Outcome(outcome.routed, outcome.reply, limit_headers, cache)
         finally:
             if not settled:  # failed or cancelled: the reservation stands, the slot is freed
                 await self._settle(caller, admission, None)
 
+    async def _cached(self, key: str, trace: Trace) -> Outcome | None:
+        """A stored answer as an outcome, or None on a miss (or when the worker that answered is gone)."""
+        value = await self._cache.get(key) if self._cache is not None else None
+        if value is None:
+            return None
+        name, _, body = value.partition(b"\n")
+        worker = self._by_name.get(name.decode("utf-8", "replace"))
+        if worker is None:
+            return None
+        routed = Routed(worker, Decision(worker.role, Reason.CACHED))
+        trace.routed, trace.cache_hit, trace.usage = routed, True, _usage(body)
+        return Outcome(routed, UpstreamReply(200, body, "application/json"), {})
+
+    async def _store(self, key: str, outcome: Outcome) -> None:
+        reply = outcome.reply
+        if self._cache is None or not isinstance(reply, UpstreamReply) or reply.status != 200:
+            return
+        if len(reply.body) <= MAX_CACHED_BYTES:
+            await self._cache.put(key, outcome.routed.worker.name.encode() + b"\n" + reply.body, self._cache_ttl)
+
     def _failover(self, routed: Routed, tier: Tier, named: bool) -> list[Routed]:
         """The routed worker, then the other replicas of its model, then (for a routed request, where the
-        tier may use it) the other model's workers, marked as a fallback."""
+        tier may use it) the other model's workers, marked as a fallback. Workers whose breaker is open come
+        last of all: tried only when nothing healthier is left."""
         same = [w for w in self._by_model.get(routed.worker.model, ()) if w is not routed.worker]
-        chain = [routed, *(Routed(w, routed.decision) for w in same)]
+        steps = [Routed(w, routed.decision) for w in self.balancer.order(same)]
         if not named:
             for role in Role:
                 if role is not routed.worker.role and role in tier.roles:
                     d = routed.decision
                     fallback = Decision(role, Reason.FALLBACK, d.score, d.threshold)
-                    chain += [Routed(w, fallback) for w in self._by_role[role]]
-        return chain
+                    steps += [Routed(w, fallback) for w in self.balancer.order(self._by_role[role])]
+        usable = [r for r in steps if self.balancer.usable(r.worker)]
+        return [routed, *usable, *(r for r in steps if r not in usable)]
 
     async def _call(
         self,
@@ -264,18 +330,31 @@ class RoutingService:
     ) -> Outcome:
         """One attempt on one worker; raises UpstreamError when it cannot answer (refused, down, 5xx, timeout)."""
         body = encode(payload)
-        if request.stream:
-            stream = await self._backend.open_stream(routed.worker, endpoint.value, body)
-            if stream.status == 200:  # the stream settles and records when it ends
-                return Outcome(routed, MeteredStream(stream, self, caller, admission, trace), {})
-            try:
-                error = await stream.read_all()
-            finally:
-                await stream.aclose()
-            reply = UpstreamReply(stream.status, error, "application/json")
-        else:
-            reply = await self._backend.post(routed.worker, endpoint.value, body)
-        _raise_for_server_error(routed.worker, reply)
+        worker = routed.worker
+        self.balancer.begin(worker)
+        ended = False
+        failed: bool | None = None  # stays None when the client leaves: no verdict on the worker
+        try:
+            if request.stream:
+                stream = await self._backend.open_stream(worker, endpoint.value, body)
+                if stream.status == 200:  # the stream settles, records and ends its attempt when it closes
+                    ended = True
+                    return Outcome(routed, MeteredStream(stream, self, caller, admission, trace, worker), {})
+                try:
+                    error = await stream.read_all()
+                finally:
+                    await stream.aclose()
+                reply = UpstreamReply(stream.status, error, "application/json")
+            else:
+                reply = await self._backend.post(worker, endpoint.value, body)
+            failed = reply.status >= 500
+            _raise_for_server_error(worker, reply)
+        except UpstreamError:
+            failed = True
+            raise
+        finally:
+            if not ended:
+                self.balancer.end(worker, failed=failed)
         if reply.status == 200:
             trace.usage = _usage(reply.body)
         await self._settle(caller, admission, sum(trace.usage) if trace.usage else None)
@@ -296,6 +375,8 @@ class Trace:
         self.reason = ""
         self.usage: tuple[int, int] | None = None  # prompt, completion
         self.ttft_ms: float | None = None
+        self.cache_hit = False
+        self.escalated = False
         self._done = False
 
     def first_chunk(self) -> None:
@@ -315,7 +396,7 @@ class Trace:
         prompt_tokens, completion_tokens = usage if usage else (None, None)
         cost = cost_large = 0.0
         if usage and routed is not None:
-            cost = costs.cost(routed.worker.prices, *usage)
+            cost = 0.0 if self.cache_hit else costs.cost(routed.worker.prices, *usage)
             cost_large = costs.cost(svc.large_prices, *usage)
         d = routed.decision if routed else None
         sink.emit(
@@ -331,8 +412,8 @@ class Trace:
                 score=d.score if d else None,
                 threshold=d.threshold if d else None,
                 reason=reason or (d.reason.value if d else ""),
-                escalated=False,
-                cache_hit=False,
+                escalated=self.escalated,
+                cache_hit=self.cache_hit,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 ttft_ms=self.ttft_ms if self.ttft_ms is not None else latency,
@@ -356,8 +437,10 @@ class MeteredStream:
         caller: Caller,
         admission: Admission | None,
         trace: Trace,
+        worker: Worker,
     ) -> None:
         self._inner = inner
+        self._worker = worker
         self._service = service
         self._caller = caller
         self._admission = admission
@@ -396,6 +479,7 @@ class MeteredStream:
         if self._closed:
             return
         self._closed = True
+        self._service.balancer.end(self._worker, failed=self._failed)
         try:
             await self._inner.aclose()
         finally:

@@ -16,6 +16,8 @@ from router.errors import ConfigError
 
 __all__ = [
     "AuthSettings",
+    "BalancingSettings",
+    "CacheSettings",
     "KeySettings",
     "LedgerSettings",
     "LimitsSettings",
@@ -76,6 +78,18 @@ class RoutingSettings(_Strict):
     length_midpoint: int = Field(default=400, gt=0)  # length scorer: characters that score 0.5
 
 
+class BalancingSettings(_Strict):
+    """How a request picks among replicas of one model, and when a failing replica is set aside."""
+
+    policy: Literal["least_outstanding", "round_robin"] = "least_outstanding"
+    # Requests of one conversation go to the same replica (its prefix cache then hits), unless that replica
+    # carries more than affinity_load_factor times its share of the requests in flight.
+    prefix_affinity: bool = True
+    affinity_load_factor: float = Field(default=1.25, ge=1)
+    breaker_failures: int = Field(default=3, ge=1)  # consecutive failures that open a worker's breaker
+    breaker_cooldown: float = Field(default=5.0, gt=0)  # seconds before one probe request is let through
+
+
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=9000, ge=1, le=65535)
@@ -99,6 +113,7 @@ class TierSettings(_Strict):
     threshold: float | None = Field(default=None, ge=0, le=1)  # unset: routing.threshold
     on_limiter_error: Literal["open", "closed"] = "open"  # Redis unreachable: admit, or refuse with 503
     lease_ttl: float = Field(default=600.0, gt=0)  # seconds a request may hold a concurrency slot
+    cache: bool = True  # temperature-0 requests may be answered from the response cache (per tier)
 
 
 class KeySettings(_Strict):
@@ -130,6 +145,16 @@ class LimitsSettings(_Strict):
     key_prefix: str = "triage"
 
 
+class CacheSettings(_Strict):
+    """Exact response cache for deterministic requests (temperature 0, one choice, not streamed)."""
+
+    enabled: bool = True
+    # auto: Redis when limits use Redis (replicas share answers), else this process's memory
+    backend: Literal["auto", "memory", "redis"] = "auto"
+    ttl: float = Field(default=300.0, gt=0)  # seconds an answer is served from the cache
+    max_entries: int = Field(default=10_000, gt=0)  # memory backend only; Redis evicts by its own policy
+
+
 class LedgerSettings(_Strict):
     enabled: bool = True
     # auto: a Redis stream when limits use Redis (replicas share it), else SQLite at `path`
@@ -143,11 +168,13 @@ class LedgerSettings(_Strict):
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     routing: RoutingSettings = RoutingSettings()
+    balancing: BalancingSettings = BalancingSettings()
     workers: list[WorkerSettings] = Field(min_length=1)
     tiers: dict[str, TierSettings] = Field(default_factory=lambda: {"anonymous": TierSettings()})
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
     ledger: LedgerSettings = LedgerSettings()
+    cache: CacheSettings = CacheSettings()
 
     @model_validator(mode="after")
     def _tiers_exist(self) -> Settings:

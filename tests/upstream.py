@@ -2,7 +2,9 @@
 
 The request body's `x_test` field (which the gateway passes through untouched, like any unknown field) picks
 the behaviour: {"sleep": s}, {"status": n, "body": "..."}, {"die_after": k} (stream: k chunks, then the
-connection drops). Every request is recorded, and so is each one the client abandoned."""
+connection drops); the answer itself: {"content": text, "finish_reason": r, "logprob": per-token logprob}.
+`Journal.always` applies a behaviour to every request. Every request is recorded, and so is each one the
+client abandoned."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from starlette.routing import Route
 class Journal:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    always: dict[str, Any] = field(default_factory=dict)  # behaviour for every request (a test may change it)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -51,7 +54,7 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
     async def generate(request: Request) -> Response:
         body = json.loads(await request.body())
         journal.bodies.append(body)
-        test = body.get("x_test") or {}
+        test = {**journal.always, **(body.get("x_test") or {})}
         if body.get("model") != model:
             return JSONResponse(
                 {
@@ -76,11 +79,19 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
             return StreamingResponse(_events(body, test, journal), media_type="text/event-stream")
         completion = int(body.get("max_tokens") or 5)
         kind = "chat.completion" if "messages" in body else "text_completion"
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+        text = test.get("content", "word " * completion)
+        tokens = text.split()
+        completion = len(tokens) if "content" in test else completion
+        choice: dict[str, Any] = {"index": 0, "finish_reason": test.get("finish_reason", "length")}
+        lp = float(test.get("logprob", -0.5))
         if "messages" in body:
-            choice["message"] = {"role": "assistant", "content": "word " * completion}
+            choice["message"] = {"role": "assistant", "content": text}
+            if body.get("logprobs"):
+                choice["logprobs"] = {"content": [{"token": t, "logprob": lp, "top_logprobs": []} for t in tokens]}
         else:
-            choice["text"] = "word " * completion
+            choice["text"] = text
+            if body.get("logprobs") is not None:
+                choice["logprobs"] = {"tokens": tokens, "token_logprobs": [lp] * len(tokens)}
         return JSONResponse(
             {
                 "id": "cmpl-test",

@@ -12,6 +12,8 @@ from fastapi import FastAPI
 
 import classifiers
 from router.adapters.backend import AiohttpBackend
+from router.adapters.cache_memory import MemoryCache
+from router.adapters.cache_redis import RedisCache
 from router.adapters.discovery import discover_model
 from router.adapters.ledger_queue import QueuedLedger
 from router.adapters.ledger_redis import RedisStreamLedger
@@ -24,6 +26,7 @@ from router.api.auth import Authenticator
 from router.api.errors import install_error_handlers
 from router.api.routes import build_router
 from router.api.state import GatewayState
+from router.core.balance import BalancePolicy, Balancer
 from router.core.limits import TierLimits
 from router.core.ports import Scorer
 from router.core.tiers import Tier
@@ -32,7 +35,7 @@ from router.errors import ConfigError
 from router.service import RoutingService
 from router.settings import Settings
 
-__all__ = ["build_scorer", "build_tiers", "create_app", "resolve_workers"]
+__all__ = ["build_balancer", "build_scorer", "build_tiers", "create_app", "resolve_workers"]
 
 
 def resolve_workers(settings: Settings) -> list[Worker]:
@@ -78,9 +81,22 @@ def build_tiers(settings: Settings) -> dict[str, Tier]:
             max_tokens=t.max_tokens,
             max_body_bytes=t.max_body_bytes,
             fail_open=t.on_limiter_error == "open",
+            cache=t.cache,
         )
         for name, t in settings.tiers.items()
     }
+
+
+def build_balancer(settings: Settings, workers: Sequence[Worker]) -> Balancer:
+    b = settings.balancing
+    return Balancer(
+        workers,
+        policy=BalancePolicy(b.policy),
+        affinity=b.prefix_affinity,
+        load_factor=b.affinity_load_factor,
+        failures_to_open=b.breaker_failures,
+        cooldown=b.breaker_cooldown,
+    )
 
 
 def _redis_limiter(settings: Settings) -> RedisLimiter | None:
@@ -89,6 +105,18 @@ def _redis_limiter(settings: Settings) -> RedisLimiter | None:
     if not url:
         return None
     return RedisLimiter(url, timeout=settings.limits.redis_timeout, prefix=settings.limits.key_prefix)
+
+
+def _cache(settings: Settings) -> MemoryCache | RedisCache | None:
+    cfg = settings.cache
+    if not cfg.enabled:
+        return None
+    url = os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
+    if cfg.backend == "redis" or (cfg.backend == "auto" and url):
+        if not url:
+            raise ConfigError("cache.backend: redis needs limits.redis_url (or TRIAGE_REDIS_URL)")
+        return RedisCache(url, prefix=settings.limits.key_prefix, timeout=settings.limits.redis_timeout)
+    return MemoryCache(cfg.max_entries)
 
 
 def _ledger(settings: Settings) -> QueuedLedger | None:
@@ -143,6 +171,7 @@ def create_app(
         threshold = 0.5 if settings.routing.threshold is None else settings.routing.threshold
     redis_limiter = _redis_limiter(settings)
     ledger = _ledger(settings)
+    cache = _cache(settings)
     metrics = Metrics()
     service = RoutingService(
         workers,
@@ -153,6 +182,9 @@ def create_app(
         limiter=redis_limiter or MemoryLimiter(),
         sink=FanOutSink([metrics, ledger]) if ledger is not None else metrics,
         store_prompts=settings.ledger.store_prompts,
+        balancer=build_balancer(settings, workers),
+        cache=cache,
+        cache_ttl=settings.cache.ttl,
     )
     _gauges(metrics, ledger, service)
     tiers = build_tiers(settings)
@@ -178,6 +210,8 @@ def create_app(
             await backend.close()
             if redis_limiter is not None:
                 await redis_limiter.close()
+            if isinstance(cache, RedisCache):
+                await cache.close()
 
     app = FastAPI(title="llm-triage", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.triage = GatewayState(

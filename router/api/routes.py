@@ -78,8 +78,9 @@ async def _generate(request: Request, endpoint: Endpoint, schema: type[Generatio
         limit = caller.tier.max_body_bytes or state.max_body_bytes
         raw = await _read_body(request, limit)
         payload, typed = decode_body(raw, schema)
+        bypass = request.headers.get("x-triage-cache", "").lower() == "bypass"
         outcome = await until_disconnect(
-            state.service.handle(caller, endpoint, payload, typed, request_id), request.receive
+            state.service.handle(caller, endpoint, payload, typed, request_id, cache_bypass=bypass), request.receive
         )
     except ClientGone:
         return Response(status_code=_CLIENT_CLOSED)
@@ -88,6 +89,8 @@ async def _generate(request: Request, endpoint: Endpoint, schema: type[Generatio
     except TriageError as exc:
         return error_response(exc, base)
     headers = {**_headers(outcome.routed, request_id), **outcome.limit_headers}
+    if outcome.cache:
+        headers["x-triage-cache"] = outcome.cache
     if isinstance(outcome.reply, UpstreamReply):
         return _reply(outcome.reply, headers)
     return PassThroughStream(outcome.reply, headers)
@@ -121,15 +124,19 @@ def build_router() -> APIRouter:
 
     @router.get("/ready")
     async def ready(request: Request) -> Response:
-        """Ready while at least one worker answers: the gateway can still serve what reaches it."""
+        """Ready while at least one worker answers its health probe and its breaker is not open: the gateway
+        can still serve what reaches it. A worker whose breaker is open reads as down."""
         state = gateway(request)
-        workers = state.service.workers
-        up = await asyncio.gather(*(state.backend.reachable(w) for w in workers))
-        health = state.service.limiter_health
+        service = state.service
+        workers = service.workers
+        reachable = await asyncio.gather(*(state.backend.reachable(w) for w in workers))
+        breakers = {w.name: service.balancer.state(w) for w in workers}
+        up = [ok and breakers[w.name] != "open" for w, ok in zip(workers, reachable, strict=True)]
         body = {
             "ready": any(up),
             "workers": {w.name: ("up" if ok else "down") for w, ok in zip(workers, up, strict=True)},
-            "limiter_errors": health.errors,  # store unreachable since start (see the log for when)
+            "breakers": {name: str(b) for name, b in breakers.items()},
+            "limiter_errors": service.limiter_health.errors,  # store unreachable since start (see the log)
         }
         return Response(orjson.dumps(body), status_code=200 if any(up) else 503, media_type="application/json")
 

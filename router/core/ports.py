@@ -60,6 +60,14 @@ class RateLimiter(Protocol):
         ...
 
 
+class ResponseCache(Protocol):
+    """Whole answers by key, with a time to live. A store that fails is a miss, never an error."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None: ...
+
+
 class DecisionSink(Protocol):
     """Takes decision records off the request path: emit() never blocks and never raises."""
 

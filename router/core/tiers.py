@@ -17,6 +17,7 @@ class Tier:
     max_tokens: int = 0  # cap on a request's max_tokens; 0: no cap
     max_body_bytes: int = 0  # 0: the server's limit
     fail_open: bool = True  # when the limiter's store is unreachable: admit (True) or refuse (False)
+    cache: bool = True  # deterministic requests may be answered from the response cache (scoped to the tier)
 
 
 @dataclass(frozen=True, slots=True)

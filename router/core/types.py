@@ -19,6 +19,7 @@ class Reason(StrEnum):
     AT_OR_ABOVE_THRESHOLD = "at_or_above_threshold"  # routed: score >= threshold -> large
     TIER_POLICY = "tier_policy"  # routed, but the tier may not use the model size the score chose
     FALLBACK = "fallback"  # the chosen model's workers failed; the other model (allowed by the tier) answered
+    CACHED = "cached"  # an identical deterministic request was answered before: no worker was called
 
 
 @dataclass(frozen=True, slots=True)

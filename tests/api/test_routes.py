@@ -188,7 +188,12 @@ def test_health_and_ready(stack: Stack) -> None:
     assert stack.client.get("/health").json() == {"status": "ok"}
     ready = stack.client.get("/ready")
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "workers": {"small": "up", "large": "up"}, "limiter_errors": 0}
+    assert ready.json() == {
+        "ready": True,
+        "workers": {"small": "up", "large": "up"},
+        "breakers": {"small": "closed", "large": "closed"},
+        "limiter_errors": 0,
+    }
 
 
 def test_unknown_route_and_method_use_envelope(stack: Stack) -> None:

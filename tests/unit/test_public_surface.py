@@ -11,6 +11,8 @@ def test_exported_members() -> None:
     assert router.__all__ == ["__version__"]
     assert sorted(router.settings.__all__) == [
         "AuthSettings",
+        "BalancingSettings",
+        "CacheSettings",
         "KeySettings",
         "LedgerSettings",
         "LimitsSettings",
@@ -25,6 +27,7 @@ def test_exported_members() -> None:
         "ChatCompletionRequest",
         "CompletionRequest",
         "GenerationRequest",
+        "affinity_key",
         "decode_body",
         "encode",
         "error_body",

@@ -6,18 +6,21 @@ gsm8k 5-fold                 k-fold within GSM8K
 mmlu -> gsm8k                trained without GSM8K, tested on it
 gsm8k -> mmlu                the other way round
 mmlu+gsm8k -> mt_bench       MT-Bench only ever as a test set
+gsm8k cascade 5-fold         the same GSM8K folds: prompt-only routing against a cascade whose answer scorer
+                             reads the small model's recorded answer (small cost always paid when cascading)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.model_selection import GroupKFold, KFold
 
+from classifiers.answer import answer_text
 from classifiers.data import Benchmark, load_benchmark
 from classifiers.features import FeatureSpec, Featurizer
 from classifiers.metrics import Curve, RouteMetrics, oracle_curve, random_curve, route_metrics, routing_curve
@@ -77,6 +80,7 @@ PROTOCOLS = (
     "mmlu -> gsm8k",
     "gsm8k -> mmlu",
     "mmlu+gsm8k -> mt_bench",
+    "gsm8k cascade 5-fold",
 )
 
 
@@ -112,6 +116,9 @@ def run_protocols(
     results = []
     for name in protocols:
         progress(f"protocol: {name}")
+        if name == "gsm8k cascade 5-fold":
+            results.append(_cascade(benches["gsm8k"], X["gsm8k"], spec, alpha, price_small, price_large))
+            continue
         if name == "mmlu 5-fold":
             test = "mmlu"
             scores = _oof(X[test], *y[test], KFold(5, shuffle=True, random_state=0).split(X[test]), alpha)
@@ -146,17 +153,47 @@ def run_protocols(
         rows = [
             Row.of(router, route_metrics(c, q_small, q_large, price_small, price_large)) for router, c in curves.items()
         ]
-        rows.append(
-            Row(
-                "always-small",
-                0.0,
-                float("nan"),
-                float("nan"),
-                float("nan"),
-                1.0,
-                1 - price_small / price_large,
-            )
-        )
-        rows.append(Row("always-large", 1.0, float("nan"), float("nan"), 1.0, 0.0, 0.0))
+        rows += _fixed_rows(price_small, price_large)
         results.append(ProtocolResult(name, test, len(small), q_small, q_large, rows, curves))
     return results
+
+
+def _fixed_rows(price_small: float, price_large: float) -> list[Row]:
+    nan = float("nan")
+    return [
+        Row("always-small", 0.0, nan, nan, nan, 1.0, 1 - price_small / price_large),
+        Row("always-large", 1.0, nan, nan, 1.0, 0.0, 0.0),
+    ]
+
+
+def _cascade(
+    bench: Benchmark, X_prompt: Any, spec: FeatureSpec, alpha: float, price_small: float, price_large: float
+) -> ProtocolResult:
+    """Prompt-only routing and the cascade on the same items and folds; x is the share sent to (routing) or
+    escalated to (cascade) the large model."""
+    items = [i for i in bench.items if i.small_answer is not None]
+    if len(items) != len(bench.items):
+        raise ValueError(f"{bench.name}: a cascade needs every item's recorded small-model answer")
+    small, large = _outcomes(bench)
+    X_answer = Featurizer(replace(spec, answer=True)).transform(
+        [answer_text(i.prompt, i.small_answer or "") for i in items]
+    )
+    folds = list(KFold(5, shuffle=True, random_state=0).split(X_prompt))
+    routed = _oof(X_prompt, small, large, iter(folds), alpha)
+    cascaded = _oof(X_answer, small, large, iter(folds), alpha)
+    q_small, q_large = float(small.mean()), float(large.mean())
+    curves = {
+        "prompt routing": routing_curve(routed, small, large),
+        "cascade (answer scorer)": routing_curve(cascaded, small, large),
+        "random": random_curve(small, large),
+        "oracle": oracle_curve(small, large),
+    }
+    rows = [
+        Row.of(
+            router,
+            route_metrics(c, q_small, q_large, price_small, price_large, cascade=router.startswith("cascade")),
+        )
+        for router, c in curves.items()
+    ]
+    rows += _fixed_rows(price_small, price_large)
+    return ProtocolResult("gsm8k cascade 5-fold", bench.name, len(items), q_small, q_large, rows, curves)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from classifiers.answer import ANSWER_STRUCTURE, answer_structure, split_answer_text
+
 __all__ = ["STRUCTURE", "FeatureSpec", "Featurizer", "structure"]
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
@@ -51,9 +53,15 @@ class FeatureSpec:
     structure: bool = True
     structure_weight: float = 1.0  # >1 lets the ridge lean on structure, which transfers across domains
     max_chars: int = 2000  # longer prompts are read up to here: bounds scoring time
+    # An answer scorer's text is answer_text(prompt, answer): the prompt's features, the same features of the
+    # answer in a second block, then the answer's own structure (classifiers.answer).
+    answer: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.answer:
+            del data["answer"]  # files written before answer scorers existed stay byte for byte the same
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FeatureSpec:
@@ -64,6 +72,7 @@ class FeatureSpec:
             structure=bool(data["structure"]),
             structure_weight=float(data["structure_weight"]),
             max_chars=int(data["max_chars"]),
+            answer=bool(data.get("answer", False)),
         )
 
     @property
@@ -75,8 +84,13 @@ class FeatureSpec:
         return self.char_offset + ((1 << self.char_bits) if self.char_bits else 0)
 
     @property
-    def width(self) -> int:
+    def text_width(self) -> int:
+        """Columns for one text (the prompt, or the answer of an answer scorer)."""
         return self.structure_offset + (len(STRUCTURE) if self.structure else 0)
+
+    @property
+    def width(self) -> int:
+        return 2 * self.text_width + len(ANSWER_STRUCTURE) if self.answer else self.text_width
 
 
 _DIGITS = b"0123456789"
@@ -183,6 +197,16 @@ class Featurizer:
 
     def row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Sparse features of one prompt: (column indices, values); a column may repeat, values add up."""
+        if not self.spec.answer:
+            return self._text_row(text)
+        prompt, answer = split_answer_text(text)
+        p_idx, p_val = self._text_row(prompt)
+        a_idx, a_val = self._text_row(answer)
+        s_val = np.asarray(answer_structure(prompt, answer), np.float32)
+        s_idx = np.arange(len(s_val), dtype=np.int64) + 2 * self.spec.text_width
+        return np.concatenate([p_idx, a_idx + self.spec.text_width, s_idx]), np.concatenate([p_val, a_val, s_val])
+
+    def _text_row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         spec = self.spec
         text = text[: spec.max_chars]
         lowered = text.lower()

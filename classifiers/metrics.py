@@ -74,13 +74,22 @@ class RouteMetrics:
     saved_priced: float  # cost saved at that share with the given prices
 
 
-def route_metrics(curve: Curve, q_small: float, q_large: float, price_small: float, price_large: float) -> RouteMetrics:
+def route_metrics(
+    curve: Curve,
+    q_small: float,
+    q_large: float,
+    price_small: float,
+    price_large: float,
+    *,
+    cascade: bool = False,
+) -> RouteMetrics:
+    """`cascade`: the small model answers every item first, so its cost is paid on escalated items too."""
     gap = q_large - q_small
     pgr = (curve.quality - q_small) / gap
     apgr = float(np.trapezoid(pgr, curve.share))
     share95 = _first_share(curve, 0.95 * q_large)
     quality95 = float(np.interp(share95, curve.share, curve.quality)) if not np.isnan(share95) else float("nan")
-    cost = share95 * price_large + (1 - share95) * price_small
+    cost = share95 * price_large + (1.0 if cascade else 1 - share95) * price_small
     return RouteMetrics(
         apgr=apgr,
         cpt50=_first_share(curve, q_small + 0.5 * gap),

@@ -16,10 +16,13 @@ __all__ = [
     "GenerationRequest",
     "affinity_key",
     "decode_body",
+    "draft_logprobs_request",
     "encode",
     "error_body",
     "prompt_chars",
     "prompt_text",
+    "read_draft",
+    "strip_logprobs",
 ]
 
 
@@ -121,6 +124,52 @@ def affinity_key(request: GenerationRequest) -> bytes:
                 break
         return "\0".join(parts)[:AFFINITY_CHARS].encode()
     return prompt_text(request)[:AFFINITY_PROMPT_CHARS].encode()
+
+
+def draft_logprobs_request(payload: dict[str, Any], chat: bool) -> tuple[dict[str, Any], bool]:
+    """The payload for a cascade's draft, asking for token logprobs; and whether they were added (the caller
+    did not ask, so they are removed from the answer it gets)."""
+    if chat:
+        if payload.get("logprobs"):
+            return payload, False
+        return {**payload, "logprobs": True}, True
+    if payload.get("logprobs") is not None:
+        return payload, False
+    return {**payload, "logprobs": 1}, True
+
+
+def read_draft(body: bytes) -> tuple[str, str | None, list[float]] | None:
+    """(text, finish_reason, token logprobs) of an answer's first choice; None if it is not one."""
+    try:
+        doc = orjson.loads(body)
+        choice = doc["choices"][0]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(choice, dict):
+        return None
+    message = choice.get("message")
+    text = message.get("content") if isinstance(message, dict) else choice.get("text")
+    logprobs: list[float] = []
+    lp = choice.get("logprobs")
+    if isinstance(lp, dict):
+        if isinstance(lp.get("content"), list):  # chat
+            logprobs = [float(t["logprob"]) for t in lp["content"] if isinstance(t, dict) and "logprob" in t]
+        elif isinstance(lp.get("token_logprobs"), list):  # completions
+            logprobs = [float(v) for v in lp["token_logprobs"] if isinstance(v, int | float)]
+    finish = choice.get("finish_reason")
+    return (text if isinstance(text, str) else "", finish if isinstance(finish, str) else None, logprobs)
+
+
+def strip_logprobs(body: bytes) -> bytes:
+    """The answer without the logprobs the gateway asked for on the caller's behalf."""
+    try:
+        doc = orjson.loads(body)
+        for choice in doc.get("choices") or []:
+            if isinstance(choice, dict) and "logprobs" in choice:
+                choice["logprobs"] = None
+    except (orjson.JSONDecodeError, AttributeError):
+        return body
+    return orjson.dumps(doc)
 
 
 def encode(payload: dict[str, Any]) -> bytes:

@@ -21,9 +21,11 @@ import orjson
 from router.core import costs
 from router.core.balance import Balancer
 from router.core.caching import cache_key
+from router.core.cascade import Draft, EscalationRule, judge
 from router.core.limits import Admission, estimate_tokens, headers, retry_after_seconds
 from router.core.policy import decide
 from router.core.ports import (
+    AnswerScorer,
     Backend,
     DecisionSink,
     RateLimiter,
@@ -48,9 +50,12 @@ from router.protocol import (
     ChatCompletionRequest,
     GenerationRequest,
     affinity_key,
+    draft_logprobs_request,
     encode,
     prompt_chars,
     prompt_text,
+    read_draft,
+    strip_logprobs,
 )
 
 __all__ = ["Endpoint", "Outcome", "Routed", "RoutingService"]
@@ -77,6 +82,7 @@ class Outcome:
     reply: UpstreamReply | UpstreamStream  # a stream only when one was asked for and the worker accepted
     limit_headers: dict[str, str]
     cache: str = ""  # hit | miss | bypass for a cacheable request, else empty
+    escalation: str = ""  # cascade: why the small model's draft was escalated
 
 
 @dataclass
@@ -100,6 +106,8 @@ class RoutingService:
         balancer: Balancer | None = None,
         cache: ResponseCache | None = None,
         cache_ttl: float = 300.0,
+        rule: EscalationRule | None = None,
+        answer_scorer: AnswerScorer | None = None,
     ) -> None:
         self.workers = tuple(workers)
         self.sink = sink
@@ -123,6 +131,8 @@ class RoutingService:
         self.balancer = balancer or Balancer(self.workers)
         self._cache = cache
         self._cache_ttl = cache_ttl
+        self._rule = rule or EscalationRule()
+        self._answer_scorer = answer_scorer
         self._by_name = {w.name: w for w in self.workers}
 
     def model_ids(self) -> list[str]:
@@ -258,30 +268,124 @@ class RoutingService:
                     await self._settle(caller, admission, 0)  # nothing was generated
                     settled = True
                     return Outcome(cached.routed, cached.reply, limit_headers, "hit")
-            routed = self.route(request, caller.tier, named)
-            chain: list[Routed] | None = None  # built only when an attempt fails: the common path skips it
-            attempt = 0
-            while True:
-                trace.routed = routed
-                payload["model"] = routed.worker.model
-                try:
-                    outcome = await self._call(endpoint, payload, request, routed, caller, admission, trace)
-                except UpstreamError as exc:
-                    chain = chain or self._failover(routed, caller.tier, named is not None)
-                    attempt += 1
-                    if attempt >= len(chain):
-                        raise
-                    log.warning("%s; failing over to worker %r", exc.message, chain[attempt].worker.name)
-                    routed = chain[attempt]
-                    continue
-                settled = True  # by _call, or by the stream when it ends
-                if key is not None:
-                    await self._store(key, outcome)
-                cache = "" if key is None else "bypass" if cache_bypass else "miss"
-                return Outcome(outcome.routed, outcome.reply, limit_headers, cache)
+            if caller.tier.cascade and named is None and not request.stream and (request.n or 1) == 1:
+                outcome = await self._cascade(endpoint, payload, request, caller, admission, trace)
+            else:
+                routed = self.route(request, caller.tier, named)
+                outcome = await self._serve(endpoint, payload, request, routed, caller, admission, trace)
+            settled = True  # by _call or _cascade, or by the stream when it ends
+            if key is not None:
+                await self._store(key, outcome)
+            cache = "" if key is None else "bypass" if cache_bypass else "miss"
+            return Outcome(outcome.routed, outcome.reply, limit_headers, cache, outcome.escalation)
         finally:
             if not settled:  # failed or cancelled: the reservation stands, the slot is freed
                 await self._settle(caller, admission, None)
+
+    async def _serve(
+        self,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        request: GenerationRequest,
+        routed: Routed,
+        caller: Caller,
+        admission: Admission | None,
+        trace: Trace,
+        *,
+        named: bool | None = None,
+    ) -> Outcome:
+        """The routed worker, then, if it fails, the failover chain (built only then)."""
+        named = routed.decision.reason is Reason.REQUESTED if named is None else named
+        chain: list[Routed] | None = None
+        attempt = 0
+        while True:
+            trace.routed = routed
+            payload["model"] = routed.worker.model
+            try:
+                return await self._call(endpoint, payload, request, routed, caller, admission, trace)
+            except UpstreamError as exc:
+                chain = chain or self._failover(routed, caller.tier, named)
+                attempt += 1
+                if attempt >= len(chain):
+                    raise
+                log.warning("%s; failing over to worker %r", exc.message, chain[attempt].worker.name)
+                routed = chain[attempt]
+
+    async def _cascade(
+        self,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        request: GenerationRequest,
+        caller: Caller,
+        admission: Admission | None,
+        trace: Trace,
+    ) -> Outcome:
+        """The small model drafts; the draft is kept unless the rule finds it unreliable, and then the large
+        model answers. An escalated request leaves two records: the draft's (reason `draft:<why>`, no baseline
+        cost) and the answer's. If the large model cannot answer, a usable draft is the answer."""
+        tier = caller.tier
+        threshold = self._threshold if tier.threshold is None else tier.threshold
+        score = self._scorer.score(prompt_text(request))  # recorded for analysis; the cascade does not route by it
+        draft_payload, added = draft_logprobs_request(payload, isinstance(request, ChatCompletionRequest))
+        draft_trace = Trace(self, caller, request, trace.request_id)
+        kept = Decision(Role.SMALL, Reason.CASCADE_ACCEPTED, score, threshold)
+        draft: Outcome | None = None
+        try:
+            small = Routed(self._pick(self._by_role[Role.SMALL], request), kept)
+            draft = await self._serve(endpoint, draft_payload, request, small, caller, None, draft_trace, named=True)
+            why = self._judge(draft.reply, request)
+        except UpstreamError:
+            why = "draft_failed"
+        if why is None and draft is not None and isinstance(draft.reply, UpstreamReply):
+            return await self._keep(draft.routed, draft.reply, draft_trace, added, trace, caller, admission, kept)
+        escalated = Decision(Role.LARGE, Reason.ESCALATED, score, threshold)
+        large = Routed(self._pick(self._by_role[Role.LARGE], request), escalated)
+        try:
+            answer = await self._serve(endpoint, payload, request, large, caller, None, trace, named=True)
+        except UpstreamError:
+            if draft is None or not isinstance(draft.reply, UpstreamReply) or draft.reply.status != 200:
+                raise
+            log.warning("large model unavailable; the cascade answers with the %s draft", why)
+            fallback = Decision(Role.SMALL, Reason.FALLBACK, score, threshold)
+            return await self._keep(draft.routed, draft.reply, draft_trace, added, trace, caller, admission, fallback)
+        trace.escalated = draft_trace.escalated = True
+        draft_trace.baseline = False  # the always-large baseline is the answer's, counted once
+        draft_trace.finish(draft.reply.status if draft else 502, reason=f"draft:{why}")
+        used = [u for u in (draft_trace.usage, trace.usage) if u]
+        await self._settle(caller, admission, sum(map(sum, used)) if used else None)
+        return Outcome(answer.routed, answer.reply, {}, escalation=why or "")
+
+    async def _keep(
+        self,
+        drafted: Routed,
+        reply: UpstreamReply,
+        draft_trace: Trace,
+        added: bool,
+        trace: Trace,
+        caller: Caller,
+        admission: Admission | None,
+        decision: Decision,
+    ) -> Outcome:
+        """The draft is the answer: the request's own record describes it."""
+        routed = Routed(drafted.worker, decision)
+        trace.routed, trace.usage = routed, draft_trace.usage
+        await self._settle(caller, admission, sum(trace.usage) if trace.usage else None)
+        body = strip_logprobs(reply.body) if added else reply.body
+        return Outcome(routed, UpstreamReply(reply.status, body, reply.content_type), {})
+
+    def _judge(self, reply: UpstreamReply | UpstreamStream, request: GenerationRequest) -> str | None:
+        if not isinstance(reply, UpstreamReply):
+            return "unreadable"
+        if reply.status != 200:
+            return f"draft_status_{reply.status}"  # e.g. the small model's context is too short
+        parsed = read_draft(reply.body)
+        draft = Draft(*parsed) if parsed else None
+        scorer = self._answer_scorer
+        risk = None
+        if scorer is not None and draft is not None:
+            text = draft.text
+            risk = lambda: scorer.score_answer(prompt_text(request), text)  # noqa: E731
+        return judge(draft, self._rule, risk)
 
     async def _cached(self, key: str, trace: Trace) -> Outcome | None:
         """A stored answer as an outcome, or None on a miss (or when the worker that answered is gone)."""
@@ -377,6 +481,7 @@ class Trace:
         self.ttft_ms: float | None = None
         self.cache_hit = False
         self.escalated = False
+        self.baseline = True  # False for a cascade's escalated draft: the answer's record carries the baseline
         self._done = False
 
     def first_chunk(self) -> None:
@@ -397,7 +502,7 @@ class Trace:
         cost = cost_large = 0.0
         if usage and routed is not None:
             cost = 0.0 if self.cache_hit else costs.cost(routed.worker.prices, *usage)
-            cost_large = costs.cost(svc.large_prices, *usage)
+            cost_large = costs.cost(svc.large_prices, *usage) if self.baseline else 0.0
         d = routed.decision if routed else None
         sink.emit(
             DecisionRecord(

@@ -18,6 +18,7 @@ __all__ = [
     "AuthSettings",
     "BalancingSettings",
     "CacheSettings",
+    "CascadeSettings",
     "KeySettings",
     "LedgerSettings",
     "LimitsSettings",
@@ -114,6 +115,9 @@ class TierSettings(_Strict):
     on_limiter_error: Literal["open", "closed"] = "open"  # Redis unreachable: admit, or refuse with 503
     lease_ttl: float = Field(default=600.0, gt=0)  # seconds a request may hold a concurrency slot
     cache: bool = True  # temperature-0 requests may be answered from the response cache (per tier)
+    # route: the classifier picks the model. cascade: the small model drafts every routed non-streamed
+    # request and the large model answers when the draft looks unreliable (streams are routed as in `route`).
+    mode: Literal["route", "cascade"] = "route"
 
 
 class KeySettings(_Strict):
@@ -143,6 +147,18 @@ class LimitsSettings(_Strict):
     # delays replies too: a fail-open tier can then admit over its limit, a fail-closed one answers 503.
     redis_timeout: float = Field(default=0.1, gt=0)
     key_prefix: str = "triage"
+
+
+class CascadeSettings(_Strict):
+    """When a cascade tier escalates the small model's draft to the large model."""
+
+    # geometric mean of the draft's token probabilities below this escalates (0: confidence is not used)
+    min_confidence: float = Field(default=0.5, ge=0, le=1)
+    escalate_on_length: bool = True  # a draft cut off by max_tokens escalates
+    # An answer scorer reads (prompt, draft): `none`, `default` (shipped, trained on GSM8K math answers),
+    # or a path to one trained with `triage classifier train --answers`.
+    answer_scorer: str = "none"
+    answer_threshold: float | None = Field(default=None, ge=0, le=1)  # unset: the scorer's suggested one
 
 
 class CacheSettings(_Strict):
@@ -175,9 +191,13 @@ class Settings(_Strict):
     limits: LimitsSettings = LimitsSettings()
     ledger: LedgerSettings = LedgerSettings()
     cache: CacheSettings = CacheSettings()
+    cascade: CascadeSettings = CascadeSettings()
 
     @model_validator(mode="after")
     def _tiers_exist(self) -> Settings:
+        for name, tier in self.tiers.items():
+            if tier.mode == "cascade" and set(tier.models) != {Role.SMALL, Role.LARGE}:
+                raise ValueError(f"tier {name!r}: mode cascade needs models [small, large]")
         if self.auth.anonymous_tier not in self.tiers:
             raise ValueError(
                 f"auth.anonymous_tier {self.auth.anonymous_tier!r} is not one of tiers: {list(self.tiers)}"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from router.core.records import DecisionRecord
+from router.core.records import DecisionRecord, is_draft
 
 __all__ = ["Bucket", "Summary", "by_tier", "percentile", "summarize", "timeline"]
 
@@ -66,12 +66,14 @@ def summarize(records: Iterable[DecisionRecord]) -> Summary:
     limited: Counter[str] = Counter()
     errors: Counter[int] = Counter()
     for r in records:
+        s.cost += r.cost  # an escalated draft's cost counts; the draft is not a request of its own
+        if is_draft(r):
+            continue
         s.requests += 1
         s.first_ts = r.ts if s.first_ts is None else min(s.first_ts, r.ts)
         s.last_ts = r.ts if s.last_ts is None else max(s.last_ts, r.ts)
         s.escalations += r.escalated
         s.cache_hits += r.cache_hit
-        s.cost += r.cost
         s.cost_large += r.cost_large
         if r.status == 429:
             limited[r.tier] += 1
@@ -110,13 +112,14 @@ class Bucket:
 
 
 def _bucket(key: str, records: list[DecisionRecord]) -> Bucket:
-    served = [r for r in records if r.status == 200 and r.model]
+    requests = [r for r in records if not is_draft(r)]
+    served = [r for r in requests if r.status == 200 and r.model]
     return Bucket(
         key=key,
-        requests=len(records),
+        requests=len(requests),
         served=len(served),
         large_share=sum(r.role == "large" for r in served) / len(served) if served else 0.0,
-        rate_limited=sum(r.status == 429 for r in records),
+        rate_limited=sum(r.status == 429 for r in requests),
         cost=sum(r.cost for r in records),
         cost_large=sum(r.cost_large for r in records),
     )

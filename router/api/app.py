@@ -27,15 +27,16 @@ from router.api.errors import install_error_handlers
 from router.api.routes import build_router
 from router.api.state import GatewayState
 from router.core.balance import BalancePolicy, Balancer
+from router.core.cascade import EscalationRule
 from router.core.limits import TierLimits
-from router.core.ports import Scorer
+from router.core.ports import AnswerScorer, Scorer
 from router.core.tiers import Tier
 from router.core.types import Worker
 from router.errors import ConfigError
 from router.service import RoutingService
 from router.settings import Settings
 
-__all__ = ["build_balancer", "build_scorer", "build_tiers", "create_app", "resolve_workers"]
+__all__ = ["build_balancer", "build_cascade", "build_scorer", "build_tiers", "create_app", "resolve_workers"]
 
 
 def resolve_workers(settings: Settings) -> list[Worker]:
@@ -64,6 +65,34 @@ def build_scorer(settings: Settings) -> tuple[Scorer, float]:
     return model, float(suggested) if routing.threshold is None else routing.threshold
 
 
+class _ClassifierAnswerScorer:
+    """A classifier trained with `--answers` as the cascade's AnswerScorer."""
+
+    def __init__(self, model: classifiers.Classifier) -> None:
+        self._model = model
+
+    def score_answer(self, prompt: str, answer: str) -> float:
+        return self._model.score(classifiers.answer_text(prompt, answer))
+
+
+def build_cascade(settings: Settings) -> tuple[EscalationRule, AnswerScorer | None]:
+    """The escalation rule, with the answer scorer and its threshold when one is configured."""
+    cfg = settings.cascade
+    if cfg.answer_scorer == "none":
+        return EscalationRule(cfg.min_confidence, cfg.escalate_on_length), None
+    path = classifiers.default_answer_path() if cfg.answer_scorer == "default" else cfg.answer_scorer
+    try:
+        model = classifiers.load(path)
+    except classifiers.ClassifierFileError as exc:
+        raise ConfigError(f"cascade.answer_scorer: {exc}") from None
+    if not model.spec.answer:
+        raise ConfigError(f"cascade.answer_scorer: {path} is a prompt classifier; train one with --answers")
+    threshold = cfg.answer_threshold
+    if threshold is None:
+        threshold = float(model.meta.get("suggested_threshold", 0.5))
+    return EscalationRule(cfg.min_confidence, cfg.escalate_on_length, threshold), _ClassifierAnswerScorer(model)
+
+
 def build_tiers(settings: Settings) -> dict[str, Tier]:
     return {
         name: Tier(
@@ -82,6 +111,7 @@ def build_tiers(settings: Settings) -> dict[str, Tier]:
             max_body_bytes=t.max_body_bytes,
             fail_open=t.on_limiter_error == "open",
             cache=t.cache,
+            cascade=t.mode == "cascade",
         )
         for name, t in settings.tiers.items()
     }
@@ -172,6 +202,7 @@ def create_app(
     redis_limiter = _redis_limiter(settings)
     ledger = _ledger(settings)
     cache = _cache(settings)
+    rule, answer_scorer = build_cascade(settings)
     metrics = Metrics()
     service = RoutingService(
         workers,
@@ -185,6 +216,8 @@ def create_app(
         balancer=build_balancer(settings, workers),
         cache=cache,
         cache_ttl=settings.cache.ttl,
+        rule=rule,
+        answer_scorer=answer_scorer,
     )
     _gauges(metrics, ledger, service)
     tiers = build_tiers(settings)

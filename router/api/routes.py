@@ -91,6 +91,8 @@ async def _generate(request: Request, endpoint: Endpoint, schema: type[Generatio
     headers = {**_headers(outcome.routed, request_id), **outcome.limit_headers}
     if outcome.cache:
         headers["x-triage-cache"] = outcome.cache
+    if outcome.escalation:
+        headers["x-triage-escalation"] = outcome.escalation
     if isinstance(outcome.reply, UpstreamReply):
         return _reply(outcome.reply, headers)
     return PassThroughStream(outcome.reply, headers)

@@ -18,6 +18,12 @@ class Scorer(Protocol):
     def score(self, text: str) -> float: ...
 
 
+class AnswerScorer(Protocol):
+    """Scores a (prompt, answer) pair; higher means the answer is less likely to be right."""
+
+    def score_answer(self, prompt: str, answer: str) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamReply:
     """A whole (non-streamed) answer from a worker, body untouched."""

@@ -19,7 +19,7 @@ class DecisionRecord:
     role: str  # small | large ("" when no worker answered)
     score: float | None
     threshold: float | None
-    reason: str  # x-triage-reason, or rate_limited
+    reason: str  # x-triage-reason, rate_limited, or draft:<why> for a cascade's escalated draft
     escalated: bool
     cache_hit: bool
     prompt_tokens: int | None
@@ -34,3 +34,10 @@ class DecisionRecord:
 
 
 COLUMNS = tuple(f.name for f in fields(DecisionRecord))
+
+DRAFT_PREFIX = "draft:"
+
+
+def is_draft(record: DecisionRecord) -> bool:
+    """A cascade's escalated draft: a call with a cost, but not a request (its answer has its own record)."""
+    return record.reason.startswith(DRAFT_PREFIX)

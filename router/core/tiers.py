@@ -18,6 +18,7 @@ class Tier:
     max_body_bytes: int = 0  # 0: the server's limit
     fail_open: bool = True  # when the limiter's store is unreachable: admit (True) or refuse (False)
     cache: bool = True  # deterministic requests may be answered from the response cache (scoped to the tier)
+    cascade: bool = False  # the small model drafts routed non-streamed requests; unreliable drafts escalate
 
 
 @dataclass(frozen=True, slots=True)

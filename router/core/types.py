@@ -19,6 +19,8 @@ class Reason(StrEnum):
     AT_OR_ABOVE_THRESHOLD = "at_or_above_threshold"  # routed: score >= threshold -> large
     TIER_POLICY = "tier_policy"  # routed, but the tier may not use the model size the score chose
     FALLBACK = "fallback"  # the chosen model's workers failed; the other model (allowed by the tier) answered
+    CASCADE_ACCEPTED = "cascade_accepted"  # cascade tier: the small model's draft was kept
+    ESCALATED = "escalated"  # cascade tier: the draft looked unreliable; the large model answered
     CACHED = "cached"  # an identical deterministic request was answered before: no worker was called
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import classifiers
 import router
 import router.protocol
 import router.settings
@@ -13,6 +14,7 @@ def test_exported_members() -> None:
         "AuthSettings",
         "BalancingSettings",
         "CacheSettings",
+        "CascadeSettings",
         "KeySettings",
         "LedgerSettings",
         "LimitsSettings",
@@ -29,8 +31,19 @@ def test_exported_members() -> None:
         "GenerationRequest",
         "affinity_key",
         "decode_body",
+        "draft_logprobs_request",
         "encode",
         "error_body",
         "prompt_chars",
         "prompt_text",
+        "read_draft",
+        "strip_logprobs",
+    ]
+    assert sorted(classifiers.__all__) == [
+        "Classifier",
+        "ClassifierFileError",
+        "answer_text",
+        "default_answer_path",
+        "default_path",
+        "load",
     ]

@@ -38,35 +38,54 @@ class _Strict(BaseModel):
 class WorkerSettings(_Strict):
     name: str = Field(min_length=1)
     role: Role
-    base_url: str
+    # openai: an OpenAI-compatible server such as vLLM, called directly. litellm: a hosted API called through
+    # litellm (`pip install llm-triage[hosted]`), named by provider_model.
+    provider: Literal["openai", "litellm"] = "openai"
+    provider_model: str | None = None  # litellm's model string, e.g. "openai/gpt-4o"
+    base_url: str | None = None  # required for openai; for litellm, unset means the provider's own address
     model: str | None = None  # served model name; asked from the worker's /v1/models when omitted
-    price_input: float = Field(default=0.0, ge=0)  # USD per million prompt tokens
-    price_output: float = Field(default=0.0, ge=0)  # USD per million completion tokens
+    # USD per million tokens. Unset: 0 for an openai worker; litellm's price table for a litellm worker.
+    price_input: float | None = Field(default=None, ge=0)
+    price_output: float | None = Field(default=None, ge=0)
     timeout: float = Field(default=120.0, gt=0)
     connect_timeout: float = Field(default=3.0, gt=0)
     api_key_env: str | None = None  # name of the environment variable holding the worker's key
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return value.rstrip("/") if value else value
 
-    def to_worker(self, model: str | None = None) -> Worker:
-        served = model or self.model
+    @model_validator(mode="after")
+    def _provider_fields(self) -> WorkerSettings:
+        if self.provider == "openai" and not self.base_url:
+            raise ValueError("base_url is required for a worker with provider openai")
+        if self.provider == "litellm" and not self.provider_model:
+            raise ValueError("provider_model is required for a worker with provider litellm (e.g. openai/gpt-4o)")
+        return self
+
+    def to_worker(self, model: str | None = None, prices: Prices | None = None) -> Worker:
+        served = model or self.model or (self.provider_model if self.provider == "litellm" else None)
         if not served:
             raise ConfigError(f"worker {self.name!r}: served model name unknown (set `model`)")
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        listed = prices or Prices()
         return Worker(
             name=self.name,
             role=self.role,
-            base_url=self.base_url,
+            base_url=self.base_url or "",
             model=served,
-            prices=Prices(self.price_input, self.price_output),
+            prices=Prices(
+                listed.input if self.price_input is None else self.price_input,
+                listed.output if self.price_output is None else self.price_output,
+            ),
             timeout=self.timeout,
             connect_timeout=self.connect_timeout,
             api_key=key,
+            provider=self.provider,
+            provider_model=self.provider_model,
         )
 
 

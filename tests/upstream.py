@@ -117,7 +117,10 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
                     "object": "chat.completion.chunk",
                     "created": 0,
                     "model": model,
-                    "choices": [{"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}],
+                    # like vLLM, the last content chunk carries the finish reason
+                    "choices": [
+                        {"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": "length" if i == n - 1 else None}
+                    ],
                 }
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
             if (body.get("stream_options") or {}).get("include_usage"):

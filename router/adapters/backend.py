@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from router.core.ports import UpstreamReply
+from router.core.ports import Backend, UpstreamReply, UpstreamStream
 from router.core.types import Worker
 from router.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 
-__all__ = ["AiohttpBackend", "AiohttpStream"]
+__all__ = ["AiohttpBackend", "AiohttpStream", "BackendByProvider"]
 
 _JSON = {"Content-Type": "application/json"}
 
@@ -127,3 +127,23 @@ class AiohttpBackend:
                 return response.status == 200
         except (TimeoutError, aiohttp.ClientError):
             return False
+
+
+class BackendByProvider:
+    """Sends each worker's requests to the client for its provider: hosted APIs to `hosted`, the rest direct."""
+
+    def __init__(self, direct: Backend, hosted: Backend) -> None:
+        self._direct = direct
+        self._hosted = hosted
+
+    def _for(self, worker: Worker) -> Backend:
+        return self._hosted if worker.provider == "litellm" else self._direct
+
+    async def post(self, worker: Worker, path: str, body: bytes) -> UpstreamReply:
+        return await self._for(worker).post(worker, path, body)
+
+    async def open_stream(self, worker: Worker, path: str, body: bytes) -> UpstreamStream:
+        return await self._for(worker).open_stream(worker, path, body)
+
+    async def reachable(self, worker: Worker) -> bool:
+        return await self._for(worker).reachable(worker)

@@ -11,7 +11,8 @@ import orjson
 from fastapi import FastAPI
 
 import classifiers
-from router.adapters.backend import AiohttpBackend
+from router.adapters.backend import AiohttpBackend, BackendByProvider
+from router.adapters.backend_litellm import LitellmBackend, litellm_prices
 from router.adapters.cache_memory import MemoryCache
 from router.adapters.cache_redis import RedisCache
 from router.adapters.discovery import discover_model
@@ -44,10 +45,14 @@ def resolve_workers(settings: Settings) -> list[Worker]:
     wait = settings.server.discover_timeout
     resolved = []
     for ws in settings.workers:
+        if ws.provider == "litellm":
+            priced = ws.price_input is not None and ws.price_output is not None
+            resolved.append(ws.to_worker(prices=None if priced else litellm_prices(ws.provider_model or "")))
+            continue
         model = ws.model
         if model is None:
             key = ws.to_worker("?").api_key
-            model = discover_model(ws.base_url, wait=wait, api_key=key)
+            model = discover_model(ws.base_url or "", wait=wait, api_key=key)
         resolved.append(ws.to_worker(model))
     return resolved
 
@@ -194,7 +199,11 @@ def create_app(
     scorer: Scorer | None = None,
 ) -> FastAPI:
     workers = list(workers) if workers is not None else resolve_workers(settings)
-    backend = AiohttpBackend()
+    direct = AiohttpBackend()
+    # Only a fleet with hosted workers pays for the dispatch: vLLM workers keep the direct client.
+    hosted = any(w.provider == "litellm" for w in workers)
+    litellm_backend = LitellmBackend() if hosted else None
+    backend = BackendByProvider(direct, litellm_backend) if litellm_backend else direct
     if scorer is None:
         scorer, threshold = build_scorer(settings)
     else:
@@ -231,7 +240,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await backend.start()
+        await direct.start()
         if ledger is not None:
             await ledger.start()
         try:
@@ -240,7 +249,9 @@ def create_app(
             # uvicorn has finished in-flight requests by now (graceful shutdown): drain their records.
             if ledger is not None:
                 await ledger.close()
-            await backend.close()
+            await direct.close()
+            if litellm_backend is not None:
+                await litellm_backend.close()
             if redis_limiter is not None:
                 await redis_limiter.close()
             if isinstance(cache, RedisCache):

@@ -34,16 +34,18 @@ class Prices:
 
 @dataclass(frozen=True, slots=True)
 class Worker:
-    """One OpenAI-compatible upstream (a vLLM server) serving one model."""
+    """One upstream serving one model: an OpenAI-compatible server (vLLM), or a hosted API through litellm."""
 
     name: str
     role: Role
-    base_url: str  # ends in /v1
+    base_url: str  # ends in /v1 ("" for a hosted API at its provider's default address)
     model: str  # the served model name the worker expects in requests
     prices: Prices
     timeout: float  # seconds: whole answer, or longest silence inside a stream
     connect_timeout: float
     api_key: str | None = None
+    provider: str = "openai"  # openai: an OpenAI-compatible server (vLLM), called directly; litellm: hosted API
+    provider_model: str | None = None  # litellm's model string, e.g. "anthropic/claude-3-5-haiku-latest"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,17 +8,12 @@ This module sees only ports (router.core.ports): no HTTP framework, Redis or cla
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import orjson
-
-from router.core import costs
 from router.core.balance import Balancer
 from router.core.caching import cache_key
 from router.core.cascade import Draft, EscalationRule, judge
@@ -34,7 +29,6 @@ from router.core.ports import (
     UpstreamReply,
     UpstreamStream,
 )
-from router.core.records import DecisionRecord
 from router.core.tiers import Caller, Tier, allowed_role, capped_max_tokens
 from router.core.types import Decision, Prices, Reason, Role, Worker
 from router.errors import (
@@ -57,6 +51,7 @@ from router.protocol import (
     read_draft,
     strip_logprobs,
 )
+from router.tracing import MeteredStream, Trace, usage_of
 
 __all__ = ["Endpoint", "Outcome", "Routed", "RoutingService"]
 
@@ -204,7 +199,7 @@ class RoutingService:
             )
         return admission
 
-    async def _settle(self, caller: Caller, admission: Admission | None, tokens: int | None) -> None:
+    async def settle(self, caller: Caller, admission: Admission | None, tokens: int | None) -> None:
         if admission is None:
             return
         try:
@@ -265,7 +260,7 @@ class RoutingService:
             if key is not None and not cache_bypass:
                 cached = await self._cached(key, trace)
                 if cached is not None:
-                    await self._settle(caller, admission, 0)  # nothing was generated
+                    await self.settle(caller, admission, 0)  # nothing was generated
                     settled = True
                     return Outcome(cached.routed, cached.reply, limit_headers, "hit")
             if caller.tier.cascade and named is None and not request.stream and (request.n or 1) == 1:
@@ -280,7 +275,7 @@ class RoutingService:
             return Outcome(outcome.routed, outcome.reply, limit_headers, cache, outcome.escalation)
         finally:
             if not settled:  # failed or cancelled: the reservation stands, the slot is freed
-                await self._settle(caller, admission, None)
+                await self.settle(caller, admission, None)
 
     async def _serve(
         self,
@@ -344,15 +339,15 @@ class RoutingService:
             answer = await self._serve(endpoint, payload, request, large, caller, None, trace, named=True)
         except UpstreamError:
             if draft is None or not isinstance(draft.reply, UpstreamReply) or draft.reply.status != 200:
+                _record_draft(draft, draft_trace, why)
                 raise
             log.warning("large model unavailable; the cascade answers with the %s draft", why)
             fallback = Decision(Role.SMALL, Reason.FALLBACK, score, threshold)
             return await self._keep(draft.routed, draft.reply, draft_trace, added, trace, caller, admission, fallback)
-        trace.escalated = draft_trace.escalated = True
-        draft_trace.baseline = False  # the always-large baseline is the answer's, counted once
-        draft_trace.finish(draft.reply.status if draft else 502, reason=f"draft:{why}")
+        trace.escalated = True
+        _record_draft(draft, draft_trace, why)
         used = [u for u in (draft_trace.usage, trace.usage) if u]
-        await self._settle(caller, admission, sum(map(sum, used)) if used else None)
+        await self.settle(caller, admission, sum(map(sum, used)) if used else None)
         return Outcome(answer.routed, answer.reply, {}, escalation=why or "")
 
     async def _keep(
@@ -369,7 +364,7 @@ class RoutingService:
         """The draft is the answer: the request's own record describes it."""
         routed = Routed(drafted.worker, decision)
         trace.routed, trace.usage = routed, draft_trace.usage
-        await self._settle(caller, admission, sum(trace.usage) if trace.usage else None)
+        await self.settle(caller, admission, sum(trace.usage) if trace.usage else None)
         body = strip_logprobs(reply.body) if added else reply.body
         return Outcome(routed, UpstreamReply(reply.status, body, reply.content_type), {})
 
@@ -397,7 +392,7 @@ class RoutingService:
         if worker is None:
             return None
         routed = Routed(worker, Decision(worker.role, Reason.CACHED))
-        trace.routed, trace.cache_hit, trace.usage = routed, True, _usage(body)
+        trace.routed, trace.cache_hit, trace.usage = routed, True, usage_of(body)
         return Outcome(routed, UpstreamReply(200, body, "application/json"), {})
 
     async def _store(self, key: str, outcome: Outcome) -> None:
@@ -460,155 +455,17 @@ class RoutingService:
             if not ended:
                 self.balancer.end(worker, failed=failed)
         if reply.status == 200:
-            trace.usage = _usage(reply.body)
-        await self._settle(caller, admission, sum(trace.usage) if trace.usage else None)
+            trace.usage = usage_of(reply.body)
+        await self.settle(caller, admission, sum(trace.usage) if trace.usage else None)
         return Outcome(routed, reply, {})
 
 
-class Trace:
-    """What the service learns about one request as it goes, turned into a DecisionRecord at the end."""
-
-    def __init__(self, service: RoutingService, caller: Caller, request: GenerationRequest, request_id: str) -> None:
-        self.service = service
-        self.caller = caller
-        self.request = request
-        self.request_id = request_id
-        self.started = time.time()
-        self._t0 = time.perf_counter()
-        self.routed: Routed | None = None
-        self.reason = ""
-        self.usage: tuple[int, int] | None = None  # prompt, completion
-        self.ttft_ms: float | None = None
-        self.cache_hit = False
-        self.escalated = False
-        self.baseline = True  # False for a cascade's escalated draft: the answer's record carries the baseline
-        self._done = False
-
-    def first_chunk(self) -> None:
-        if self.ttft_ms is None:
-            self.ttft_ms = (time.perf_counter() - self._t0) * 1000
-
-    def finish(self, status: int, *, reason: str = "", estimated_completion: int | None = None) -> None:
-        sink = self.service.sink
-        if self._done or sink is None:
-            return
-        self._done = True
-        latency = (time.perf_counter() - self._t0) * 1000
-        svc, routed = self.service, self.routed
-        usage = self.usage
-        if usage is None and estimated_completion is not None:
-            usage = (estimate_tokens(prompt_chars(self.request), 0), estimated_completion)
-        prompt_tokens, completion_tokens = usage if usage else (None, None)
-        cost = cost_large = 0.0
-        if usage and routed is not None:
-            cost = 0.0 if self.cache_hit else costs.cost(routed.worker.prices, *usage)
-            cost_large = costs.cost(svc.large_prices, *usage) if self.baseline else 0.0
-        d = routed.decision if routed else None
-        sink.emit(
-            DecisionRecord(
-                ts=self.started,
-                request_id=self.request_id,
-                tier=self.caller.tier.name,
-                caller=hashlib.sha256(self.caller.identity.encode()).hexdigest()[:16],
-                model_requested=self.request.model,
-                model=routed.worker.model if routed else "",
-                worker=routed.worker.name if routed else "",
-                role=routed.worker.role.value if routed else "",
-                score=d.score if d else None,
-                threshold=d.threshold if d else None,
-                reason=reason or (d.reason.value if d else ""),
-                escalated=self.escalated,
-                cache_hit=self.cache_hit,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                ttft_ms=self.ttft_ms if self.ttft_ms is not None else latency,
-                latency_ms=latency,
-                status=status,
-                cost=cost,
-                cost_large=cost_large,
-                prompt=prompt_text(self.request) if svc.store_prompts else None,
-            )
-        )
-
-
-class MeteredStream:
-    """A worker's stream that records the usage it reports, then settles the caller's reservation and records
-    the decision when it closes, however it ends (done, worker failure, client gone)."""
-
-    def __init__(
-        self,
-        inner: UpstreamStream,
-        service: RoutingService,
-        caller: Caller,
-        admission: Admission | None,
-        trace: Trace,
-        worker: Worker,
-    ) -> None:
-        self._inner = inner
-        self._worker = worker
-        self._service = service
-        self._caller = caller
-        self._admission = admission
-        self._trace = trace
-        self._events = 0
-        self._closed = False
-        self._failed = False
-
-    @property
-    def status(self) -> int:
-        return self._inner.status
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._inner.chunks():
-                self._trace.first_chunk()
-                self._observe(chunk)
-                yield chunk
-        except TriageError:
-            self._failed = True
-            raise
-
-    def _observe(self, chunk: bytes) -> None:
-        self._events += chunk.count(b"data: ")
-        if b'"usage"' in chunk:
-            for line in chunk.split(b"\n"):
-                if line.startswith(b"data: {") and b'"usage"' in line:
-                    usage = _usage(line[6:])
-                    if usage is not None:
-                        self._trace.usage = usage
-
-    async def read_all(self) -> bytes:
-        return await self._inner.read_all()
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._service.balancer.end(self._worker, failed=self._failed)
-        try:
-            await self._inner.aclose()
-        finally:
-            usage = self._trace.usage
-            # No usage chunk (the caller did not ask for one): vLLM sends about one token per event.
-            completion = usage[1] if usage else max(0, self._events - 2)
-            tokens = sum(usage) if usage else None
-            if tokens is None and self._admission is not None:
-                tokens = min(
-                    estimate_tokens(prompt_chars(self._trace.request), 0) + completion, self._admission.reserved
-                )
-            await self._service._settle(self._caller, self._admission, tokens)
-            self._trace.finish(200, reason="upstream_error" if self._failed else "", estimated_completion=completion)
-
-
-def _usage(body: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens from an OpenAI `usage` object."""
-    try:
-        usage = orjson.loads(body).get("usage")
-        if not isinstance(usage, dict):
-            return None
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return None
+def _record_draft(draft: Outcome | None, trace: Trace, why: str | None) -> None:
+    """An escalated draft's own record: its cost, but not the always-large baseline (the answer carries it)."""
+    if draft is None:
+        return  # no small worker answered: nothing was generated
+    trace.escalated, trace.baseline = True, False
+    trace.finish(draft.reply.status, reason=f"draft:{why}")
 
 
 def _raise_for_server_error(worker: Worker, reply: UpstreamReply) -> None:

@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-POLICIES = (
+POLICIES: tuple[tuple[str, dict[str, object]], ...] = (
     ("round robin", {"policy": "round_robin", "prefix_affinity": False}),
     ("least outstanding", {"policy": "least_outstanding", "prefix_affinity": False}),
     ("prefix affinity", {"policy": "least_outstanding", "prefix_affinity": True}),
+    ("affinity, load x2", {"policy": "least_outstanding", "prefix_affinity": True, "affinity_load_factor": 2.0}),
+    ("one replica (ceiling)", {"replicas": 1}),  # every turn where its prefix is: the most there is to hit
 )
 TEXT = (
     "river stone garden market window candle thunder orchard harbor lantern meadow copper violin glacier pepper "
@@ -99,10 +101,11 @@ def start_gateway(
     workers: list[str], balancing: dict[str, object], scratch: Path
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
+    replicas = int(str(balancing.get("replicas", len(workers))))
     config = {
         "server": {"port": port, "log_level": "warning"},
         "routing": {"scorer": "length"},
-        "balancing": balancing,
+        "balancing": {k: v for k, v in balancing.items() if k != "replicas"},  # "replicas": how many to use
         "ledger": {"enabled": False},
         "cache": {"enabled": False},
         "workers": [
@@ -110,7 +113,7 @@ def start_gateway(
             {"name": "small", "role": "small", "base_url": f"http://127.0.0.1:{free_port()}/v1", "model": "unused"},
             *(
                 {"name": f"replica-{i}", "role": "large", "base_url": url + "/v1", "model": "triage-large"}
-                for i, url in enumerate(workers)
+                for i, url in enumerate(workers[:replicas])
             ),
         ],
     }
@@ -157,7 +160,9 @@ def main() -> int:
                 str(args.block_size),
             ]
             log = (scratch / f"worker-{i}.log").open("wb")
-            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            # One core each: two replicas on one core would make one of them the slow one by chance.
+            bound = {**env, "VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1))}
+            procs.append(subprocess.Popen(cmd, env=bound, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             workers.append(f"http://127.0.0.1:{port}")
         for url, proc in zip(workers, procs, strict=True):
             wait_http(url + "/health", 300, proc)

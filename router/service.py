@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from router.admission import AdmissionControl
 from router.core.balance import Balancer
 from router.core.caching import cache_key
 from router.core.cascade import Draft, EscalationRule, judge
-from router.core.limits import Admission, estimate_tokens, headers, retry_after_seconds
+from router.core.limits import Admission, headers
 from router.core.policy import decide
 from router.core.ports import (
     AnswerScorer,
@@ -29,10 +30,9 @@ from router.core.ports import (
     UpstreamReply,
     UpstreamStream,
 )
-from router.core.tiers import Caller, Tier, allowed_role, capped_max_tokens
+from router.core.tiers import Caller, Tier, allowed_role
 from router.core.types import Decision, Prices, Reason, Role, Worker
 from router.errors import (
-    LimiterUnavailable,
     ModelNotFound,
     PermissionDenied,
     RateLimited,
@@ -46,7 +46,6 @@ from router.protocol import (
     affinity_key,
     draft_logprobs_request,
     encode,
-    prompt_chars,
     prompt_text,
     read_draft,
     strip_logprobs,
@@ -56,7 +55,6 @@ from router.tracing import MeteredStream, Trace, usage_of
 __all__ = ["Endpoint", "Outcome", "Routed", "RoutingService"]
 
 log = logging.getLogger("triage.service")
-DEFAULT_COMPLETION_ESTIMATE = 512  # reserved when neither the request nor the tier bounds max_tokens
 MAX_CACHED_BYTES = 1 << 20  # larger answers are not cached: one entry must not crowd out thousands
 
 
@@ -78,12 +76,6 @@ class Outcome:
     limit_headers: dict[str, str]
     cache: str = ""  # hit | miss | bypass for a cacheable request, else empty
     escalation: str = ""  # cascade: why the small model's draft was escalated
-
-
-@dataclass
-class LimiterHealth:
-    errors: int = 0
-    last_error: str = ""
 
 
 class RoutingService:
@@ -113,8 +105,7 @@ class RoutingService:
         self._threshold = threshold
         self._scorer = scorer
         self._backend = backend
-        self._limiter = limiter
-        self.limiter_health = LimiterHealth()
+        self.admission = AdmissionControl(limiter)
         self._by_role: dict[Role, tuple[Worker, ...]] = {
             role: tuple(w for w in self.workers if w.role is role) for role in Role
         }
@@ -170,47 +161,8 @@ class RoutingService:
 
     # -- limits ----------------------------------------------------------------------------------------
 
-    async def _admit(self, caller: Caller, request: GenerationRequest, payload: dict[str, Any]) -> Admission | None:
-        tier = caller.tier
-        field = (
-            "max_completion_tokens"
-            if isinstance(request, ChatCompletionRequest) and request.max_completion_tokens is not None
-            else "max_tokens"
-        )
-        capped = capped_max_tokens(tier, payload.get(field) if isinstance(payload.get(field), int) else None)
-        if capped is not None and tier.max_tokens:
-            payload[field] = capped
-        if not tier.limits.any:
-            return None  # unlimited tier: no store round trip at all
-        completions = (capped or DEFAULT_COMPLETION_ESTIMATE) * (request.n or 1)
-        estimate = estimate_tokens(prompt_chars(request), completions)
-        try:
-            admission = await self._limiter.admit(caller, estimate)
-        except LimiterUnavailable as exc:
-            self._limiter_failed(exc, f"admission for tier {tier.name} fails {'open' if tier.fail_open else 'closed'}")
-            if tier.fail_open:
-                return None
-            raise
-        if not admission.admitted:
-            raise RateLimited(
-                f"Rate limit reached for tier {tier.name} ({admission.denied_by}); retry after "
-                f"{retry_after_seconds(admission.retry_after_ms)} s.",
-                headers=headers(admission),
-            )
-        return admission
-
     async def settle(self, caller: Caller, admission: Admission | None, tokens: int | None) -> None:
-        if admission is None:
-            return
-        try:
-            await self._limiter.settle(caller, admission, admission.reserved if tokens is None else tokens)
-        except LimiterUnavailable as exc:
-            self._limiter_failed(exc, "the reservation stays until its window passes")
-
-    def _limiter_failed(self, exc: LimiterUnavailable, consequence: str) -> None:
-        self.limiter_health.errors += 1
-        self.limiter_health.last_error = exc.message
-        log.warning("%s; %s", exc.message, consequence)
+        await self.admission.settle(caller, admission, tokens)
 
     # -- one request -----------------------------------------------------------------------------------
 
@@ -248,7 +200,7 @@ class RoutingService:
     ) -> Outcome:
         named = self._named(request, caller.tier)
         try:
-            admission = await self._admit(caller, request, payload)
+            admission = await self.admission.admit(caller, request, payload)
         except RateLimited:
             trace.reason = "rate_limited"
             raise

@@ -178,7 +178,7 @@ def _gauges(metrics: Metrics, ledger: QueuedLedger | None, service: RoutingServi
     metrics.gauge(
         "triage_limiter_errors_total",
         "Times the rate-limit store did not answer.",
-        lambda: float(service.limiter_health.errors),
+        lambda: float(service.admission.health.errors),
     )
 
 

@@ -138,7 +138,7 @@ def build_router() -> APIRouter:
             "ready": any(up),
             "workers": {w.name: ("up" if ok else "down") for w, ok in zip(workers, up, strict=True)},
             "breakers": {name: str(b) for name, b in breakers.items()},
-            "limiter_errors": service.limiter_health.errors,  # store unreachable since start (see the log)
+            "limiter_errors": service.admission.health.errors,  # store unreachable since start (see the log)
         }
         return Response(orjson.dumps(body), status_code=200 if any(up) else 503, media_type="application/json")
 

@@ -31,3 +31,18 @@ def test_shipped_answer_scorer_loads_with_the_same_api_and_prefers_right_arithme
     assert wrong > right
     assert empty > right
     assert not classifiers.load().spec.answer  # the difficulty classifier is unchanged
+
+
+def test_cascade_protocol_on_recorded_gsm8k_answers_beats_prompt_only_routing() -> None:
+    """The README's cascade table, recomputed: same items, same folds, the small model's real answers."""
+    from classifiers.evaluate import run_protocols
+
+    (result,) = run_protocols(protocols=("gsm8k cascade 5-fold",))
+    rows = {r.router: r for r in result.rows}
+    routed, cascade = rows["prompt routing"], rows["cascade (answer scorer)"]
+    assert result.items == 1307
+    assert cascade.apgr > routed.apgr + 0.05
+    assert cascade.share_at_95 < routed.share_at_95 - 0.1
+    # The cascade pays for every draft: its saving is the free-small saving less the small model's price.
+    assert cascade.saved_priced < cascade.saved_free_small
+    assert cascade.saved_priced > 0.5  # the project's promise: more than half the cost, at 95% quality

@@ -142,14 +142,21 @@ def _redis_limiter(settings: Settings) -> RedisLimiter | None:
     return RedisLimiter(url, timeout=settings.limits.redis_timeout, prefix=settings.limits.key_prefix)
 
 
+def _shared_store(settings: Settings, section: str, backend: str) -> str | None:
+    """The Redis URL a section (`cache`, `ledger`) uses: with backend redis, or auto when limits use Redis;
+    None for its local store."""
+    url = os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
+    if backend == "redis" and not url:
+        raise ConfigError(f"{section}.backend: redis needs limits.redis_url (or TRIAGE_REDIS_URL)")
+    return url if backend == "redis" or (backend == "auto" and url) else None
+
+
 def _cache(settings: Settings) -> MemoryCache | RedisCache | None:
     cfg = settings.cache
     if not cfg.enabled:
         return None
-    url = os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
-    if cfg.backend == "redis" or (cfg.backend == "auto" and url):
-        if not url:
-            raise ConfigError("cache.backend: redis needs limits.redis_url (or TRIAGE_REDIS_URL)")
+    url = _shared_store(settings, "cache", cfg.backend)
+    if url:
         return RedisCache(url, prefix=settings.limits.key_prefix, timeout=settings.limits.redis_timeout)
     return MemoryCache(cfg.max_entries)
 
@@ -158,10 +165,8 @@ def _ledger(settings: Settings) -> QueuedLedger | None:
     cfg = settings.ledger
     if not cfg.enabled:
         return None
-    url = os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
-    if cfg.backend == "redis" or (cfg.backend == "auto" and url):
-        if not url:
-            raise ConfigError("ledger.backend: redis needs limits.redis_url (or TRIAGE_REDIS_URL)")
+    url = _shared_store(settings, "ledger", cfg.backend)
+    if url:
         return RedisStreamLedger(url, stream=cfg.stream, maxlen=cfg.maxlen)
     return SqliteLedger(cfg.path)
 

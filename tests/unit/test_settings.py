@@ -100,3 +100,29 @@ def test_keys_hash_prints_the_sha256(capsys: pytest.CaptureFixture[str]) -> None
 def test_redis_flag_sets_the_limits_store() -> None:
     s = build_settings(parser().parse_args(["serve", "--redis", "redis://127.0.0.1:6379/2"]))
     assert s.limits.redis_url == "redis://127.0.0.1:6379/2"
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ("tiers:\n  anonymous:\n    mode: cascade\n    models: [small]\n", "mode cascade needs models [small, large]"),
+        ("tiers:\n  anonymous:\n    mode: fancy\n", ":16: tiers.anonymous.mode: Input should be 'route' or 'cascade'"),
+        ("balancing:\n  affinity_load_factor: 0.5\n", ":15: balancing.affinity_load_factor"),
+        ("cache:\n  backend: disk\n", ":15: cache.backend"),
+        ("cascade:\n  min_confidence: 2\n", ":15: cascade.min_confidence"),
+    ],
+)
+def test_new_sections_are_checked_too(tmp_path: Path, extra: str, needle: str) -> None:
+    path = write(tmp_path, GOOD + extra)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert needle in str(info.value)
+
+
+def test_a_litellm_worker_needs_no_base_url_and_an_openai_one_does(tmp_path: Path) -> None:
+    hosted = GOOD.replace(
+        "    base_url: http://127.0.0.1:8002/v1\n", "    provider: litellm\n    provider_model: openai/gpt-4o\n"
+    )
+    assert load_settings(write(tmp_path, hosted)).workers[1].to_worker().model == "openai/gpt-4o"
+    with pytest.raises(ConfigError, match="base_url is required"):
+        load_settings(write(tmp_path, GOOD.replace("    base_url: http://127.0.0.1:8002/v1\n", "")))

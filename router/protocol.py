@@ -149,6 +149,8 @@ def read_draft(body: bytes) -> tuple[str, str | None, list[float]] | None:
         return None
     message = choice.get("message")
     text = message.get("content") if isinstance(message, dict) else choice.get("text")
+    if isinstance(message, dict) and message.get("tool_calls") and not text:
+        text = orjson.dumps(message["tool_calls"]).decode()  # a tool call is an answer, not an empty one
     logprobs: list[float] = []
     lp = choice.get("logprobs")
     if isinstance(lp, dict):

@@ -41,6 +41,9 @@ def test_draft_parsing_for_chat_and_completions() -> None:
     assert read_draft(chat) == ("4", "stop", [-0.2])
     text = orjson.dumps({"choices": [{"text": "4", "finish_reason": "length", "logprobs": {"token_logprobs": [-1.5]}}]})
     assert read_draft(text) == ("4", "length", [-1.5])
+    tool = orjson.dumps({"choices": [{"message": {"content": None, "tool_calls": [{"id": "1"}]}}]})
+    parsed = read_draft(tool)
+    assert parsed is not None and judge(Draft(*parsed), RULE) is None  # a tool call is not an empty draft
     assert read_draft(b"not json") is None
     assert read_draft(b'{"choices": []}') is None
     assert orjson.loads(strip_logprobs(chat))["choices"][0]["logprobs"] is None

@@ -279,6 +279,7 @@ class RoutingService:
         draft: Outcome | None = None
         try:
             small = Routed(self._pick(self._by_role[Role.SMALL], request), kept)
+            trace.routed = small  # if the client leaves during the draft, the request's record names it
             draft = await self._serve(endpoint, draft_payload, request, small, caller, None, draft_trace, named=True)
             why = self._judge(draft.reply, request)
         except UpstreamError:

@@ -134,9 +134,14 @@ def build_balancer(settings: Settings, workers: Sequence[Worker]) -> Balancer:
     )
 
 
+def _redis_url(settings: Settings) -> str | None:
+    """The Redis that limits use, and with them the shared cache and ledger: env TRIAGE_REDIS_URL first."""
+    return os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
+
+
 def _redis_limiter(settings: Settings) -> RedisLimiter | None:
-    """Limits shared through Redis when a URL is configured (env TRIAGE_REDIS_URL first); else None."""
-    url = os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
+    """Limits shared through Redis when a URL is configured; else None."""
+    url = _redis_url(settings)
     if not url:
         return None
     return RedisLimiter(url, timeout=settings.limits.redis_timeout, prefix=settings.limits.key_prefix)
@@ -145,7 +150,7 @@ def _redis_limiter(settings: Settings) -> RedisLimiter | None:
 def _shared_store(settings: Settings, section: str, backend: str) -> str | None:
     """The Redis URL a section (`cache`, `ledger`) uses: with backend redis, or auto when limits use Redis;
     None for its local store."""
-    url = os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
+    url = _redis_url(settings)
     if backend == "redis" and not url:
         raise ConfigError(f"{section}.backend: redis needs limits.redis_url (or TRIAGE_REDIS_URL)")
     return url if backend == "redis" or (backend == "auto" and url) else None
@@ -171,7 +176,9 @@ def _ledger(settings: Settings) -> QueuedLedger | None:
     return SqliteLedger(cfg.path)
 
 
-def _gauges(metrics: Metrics, ledger: QueuedLedger | None, service: RoutingService) -> None:
+def _gauges(
+    metrics: Metrics, ledger: QueuedLedger | None, service: RoutingService, cache: MemoryCache | RedisCache | None
+) -> None:
     metrics.gauge(
         "triage_ledger_queue_depth", "Records waiting to be written.", lambda: float(ledger.depth if ledger else 0)
     )
@@ -184,6 +191,11 @@ def _gauges(metrics: Metrics, ledger: QueuedLedger | None, service: RoutingServi
         "triage_limiter_errors_total",
         "Times the rate-limit store did not answer.",
         lambda: float(service.admission.health.errors),
+    )
+    metrics.gauge(
+        "triage_cache_errors_total",
+        "Times the response cache's Redis did not answer (each one a miss or a skipped store).",
+        lambda: float(cache.errors if isinstance(cache, RedisCache) else 0),
     )
 
 
@@ -233,7 +245,7 @@ def create_app(
         rule=rule,
         answer_scorer=answer_scorer,
     )
-    _gauges(metrics, ledger, service)
+    _gauges(metrics, ledger, service, cache)
     tiers = build_tiers(settings)
     auth = Authenticator(
         tiers=tiers,

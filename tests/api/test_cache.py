@@ -135,3 +135,6 @@ def test_unreachable_redis_cache_is_a_miss_not_an_error() -> None:
                 r = httpx.post(f"{gw.url}/v1/chat/completions", json=DETERMINISTIC)
                 assert r.status_code == 200 and r.headers["x-triage-cache"] == "miss"
             assert len(journal.bodies) == 2
+            metrics = httpx.get(f"{gw.url}/metrics").text
+            errors = next(line for line in metrics.splitlines() if line.startswith("triage_cache_errors_total "))
+            assert float(errors.split()[1]) >= 2  # a lookup and a store per request at least once each

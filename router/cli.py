@@ -79,6 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from router.api.app import create_app
+    from router.api.http_guard import guarded_protocol
 
     settings = build_settings(args)
     logging.basicConfig(
@@ -94,10 +95,15 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(
+            max_header_bytes=settings.server.max_header_bytes,
+            head_timeout=settings.server.head_timeout,
+            body_timeout=settings.server.body_timeout,
+        ),
+        timeout_keep_alive=settings.server.keep_alive_timeout,
         log_level=settings.server.log_level,
         access_log=settings.server.access_log,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.server.graceful_shutdown_timeout,
         proxy_headers=False,  # X-Forwarded-For is trusted by auth.trusted_proxies alone, never by uvicorn
     )
     return 0

@@ -8,6 +8,9 @@
     ├── PayloadTooLarge               413     invalid_request_error     request_too_large
     ├── RateLimited                   429     rate_limit_error          rate_limit_exceeded
     ├── LimiterUnavailable            503     server_error              rate_limiter_unavailable
+    ├── LimiterFailed                 503     server_error              rate_limiter_error
+    ├── Overloaded                    503     server_error              overloaded
+    ├── UpstreamTooLarge              502     server_error              upstream_response_too_large
     └── UpstreamError                 5xx     server_error
         ├── UpstreamFailed            502     server_error              upstream_error
         ├── UpstreamUnavailable       503     server_error              upstream_unavailable
@@ -80,6 +83,36 @@ class LimiterUnavailable(TriageError):
     status = 503
     type = "server_error"
     code = "rate_limiter_unavailable"
+
+
+class LimiterFailed(TriageError):
+    """The limiter's store answered with an error (not an outage): the request is refused whatever the tier's
+    on_limiter_error says, since admitting on a fault would bypass the limits."""
+
+    status = 503
+    type = "server_error"
+    code = "rate_limiter_error"
+
+
+class Overloaded(TriageError):
+    """The gateway sheds load: too many requests are already waiting for admission. Carries Retry-After."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"retry-after": str(retry_after)}
+
+
+class UpstreamTooLarge(TriageError):
+    """A worker's answer outgrew max_response_bytes. Not an UpstreamError: another replica would generate the
+    same oversized answer, so there is no failover."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_response_too_large"
 
 
 class UpstreamError(TriageError):

@@ -6,11 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from router.errors import InvalidRequest
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_N",
+    "MAX_TOKENS_BOUND",
     "ChatCompletionRequest",
     "CompletionRequest",
     "GenerationRequest",
@@ -39,18 +42,36 @@ class ChatMessage(_Open):
     content: str | list[dict[str, Any]] | None = None
 
 
+# Bounds that keep every later stage exact: a reservation of n x max_tokens stays far inside the 2^53 that
+# Lua's numbers (and so the Redis limiter) hold exactly, and JSON this deep still re-encodes (orjson stops
+# near 255 levels) and hashes for the cache key.
+MAX_TOKENS_BOUND = 1 << 24  # no served model has a context near 16.7M tokens
+MAX_N = 128  # OpenAI's own ceiling for `n`; a tier's max_n is usually far lower
+MAX_JSON_DEPTH = 64
+
+_NUMBERS = ("max_tokens", "n", "temperature", "max_completion_tokens")
+
+
 class GenerationRequest(_Open):
     model: str = Field(min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    n: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
+    n: int | None = Field(default=None, ge=1, le=MAX_N)
     temperature: float | None = Field(default=None, ge=0)
+
+    @field_validator(*_NUMBERS, mode="before", check_fields=False)
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        # JSON's true/false are not numbers, though Python's bool is an int.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
 
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
 
 
 class CompletionRequest(GenerationRequest):
@@ -65,6 +86,9 @@ def decode_body(raw: bytes, schema: type[GenerationRequest]) -> tuple[dict[str, 
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("request body must be a JSON object")
+    # Only a body with that many brackets can be that deep: the walk is skipped for ordinary requests.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _deeper_than(payload, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"request body is nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         typed = schema.model_validate(payload)
     except ValidationError as exc:
@@ -72,6 +96,18 @@ def decode_body(raw: bytes, schema: type[GenerationRequest]) -> tuple[dict[str, 
         param = ".".join(str(part) for part in first["loc"]) or None
         raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
     return payload, typed
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest more than `limit` levels (iterative: no recursion limit to hit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _text_of(content: str | list[dict[str, Any]] | None) -> str:

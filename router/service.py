@@ -24,7 +24,6 @@ from router.core.ports import (
     AnswerScorer,
     Backend,
     DecisionSink,
-    RateLimiter,
     ResponseCache,
     Scorer,
     UpstreamReply,
@@ -50,7 +49,7 @@ from router.protocol import (
     read_draft,
     strip_logprobs,
 )
-from router.tracing import MeteredStream, Trace, usage_of
+from router.tracing import MeteredStream, Trace, answer_usage, usage_of
 
 __all__ = ["Endpoint", "Outcome", "Routed", "RoutingService"]
 
@@ -87,7 +86,7 @@ class RoutingService:
         threshold: float,
         scorer: Scorer,
         backend: Backend,
-        limiter: RateLimiter,
+        admission: AdmissionControl,
         sink: DecisionSink | None = None,
         store_prompts: bool = False,
         balancer: Balancer | None = None,
@@ -105,7 +104,7 @@ class RoutingService:
         self._threshold = threshold
         self._scorer = scorer
         self._backend = backend
-        self.admission = AdmissionControl(limiter)
+        self.admission = admission
         self._by_role: dict[Role, tuple[Worker, ...]] = {
             role: tuple(w for w in self.workers if w.role is role) for role in Role
         }
@@ -184,6 +183,9 @@ class RoutingService:
             raise
         except asyncio.CancelledError:
             trace.finish(499, reason=trace.reason or "client_gone")
+            raise
+        except Exception:  # a defect: the caller gets a 500 from the edge, and the ledger still gets its record
+            trace.finish(500, reason="internal_error")
             raise
         if isinstance(outcome.reply, UpstreamReply):
             trace.finish(outcome.reply.status)
@@ -401,14 +403,14 @@ class RoutingService:
                 reply = await self._backend.post(worker, endpoint.value, body)
             failed = reply.status >= 500
             _raise_for_server_error(worker, reply)
+            if reply.status == 200:
+                trace.usage = answer_usage(worker, reply.body)
         except UpstreamError:
             failed = True
             raise
         finally:
             if not ended:
                 self.balancer.end(worker, failed=failed)
-        if reply.status == 200:
-            trace.usage = usage_of(reply.body)
         await self.settle(caller, admission, sum(trace.usage) if trace.usage else None)
         return Outcome(routed, reply, {})
 

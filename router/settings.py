@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from router.core.types import Prices, Role, Worker
 from router.errors import ConfigError
+from router.protocol import MAX_N
 
 __all__ = [
     "AuthSettings",
@@ -50,6 +51,9 @@ class WorkerSettings(_Strict):
     timeout: float = Field(default=120.0, gt=0)
     connect_timeout: float = Field(default=3.0, gt=0)
     api_key_env: str | None = None  # name of the environment variable holding the worker's key
+    # A non-streamed answer larger than this is dropped while it is read, and the caller gets a 502 saying so
+    # (the gateway never holds more than this of one answer). Streams pass through chunk by chunk, unbounded.
+    max_response_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
 
     @field_validator("base_url")
     @classmethod
@@ -86,6 +90,7 @@ class WorkerSettings(_Strict):
             api_key=key,
             provider=self.provider,
             provider_model=self.provider_model,
+            max_response_bytes=self.max_response_bytes,
         )
 
 
@@ -114,6 +119,14 @@ class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=9000, ge=1, le=65535)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    # The request line plus headers; past it the connection gets 431 and is closed (nothing is buffered).
+    max_header_bytes: int = Field(default=32_768, ge=1024)
+    head_timeout: float = Field(default=10.0, gt=0)  # seconds to receive a request's line and headers
+    body_timeout: float = Field(default=30.0, gt=0)  # seconds to receive a request's whole body
+    keep_alive_timeout: int = Field(default=5, ge=1)  # seconds an idle keep-alive connection stays open
+    # Requests waiting for the rate limiter at once; past it, 503 with Retry-After (the gateway sheds load).
+    max_pending_admissions: int = Field(default=512, gt=0)
+    graceful_shutdown_timeout: int = Field(default=30, ge=0)  # seconds in-flight requests get on SIGTERM
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = False
     discover_timeout: float = Field(default=60.0, ge=0)  # seconds to wait for workers at start
@@ -128,6 +141,7 @@ class TierSettings(_Strict):
     daily_tokens: int = Field(default=0, ge=0)
     max_concurrent: int = Field(default=0, ge=0)
     max_tokens: int = Field(default=0, ge=0)  # caps a request's max_tokens (and sets it when absent)
+    max_n: int = Field(default=16, ge=1, le=MAX_N)  # most choices (`n`) one request may ask for; more is a 400
     max_body_bytes: int = Field(default=0, ge=0)  # 0: server.max_body_bytes
     models: list[Role] = Field(default=[Role.SMALL, Role.LARGE], min_length=1)  # model sizes it may reach
     threshold: float | None = Field(default=None, ge=0, le=1)  # unset: routing.threshold
@@ -149,6 +163,11 @@ class AuthSettings(_Strict):
     keys: list[KeySettings] = []
     anonymous_tier: str = "anonymous"  # callers without a key
     trusted_proxies: list[str] = []  # CIDRs whose X-Forwarded-For is believed
+    # Key for the HMAC that stands in for client addresses in Redis key names and the ledger. Unset: env
+    # TRIAGE_IDENTITY_SECRET, else one created on first start and kept (in Redis when limits use Redis, so
+    # replicas share it; else in identity_secret_path).
+    identity_secret: str | None = Field(default=None, min_length=16)
+    identity_secret_path: Path = Path(".triage/identity.key")
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -162,8 +181,9 @@ class AuthSettings(_Strict):
 
 class LimitsSettings(_Strict):
     redis_url: str | None = None  # unset: in-process limits (per replica); env TRIAGE_REDIS_URL overrides
-    # Seconds to wait for Redis; past it a tier's on_limiter_error applies. An overloaded gateway's event loop
-    # delays replies too: a fail-open tier can then admit over its limit, a fail-closed one answers 503.
+    # Seconds Redis may stay silent before a tier's on_limiter_error applies. Only silence counts: time the
+    # gateway's own event loop was too busy to read a reply never does (connection refused or reset count at
+    # once). A Redis error reply (not an outage) always refuses the request.
     redis_timeout: float = Field(default=0.1, gt=0)
     key_prefix: str = "triage"
 

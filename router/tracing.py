@@ -16,13 +16,13 @@ from router.core.ports import UpstreamStream
 from router.core.records import DecisionRecord
 from router.core.tiers import Caller
 from router.core.types import Worker
-from router.errors import TriageError
+from router.errors import TriageError, UpstreamFailed
 from router.protocol import GenerationRequest, prompt_chars, prompt_text
 
 if TYPE_CHECKING:
     from router.service import Routed, RoutingService
 
-__all__ = ["MeteredStream", "Trace", "usage_of"]
+__all__ = ["MeteredStream", "Trace", "answer_usage", "usage_of"]
 
 
 class Trace:
@@ -163,9 +163,31 @@ class MeteredStream:
 def usage_of(body: bytes) -> tuple[int, int] | None:
     """(prompt, completion) tokens from an OpenAI `usage` object."""
     try:
-        usage = orjson.loads(body).get("usage")
-        if not isinstance(usage, dict):
-            return None
+        return _usage(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def answer_usage(worker: Worker, body: bytes) -> tuple[int, int] | None:
+    """The usage of a worker's 200 answer, which must be a JSON object: anything else is the worker failing
+    (a 502 for the caller, never cached), not an answer to pass on."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise UpstreamFailed(
+            f"worker {worker.name!r} answered 200 with a body that is not a JSON object: {body[:100]!r}",
+            worker=worker.name,
+        )
+    return _usage(doc)
+
+
+def _usage(doc: object) -> tuple[int, int] | None:
+    usage = doc.get("usage") if isinstance(doc, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    try:
         return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None

@@ -13,7 +13,7 @@ import aiohttp
 
 from router.core.ports import Backend, UpstreamReply, UpstreamStream
 from router.core.types import Worker
-from router.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+from router.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 
 __all__ = ["AiohttpBackend", "AiohttpStream", "BackendByProvider"]
 
@@ -27,6 +27,26 @@ def _translate(worker: Worker, exc: BaseException) -> UpstreamError:
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return UpstreamTimeout(f"worker {worker.name!r} did not answer within {worker.timeout:g} s", worker=worker.name)
     return UpstreamFailed(f"worker {worker.name!r} failed: {type(exc).__name__}: {exc}", worker=worker.name)
+
+
+async def _read_bounded(worker: Worker, response: aiohttp.ClientResponse) -> bytes:
+    """The whole answer, refused (and its connection dropped) once it outgrows worker.max_response_bytes."""
+    limit = worker.max_response_bytes
+    declared = response.content_length
+    if declared is not None and declared <= limit:
+        return await response.read()  # the common case: one read of a known, acceptable size
+    data = bytearray()
+    if declared is None:
+        async for chunk in response.content.iter_any():
+            data += chunk
+            if len(data) > limit:
+                break
+    if declared is not None or len(data) > limit:
+        raise UpstreamTooLarge(
+            f"worker {worker.name!r} answered with more than max_response_bytes ({limit} bytes); the answer was "
+            "dropped. Ask for fewer tokens or choices, or stream it."
+        )
+    return bytes(data)
 
 
 class AiohttpStream:
@@ -102,7 +122,7 @@ class AiohttpBackend:
             async with self._session_or_fail().post(
                 worker.base_url + path, data=body, headers=headers, timeout=whole
             ) as response:
-                data = await response.read()
+                data = await _read_bounded(worker, response)
                 return UpstreamReply(response.status, data, response.content_type or "application/json")
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(worker, exc) from None

@@ -1,26 +1,53 @@
 """In-process rate limiter with the Redis limiter's semantics: the embedded default when no Redis URL is
-configured. Limits then hold per gateway process, which is why several replicas need Redis."""
+configured. Limits then hold per gateway process, which is why several replicas need Redis.
+
+Memory is bounded: a caller's state exists only while something in it is live (a request in the window, a
+token bucket, a lease, today's quota), idle states are swept out, and at most `max_callers` are tracked; past
+that, the caller seen least recently is forgotten (a caller-rotation flood cannot grow the process)."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections import deque
+from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from router.core.limits import BUCKET_MS, DAY_MS, WINDOW_MS, Admission
 from router.core.tiers import Caller
 
 __all__ = ["MemoryLimiter"]
 
+SWEEP_EVERY = 4096  # admissions between sweeps of idle callers
 
-@dataclass
+
 class _State:
-    requests: deque[int] = field(default_factory=deque)  # admission times, oldest first
-    buckets: dict[int, int] = field(default_factory=dict)  # bucket -> tokens
-    days: dict[int, list[int]] = field(default_factory=dict)  # day -> [requests, tokens]
-    leases: dict[str, int] = field(default_factory=dict)  # lease -> expiry
+    """One caller's windows. Containers are created on first use: most callers only ever touch one limit."""
+
+    __slots__ = ("buckets", "day", "leases", "requests")
+
+    def __init__(self) -> None:
+        self.requests: list[int] = []  # admission times, oldest first
+        self.buckets: dict[int, int] | None = None  # bucket -> tokens
+        self.day: tuple[int, int, int] | None = None  # (day, requests, tokens)
+        self.leases: dict[str, int] | None = None  # lease -> expiry
+
+    def expire(self, now: int) -> None:
+        cut = bisect_right(self.requests, now - WINDOW_MS)
+        if cut:
+            del self.requests[:cut]
+        if self.buckets:
+            oldest = now // BUCKET_MS - WINDOW_MS // BUCKET_MS + 1
+            for b in [b for b in self.buckets if b < oldest]:
+                del self.buckets[b]
+        if self.day is not None and self.day[0] < now // DAY_MS:
+            self.day = None
+        if self.leases:
+            for lease in [k for k, exp in self.leases.items() if exp <= now]:
+                del self.leases[lease]
+
+    def idle(self) -> bool:
+        return not (self.requests or self.buckets or self.day or self.leases)
 
 
 def _now_ms() -> int:
@@ -28,27 +55,50 @@ def _now_ms() -> int:
 
 
 class MemoryLimiter:
-    def __init__(self, clock: Callable[[], int] = _now_ms) -> None:
+    def __init__(self, clock: Callable[[], int] = _now_ms, *, max_callers: int = 50_000) -> None:
         self._clock = clock
-        self._states: dict[tuple[str, str], _State] = {}
+        self._max_callers = max_callers
+        self._states: OrderedDict[tuple[str, str], _State] = OrderedDict()  # least recently seen first
+        self._since_sweep = 0
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def _state(self, key: tuple[str, str], now: int) -> _State:
+        st = self._states.get(key)
+        if st is None:
+            self._since_sweep += 1
+            if self._since_sweep >= SWEEP_EVERY:
+                self._sweep(now)
+            while len(self._states) >= self._max_callers:
+                self._states.popitem(last=False)  # the caller seen least recently
+            st = self._states[key] = _State()
+        else:
+            self._states.move_to_end(key)
+        return st
+
+    def _sweep(self, now: int) -> None:
+        """Drop callers with nothing live left (amortised: once per SWEEP_EVERY new callers)."""
+        self._since_sweep = 0
+        idle = []
+        for key, st in self._states.items():
+            st.expire(now)
+            if st.idle():
+                idle.append(key)
+        for key in idle:
+            del self._states[key]
 
     async def admit(self, caller: Caller, estimate: int) -> Admission:
         lim = caller.tier.limits
         now = self._clock()
-        st = self._states.setdefault((caller.tier.name, caller.identity), _State())
-        while st.requests and st.requests[0] <= now - WINDOW_MS:
-            st.requests.popleft()
+        st = self._state((caller.tier.name, caller.identity), now)
+        st.expire(now)
         bucket, day = now // BUCKET_MS, now // DAY_MS
-        oldest = bucket - WINDOW_MS // BUCKET_MS + 1
-        for b in [b for b in st.buckets if b < oldest]:
-            del st.buckets[b]
-        for d in [d for d in st.days if d < day - 1]:
-            del st.days[d]
-        for lease in [k for k, exp in st.leases.items() if exp <= now]:
-            del st.leases[lease]
-        used_r, used_t = len(st.requests), sum(st.buckets.values())
-        day_r, day_t = st.days.get(day, [0, 0])
-        reset_t = (min(st.buckets, default=bucket) + WINDOW_MS // BUCKET_MS) * BUCKET_MS - now
+        buckets = st.buckets or {}
+        used_r, used_t = len(st.requests), sum(buckets.values())
+        _, day_r, day_t = st.day or (day, 0, 0)
+        reset_t = (min(buckets, default=bucket) + WINDOW_MS // BUCKET_MS) * BUCKET_MS - now
+        leases = st.leases or {}
 
         def oldest_request() -> int:
             return st.requests[0] + WINDOW_MS - now if st.requests else 0
@@ -62,17 +112,21 @@ class MemoryLimiter:
             deny, retry = "daily_requests", DAY_MS - now % DAY_MS
         elif lim.daily_tokens and day_t + estimate > lim.daily_tokens:
             deny, retry = "daily_tokens", DAY_MS - now % DAY_MS
-        elif lim.max_concurrent and len(st.leases) >= lim.max_concurrent:
-            deny, retry = "concurrency", min(1000, min(st.leases.values()) - now)
+        elif lim.max_concurrent and len(leases) >= lim.max_concurrent:
+            deny, retry = "concurrency", min(1000, min(leases.values()) - now)
         lease = uuid.uuid4().hex
         if not deny:
-            st.requests.append(now)
-            st.buckets[bucket] = st.buckets.get(bucket, 0) + estimate
-            counters = st.days.setdefault(day, [0, 0])
-            counters[0] += 1
-            counters[1] += estimate
+            # Only the limits the tier sets keep state, as in the Redis script.
+            if lim.requests_per_minute:
+                st.requests.append(now)
+            if lim.tokens_per_minute:
+                st.buckets = buckets
+                buckets[bucket] = buckets.get(bucket, 0) + estimate
+            if lim.daily_requests or lim.daily_tokens:
+                st.day = (day, day_r + 1, day_t + estimate)
             if lim.max_concurrent:
-                st.leases[lease] = now + lim.lease_ttl_ms
+                st.leases = leases
+                leases[lease] = now + lim.lease_ttl_ms
             used_r, used_t = used_r + 1, used_t + estimate
         return Admission(
             admitted=not deny,
@@ -94,8 +148,9 @@ class MemoryLimiter:
         if st is None:
             return
         delta = actual_tokens - admission.reserved
-        if delta and admission.bucket in st.buckets:
+        if delta and st.buckets and admission.bucket in st.buckets:
             st.buckets[admission.bucket] += delta
-        if delta and admission.day in st.days:
-            st.days[admission.day][1] += delta
-        st.leases.pop(admission.lease, None)
+        if delta and st.day is not None and st.day[0] == admission.day:
+            st.day = (st.day[0], st.day[1], st.day[2] + delta)
+        if st.leases:
+            st.leases.pop(admission.lease, None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 from typing import Any
 
@@ -14,13 +15,18 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.core.limits import BUCKET_MS, DAY_MS, WINDOW_MS, Admission
 from router.core.tiers import Caller
-from router.errors import LimiterUnavailable
+from router.errors import LimiterFailed, LimiterUnavailable
 
 __all__ = ["RedisLimiter"]
+
+log = logging.getLogger("triage.limiter")
+PROBE_S = 0.005  # how long a loop-responsiveness probe sleeps, past the store deadline
 
 # KEYS[1]: the caller's key prefix; under it :rq request log (zset), :tk token buckets (hash), :day:N daily
 # counters (hash), :cc leases (zset), all sharing one hash tag (one Cluster slot).
@@ -99,8 +105,13 @@ if deny == '' then
   end
   used_r, used_t = used_r + 1, used_t + est
 end
--- One string, not an array: the client reads one line instead of eight.
-return table.concat({deny, retry, used_r, used_t, oldest_request(), reset_t, bucket, day}, ' ')
+-- One string, not an array: the client reads one line instead of eight. Numbers go out with %d: Lua's
+-- default formatting turns 1e14 into "1e+14", which no integer parser reads back.
+local out = {deny}
+for _, v in ipairs({retry, used_r, used_t, oldest_request(), reset_t, bucket, day}) do
+  out[#out + 1] = string.format('%d', v)
+end
+return table.concat(out, ' ')
 """
 for _name, _value in (("WINDOW_MS", WINDOW_MS), ("BUCKET_MS", BUCKET_MS), ("DAY_MS", DAY_MS)):
     ADMIT = ADMIT.replace(_name, str(_value))
@@ -116,17 +127,27 @@ return 1
 """
 
 
+# KEYS[1]: the caller's key prefix. ARGV: lease id. Frees a concurrency slot whose admission went wrong.
+RELEASE = """
+redis.call('ZREM', KEYS[1] .. ':cc', ARGV[1])
+return 1
+"""
+
+
 class RedisLimiter:
     def __init__(self, url: str, *, timeout: float = 0.1, prefix: str = "triage", max_connections: int = 64) -> None:
-        # At most `max_connections` calls at once, the rest wait their turn (up to `wait`): a plain pool raises
-        # at once when a burst outgrows it, and a fail-open tier would then admit the whole burst unchecked.
+        # At most `max_connections` calls at once; the rest queue. The queue is bounded upstream (admission
+        # sheds load with a 503 past server.max_pending_admissions), so waiting never turns into failing open.
         # A semaphore rather than redis-py's BlockingConnectionPool, whose per-call timeout machinery cost
         # ~20% of admission throughput in bench/ratelimit.
+        # redis-py's own socket timeout is only a backstop: it counts the time the event loop was too busy to
+        # read a reply that had arrived, which is exactly what must not make a tier fail open (see _reply).
+        self._timeout = timeout
+        self._backstop = max(5.0, 20 * timeout)
         pool = aioredis.ConnectionPool.from_url(
-            url, max_connections=max_connections, socket_timeout=timeout, socket_connect_timeout=timeout
+            url, max_connections=max_connections, socket_timeout=self._backstop, socket_connect_timeout=timeout
         )
         self._slots = asyncio.Semaphore(max_connections)
-        self._wait = max(1.0, timeout)
         # No client retries: re-sending an admission after a timeout could count the request twice.
         self._pool = pool
         self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
@@ -136,17 +157,32 @@ class RedisLimiter:
         self._leases = itertools.count()
         self._admit = self._redis.register_script(ADMIT)
         self._settle = self._redis.register_script(SETTLE)
+        self._release = self._redis.register_script(RELEASE)
 
     async def _call(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
-        if self._slots.locked():
-            async with asyncio.timeout(self._wait):  # only a waiting call pays for a timer
-                await self._slots.acquire()
-        else:
-            await self._slots.acquire()
+        async with self._slots:
+            return await self._reply(asyncio.ensure_future(script(keys=keys, args=args)))
+
+    async def _reply(self, call: asyncio.Future[Any]) -> Any:
+        """The store's reply, or TimeoutError when it is silent. Silent means: no reply by the deadline *and*
+        none while the event loop is seen answering promptly after it. A loop that is late (a saturated
+        gateway, cores busy elsewhere) may hold a reply it has not read yet, so lateness extends the wait,
+        up to the backstop."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         try:
-            return await script(keys=keys, args=args)
-        finally:
-            self._slots.release()
+            done, _ = await asyncio.wait((call,), timeout=self._timeout)
+            while not done:
+                t0 = loop.time()
+                done, _ = await asyncio.wait((call,), timeout=PROBE_S)
+                prompt = loop.time() - t0 < 2 * PROBE_S
+                if not done and (prompt or loop.time() - start > self._backstop):
+                    raise TimeoutError(f"no reply within {self._timeout:g} s")
+        except BaseException:  # silent store, or the request itself cancelled: the call must not linger
+            call.cancel()
+            await asyncio.wait((call,))
+            raise
+        return call.result()
 
     def _base(self, caller: Caller) -> str:
         return f"{self._prefix}:{{{caller.tier.name}:{caller.identity}}}"
@@ -158,13 +194,19 @@ class RedisLimiter:
             f"{lim.requests_per_minute}:{lim.tokens_per_minute}:{lim.daily_requests}:{lim.daily_tokens}:"
             f"{lim.max_concurrent}:{lim.lease_ttl_ms}"
         )
+        base = self._base(caller)
         try:
-            reply = await self._call(self._admit, [self._base(caller)], [packed, estimate, lease])
+            reply = await self._call(self._admit, [base], [packed, estimate, lease])
         except (RedisError, OSError, TimeoutError) as exc:
-            raise LimiterUnavailable(f"rate limiter store unreachable: {type(exc).__name__}") from None
-        text = reply.decode() if isinstance(reply, bytes) else str(reply)
-        deny, *numbers = text.split(" ")  # an admitted reply starts with the empty deny reason
-        retry, used_r, used_t, reset_r, reset_t, bucket, day = (int(n) for n in numbers)
+            raise _translate(exc) from None
+        try:
+            text = reply.decode() if isinstance(reply, bytes) else str(reply)
+            deny, *numbers = text.split(" ")  # an admitted reply starts with the empty deny reason
+            retry, used_r, used_t, reset_r, reset_t, bucket, day = (int(n) for n in numbers)
+        except ValueError:
+            # The script ran and may hold a lease: free it, or this caller waits out lease_ttl for nothing.
+            await self._free(base, lease)
+            raise LimiterFailed(f"rate limiter store gave an unreadable reply: {reply!r:.80}") from None
         return Admission(
             admitted=not deny,
             denied_by=deny,
@@ -180,6 +222,12 @@ class RedisLimiter:
             reserved=estimate if not deny else 0,
         )
 
+    async def _free(self, base: str, lease: str) -> None:
+        try:
+            await self._call(self._release, [base], [lease])
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not free a concurrency lease (%s); it expires by itself", type(exc).__name__)
+
     async def settle(self, caller: Caller, admission: Admission, actual_tokens: int) -> None:
         delta = actual_tokens - admission.reserved
         try:
@@ -188,7 +236,7 @@ class RedisLimiter:
             )
         except (RedisError, OSError, TimeoutError) as exc:
             # The reservation stays (the safe side) and the lease expires by itself.
-            raise LimiterUnavailable(f"rate limiter store unreachable: {type(exc).__name__}") from None
+            raise _translate(exc) from None
 
     async def key_tier(self, sha256: str) -> str | None:
         """Tier of an API key managed in Redis (HSET <prefix>:keys <sha256> <tier>); None if unknown."""
@@ -207,3 +255,11 @@ class RedisLimiter:
     async def close(self) -> None:
         await self._redis.aclose()
         await self._pool.disconnect()  # a pool handed to Redis() is not closed by it
+
+
+def _translate(exc: RedisError | OSError | TimeoutError) -> LimiterUnavailable | LimiterFailed:
+    """The store's failures as the gateway's: unreachable (refused, reset, silent) lets a tier fail open or
+    closed; any other error from Redis (a script error, a value it rejects) is a fault that always refuses."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError):
+        return LimiterUnavailable(f"rate limiter store unreachable: {type(exc).__name__}: {exc}")
+    return LimiterFailed(f"rate limiter store error: {type(exc).__name__}: {exc}")

@@ -16,6 +16,7 @@ from router.adapters.backend_litellm import LitellmBackend, litellm_prices
 from router.adapters.cache_memory import MemoryCache
 from router.adapters.cache_redis import RedisCache
 from router.adapters.discovery import discover_model
+from router.adapters.identity_secret import identity_secret
 from router.adapters.ledger_queue import QueuedLedger
 from router.adapters.ledger_redis import RedisStreamLedger
 from router.adapters.ledger_sqlite import SqliteLedger
@@ -23,6 +24,7 @@ from router.adapters.limiter_memory import MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
 from router.adapters.metrics import FanOutSink, Metrics
 from router.adapters.scorers import LengthScorer
+from router.admission import AdmissionControl
 from router.api.auth import Authenticator
 from router.api.errors import install_error_handlers
 from router.api.routes import build_router
@@ -113,6 +115,7 @@ def build_tiers(settings: Settings) -> dict[str, Tier]:
             roles=frozenset(t.models),
             threshold=t.threshold,
             max_tokens=t.max_tokens,
+            max_n=t.max_n,
             max_body_bytes=t.max_body_bytes,
             fail_open=t.on_limiter_error == "open",
             cache=t.cache,
@@ -236,7 +239,9 @@ def create_app(
         threshold=threshold,
         scorer=scorer,
         backend=backend,
-        limiter=redis_limiter or MemoryLimiter(),
+        admission=AdmissionControl(
+            redis_limiter or MemoryLimiter(), max_pending=settings.server.max_pending_admissions
+        ),
         sink=FanOutSink([metrics, ledger]) if ledger is not None else metrics,
         store_prompts=settings.ledger.store_prompts,
         balancer=build_balancer(settings, workers),
@@ -253,6 +258,12 @@ def create_app(
         anonymous_tier=settings.auth.anonymous_tier,
         trusted_proxies=settings.auth.trusted_proxies,
         key_store=redis_limiter.key_tier if redis_limiter else None,
+        identity_secret=identity_secret(
+            settings.auth.identity_secret,
+            _redis_url(settings),
+            settings.limits.key_prefix,
+            settings.auth.identity_secret_path,
+        ),
     )
 
     @asynccontextmanager
@@ -274,7 +285,15 @@ def create_app(
             if isinstance(cache, RedisCache):
                 await cache.close()
 
-    app = FastAPI(title="llm-triage", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No slash redirects: a 307 built from the Host header is an open redirect, and SDKs never add the slash.
+    app = FastAPI(
+        title="llm-triage",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
     app.state.triage = GatewayState(
         service=service,
         backend=backend,

@@ -1,12 +1,18 @@
 """Who is calling: an API key's tier, or the anonymous tier keyed by client address.
 
 Keys are compared as SHA-256 hashes and never logged. The client address is the socket peer, or, only when
-the peer is a configured trusted proxy, the right-most untrusted address of X-Forwarded-For. IPv4 callers
-are keyed per address (/32), IPv6 callers per /64, since one host commonly holds a whole /64."""
+the peer is a configured trusted proxy, the right-most untrusted hop of X-Forwarded-For, all its header lines
+joined in order (RFC 9110: a proxy such as HAProxy appends a line of its own). A hop that is not an address
+(`unknown`, `1.2.3.4:5678`) is an untrusted client of its own, never the proxy's shared bucket. IPv4 callers
+are keyed per address (/32), IPv6 callers per /64, since one host commonly holds a whole /64.
+
+An address never appears in clear past this module: the caller's identity is an HMAC of it under the
+deployment's identity secret, so neither Redis key names nor the ledger can be swept back to addresses."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -44,7 +50,9 @@ class Authenticator:
         anonymous_tier: str,
         trusted_proxies: Sequence[str] = (),
         key_store: Callable[[str], Awaitable[str | None]] | None = None,  # sha256 -> tier name, e.g. Redis
+        identity_secret: bytes,
     ) -> None:
+        self._secret = identity_secret
         self._tiers = dict(tiers)
         self._keys = dict(keys)
         self._anonymous = self._tiers[anonymous_tier]
@@ -65,21 +73,27 @@ class Authenticator:
             if tier is None:
                 raise AuthenticationFailed("Incorrect API key provided.")
             return Caller(tier, "key:" + digest[:32])
-        return Caller(self._anonymous, "ip:" + self._client_network(request))
+        client = self.client_network(request)
+        digest = hmac.new(self._secret, client.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+        return Caller(self._anonymous, "ip:" + digest[:32])
 
     def _trusted_peer(self, ip: IPAddress | None) -> bool:
         return ip is not None and any(ip in net for net in self._trusted)
 
-    def _client_network(self, request: Request) -> str:
+    def client_network(self, request: Request) -> str:
+        """The caller's network in clear (only for keying): a masked address, or `hop:<text>` for an
+        unparseable X-Forwarded-For hop."""
         peer = _address(request.client.host) if request.client else None
         ip = peer
         if self._trusted_peer(peer):
-            forwarded = request.headers.get("x-forwarded-for", "")
-            hops = [_address(h) for h in forwarded.split(",") if h.strip()]
-            if hops and all(h is not None for h in hops):
-                chain = [h for h in hops if h is not None]
-                untrusted = [h for h in chain if not self._trusted_peer(h)]
-                ip = untrusted[-1] if untrusted else chain[0]
+            hops = [h.strip() for line in request.headers.getlist("x-forwarded-for") for h in line.split(",")]
+            for hop in reversed([h for h in hops if h]):  # from the nearest proxy outwards
+                parsed = _address(hop)
+                if parsed is None:
+                    return "hop:" + hop[:128]
+                ip = parsed
+                if not self._trusted_peer(parsed):
+                    break
         if ip is None:
             return "unknown"
         if isinstance(ip, ipaddress.IPv6Address):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,10 +13,11 @@ from starlette.responses import Response
 from router.errors import TriageError
 from router.protocol import error_body
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["error_response", "install_error_handlers", "internal_error_response"]
 
 log = logging.getLogger("triage.api")
 
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}  # OpenAI's codes are strings (or null)
 _HTTP_TYPES = {
     401: "authentication_error",
     403: "permission_error",
@@ -34,6 +36,15 @@ def error_response(exc: TriageError, headers: dict[str, str] | None = None) -> R
     )
 
 
+def internal_error_response(headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        error_body("internal gateway error; see the gateway log", "server_error", "internal_error"),
+        status_code=500,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def triage_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, TriageError)
@@ -45,7 +56,7 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, HTTPException)
         type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
         return Response(
-            error_body(str(exc.detail), type_, exc.status_code),
+            error_body(str(exc.detail), type_, _HTTP_CODES.get(exc.status_code)),
             status_code=exc.status_code,
             media_type="application/json",
             headers=exc.headers,
@@ -59,12 +70,9 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
-        return Response(
-            error_body("internal gateway error; see the gateway log", "server_error", "internal_error"),
-            status_code=500,
-            media_type="application/json",
-        )
+        request_id = uuid.uuid4().hex
+        log.error("unhandled error in request %s", request_id, exc_info=exc)
+        return internal_error_response({"x-request-id": request_id})
 
     app.add_exception_handler(TriageError, triage_error)
     app.add_exception_handler(HTTPException, http_error)

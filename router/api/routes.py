@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import orjson
 from fastapi import APIRouter, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from router.api.errors import error_response
+from router.api.errors import error_response, internal_error_response
 from router.api.state import gateway
 from router.api.streaming import ClientGone, PassThroughStream, until_disconnect
 from router.core.ports import UpstreamReply
-from router.errors import PayloadTooLarge, RateLimited, TriageError
+from router.errors import Overloaded, PayloadTooLarge, RateLimited, TriageError
 from router.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -25,6 +27,8 @@ from router.service import Endpoint, Routed
 
 __all__ = ["build_router"]
 
+log = logging.getLogger("triage.api")
+
 _CLIENT_CLOSED = 499  # nginx's convention; the client never sees it, logs do
 
 
@@ -34,11 +38,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        parts.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            parts.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone from None  # hung up, or cut off by server.body_timeout
     return b"".join(parts)
 
 
@@ -84,10 +91,13 @@ async def _generate(request: Request, endpoint: Endpoint, schema: type[Generatio
         )
     except ClientGone:
         return Response(status_code=_CLIENT_CLOSED)
-    except RateLimited as exc:
+    except (RateLimited, Overloaded) as exc:
         return error_response(exc, {**base, **exc.headers})
     except TriageError as exc:
         return error_response(exc, base)
+    except Exception:  # a defect: logged with its request id, answered in the envelope, never a bare 500
+        log.exception("unhandled error in request %s", request_id)
+        return internal_error_response(base)
     headers = {**_headers(outcome.routed, request_id), **outcome.limit_headers}
     if outcome.cache:
         headers["x-triage-cache"] = outcome.cache
@@ -112,19 +122,19 @@ def build_router() -> APIRouter:
     router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     router.add_route("/v1/completions", completions, methods=["POST"])
 
-    @router.get("/v1/models")
+    @router.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models(request: Request) -> Response:
         return Response(gateway(request).models_body, media_type="application/json")
 
-    @router.get("/metrics")
+    @router.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics(request: Request) -> Response:
         return Response(gateway(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @router.get("/health")
+    @router.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    @router.get("/ready")
+    @router.api_route("/ready", methods=["GET", "HEAD"])
     async def ready(request: Request) -> Response:
         """Ready while at least one worker answers its health probe and its breaker is not open: the gateway
         can still serve what reaches it. A worker whose breaker is open reads as down."""

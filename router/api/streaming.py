@@ -18,6 +18,7 @@ __all__ = ["ClientGone", "PassThroughStream", "until_disconnect"]
 
 log = logging.getLogger("triage.api")
 T = TypeVar("T")
+MAX_HELD_BYTES = 1 << 20
 
 
 class ClientGone(Exception):
@@ -73,11 +74,25 @@ class PassThroughStream(Response):
 
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        held = b""  # the start of an event whose end has not arrived yet
         try:
             async for chunk in self._stream.chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                data = held + chunk if held else chunk
+                held = b""
+                if not data.endswith(b"\n\n"):  # a worker's chunks are whole events, except when cut
+                    cut = data.rfind(b"\n\n")
+                    end = cut + 2 if cut >= 0 else 0
+                    if len(data) - end <= MAX_HELD_BYTES:  # a worker that never ends an event is not buffered
+                        data, held = data[:end], data[end:]
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
         except UpstreamError as exc:
+            # A half-sent event glued to the error event would be unreadable JSON, and SDKs would never see
+            # the error: the partial event is dropped and the error event stands alone.
+            if held:
+                log.warning("dropped %d bytes of an unfinished event", len(held))
+                held = b""
             log.warning("%s mid-stream: %s", exc.code, exc.message)
             event = b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
             await send({"type": "http.response.body", "body": event, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": held, "more_body": False})

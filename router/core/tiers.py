@@ -15,6 +15,7 @@ class Tier:
     roles: frozenset[Role] = frozenset({Role.SMALL, Role.LARGE})  # model sizes this tier may reach
     threshold: float | None = None  # None: the gateway's threshold
     max_tokens: int = 0  # cap on a request's max_tokens; 0: no cap
+    max_n: int = 16  # most choices (`n`) one request may ask for
     max_body_bytes: int = 0  # 0: the server's limit
     fail_open: bool = True  # when the limiter's store is unreachable: admit (True) or refuse (False)
     cache: bool = True  # deterministic requests may be answered from the response cache (scoped to the tier)

@@ -46,6 +46,7 @@ class Worker:
     api_key: str | None = None
     provider: str = "openai"  # openai: an OpenAI-compatible server (vLLM), called directly; litellm: hosted API
     provider_model: str | None = None  # litellm's model string, e.g. "anthropic/claude-3-5-haiku-latest"
+    max_response_bytes: int = 32 * 1024 * 1024  # a larger non-streamed answer is refused while it is read
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
-from router.adapters.limiter_memory import MemoryLimiter
+from router.adapters.limiter_memory import SWEEP_EVERY, MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
 from router.core.limits import WINDOW_MS, TierLimits, headers
 from router.core.tiers import Caller, Tier
@@ -99,3 +101,59 @@ def test_reset_durations_in_openai_format(ms: int, text: str) -> None:
     from router.core.limits import duration
 
     assert duration(ms) == text
+
+
+async def test_memory_limiter_forgets_idle_callers() -> None:
+    now = [1_000_000]
+    lim = MemoryLimiter(clock=lambda: now[0])
+    limits = TierLimits(requests_per_minute=5)
+    for i in range(SWEEP_EVERY - 1):
+        assert (await lim.admit(caller(limits, f"ip:{i}"), 1)).admitted
+    assert len(lim) == SWEEP_EVERY - 1
+    now[0] += WINDOW_MS + 1  # every window has passed: nothing live is left
+    await lim.admit(caller(limits, "ip:new"), 1)  # the sweep runs once per SWEEP_EVERY new callers
+    assert len(lim) == 1
+
+
+async def test_memory_limiter_stays_exact_for_a_caller_it_keeps() -> None:
+    lim = MemoryLimiter(max_callers=100)
+    limits = TierLimits(requests_per_minute=3)
+    regular = caller(limits, "ip:regular")
+    admitted = 0
+    for i in range(500):  # a rotation flood around a regular caller
+        await lim.admit(caller(limits, f"ip:rot{i}"), 1)
+        if i % 50 == 0:  # seen more recently than the cap's worth of new callers: never the one forgotten
+            admitted += (await lim.admit(regular, 1)).admitted
+    assert len(lim) <= 100
+    assert admitted == 3
+
+
+def test_memory_limiter_memory_is_bounded_under_a_caller_rotation_flood() -> None:
+    """Regression: 100k distinct callers held 175 MiB. Measured in a fresh interpreter, as RSS growth."""
+    script = """
+import asyncio, gc
+from router.adapters.limiter_memory import MemoryLimiter
+from router.core.limits import TierLimits
+from router.core.tiers import Caller, Tier
+
+def rss():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096
+
+async def main():
+    tier = Tier('anonymous', limits=TierLimits(requests_per_minute=60, tokens_per_minute=100000))
+    callers = [Caller(tier, 'ip:%032x' % i) for i in range(100_000)]
+    lim = MemoryLimiter()
+    gc.collect()
+    before = rss()
+    for c in callers:
+        await lim.admit(c, 10)
+    gc.collect()
+    print(rss() - before, len(lim))
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    grown, tracked = (int(v) for v in out.stdout.split())
+    assert tracked <= 50_000
+    assert grown < 48 * 1024 * 1024, f"RSS grew by {grown / 2**20:.0f} MiB for 100k callers"

@@ -1,0 +1,96 @@
+"""uvicorn's httptools protocol with the bounds it lacks: a size limit on a request's line and headers (431),
+and deadlines for receiving them (408) and the body (the connection is closed). Without them one unterminated
+header grows the process by its size, and a client that sends half a request holds a connection forever.
+Idle keep-alive connections are closed by uvicorn's own timeout_keep_alive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from router.protocol import error_body
+
+__all__ = ["guarded_protocol"]
+
+log = logging.getLogger("triage.api")
+
+
+class _Guarded(HttpToolsProtocol):
+    max_header_bytes = 32_768
+    head_timeout = 10.0
+    body_timeout = 30.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._in_head = True
+        self._head_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._arm(self.head_timeout, self._head_expired)  # a connection that never sends a byte is timed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, seconds: float, callback: object) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, callback)  # type: ignore[arg-type]
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head and self._timer is None:  # the first bytes of a keep-alive connection's next request
+            self._arm(self.head_timeout, self._head_expired)
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)  # every byte of a chunk that did not finish the head is head
+            if self._head_bytes > self.max_header_bytes:
+                self._refuse(431, f"request line and headers exceed {self.max_header_bytes} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._arm(self.body_timeout, self._body_expired)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._in_head = True
+        super().on_message_complete()
+
+    def _head_expired(self) -> None:
+        self._timer = None
+        if self._in_head and not self.transport.is_closing():
+            if self.cycle is None or self.cycle.response_complete:
+                self._refuse(408, f"request line and headers not received within {self.head_timeout:g} s")
+            else:
+                self.transport.close()
+
+    def _body_expired(self) -> None:
+        self._timer = None
+        if not self._in_head and not self.transport.is_closing():
+            log.warning("closing a connection whose request body did not arrive within %g s", self.body_timeout)
+            self.transport.close()  # the request sees a disconnect; there is no one to answer
+
+    def _refuse(self, status: int, message: str) -> None:
+        log.warning("refused a connection: %s", message)
+        body = error_body(
+            message, "invalid_request_error", "request_header_fields_too_large" if status == 431 else "request_timeout"
+        )
+        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        self.transport.write(head % (status, reason, len(body)) + body)
+        self.transport.close()
+
+
+def guarded_protocol(*, max_header_bytes: int, head_timeout: float, body_timeout: float) -> type[HttpToolsProtocol]:
+    """The protocol class for uvicorn's `http=` with these bounds."""
+    return type(
+        "GuardedHttpToolsProtocol",
+        (_Guarded,),
+        {"max_header_bytes": max_header_bytes, "head_timeout": head_timeout, "body_timeout": body_timeout},
+    )

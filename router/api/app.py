@@ -269,6 +269,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await direct.start()
+        if redis_limiter is not None:
+            await redis_limiter.warm()
         if ledger is not None:
             await ledger.start()
         try:

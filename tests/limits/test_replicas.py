@@ -5,114 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import httpx
 import pytest
 
 from tests.limits.conftest import REDIS_URL, require_redis
-from tests.servers import ThreadedServer, free_port, serving
-from tests.upstream import Journal, make_upstream
-
-SHORT = [{"role": "user", "content": "hi"}]
-
-
-def config(
-    tmp: Path,
-    small: str,
-    large: str,
-    redis_url: str,
-    tiers: dict[str, object],
-    keys: list[dict[str, str]] | None = None,
-    redis_timeout: float = 0.2,
-) -> Path:
-    path = tmp / f"gateway-{uuid.uuid4().hex[:6]}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "server": {"log_level": "warning"},
-                "routing": {"scorer": "length"},
-                "workers": [
-                    {"name": "small", "role": "small", "base_url": small, "model": "tiny-small"},
-                    {"name": "large", "role": "large", "base_url": large, "model": "tiny-large"},
-                ],
-                "tiers": tiers,
-                "auth": {"keys": keys or []},
-                "ledger": {"enabled": False},
-                "limits": {
-                    "redis_url": redis_url,
-                    "key_prefix": f"test-{uuid.uuid4().hex[:8]}",
-                    "redis_timeout": redis_timeout,
-                },
-            }
-        )
-    )
-    return path
-
-
-class Gateway:
-    def __init__(self, cfg: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(self.port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.log = log
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"gateway did not start:\n{log.read_text()[-2000:]}")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=20)
-
-
-@pytest.fixture
-def upstreams() -> Iterator[tuple[ThreadedServer, ThreadedServer, Journal]]:
-    journal = Journal()
-    with serving(make_upstream("tiny-small", journal)) as small, serving(make_upstream("tiny-large")) as large:
-        yield small, large, journal
-
-
-async def _flood(urls: list[str], total: int, in_flight: int) -> dict[int, int]:
-    codes: dict[int, int] = {}
-    gate = asyncio.Semaphore(in_flight)
-    body = json.dumps({"model": "auto", "messages": SHORT, "max_tokens": 2}).encode()
-
-    async def one(i: int, session: aiohttp.ClientSession) -> None:
-        async with (
-            gate,
-            session.post(
-                urls[i % len(urls)] + "/v1/chat/completions", data=body, headers={"content-type": "application/json"}
-            ) as r,
-        ):
-            await r.read()
-            codes[r.status] = codes.get(r.status, 0) + 1
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        await asyncio.gather(*(one(i, session) for i in range(total)))
-    return codes
+from tests.limits.gateways import SHORT, Gateway, config, flood
+from tests.servers import ThreadedServer, free_port
+from tests.upstream import Journal
 
 
 def test_four_replicas_admit_exactly_the_limit(tmp_path: Path, upstreams: tuple[ThreadedServer, ...]) -> None:
@@ -130,7 +36,7 @@ def test_four_replicas_admit_exactly_the_limit(tmp_path: Path, upstreams: tuple[
     )
     gateways = [Gateway(cfg, tmp_path / f"gw{i}.log") for i in range(4)]
     try:
-        codes = asyncio.run(_flood([g.url for g in gateways], total=2000, in_flight=400))
+        codes = asyncio.run(flood([g.url for g in gateways], total=2000, in_flight=400))
     finally:
         for g in gateways:
             g.kill(signal.SIGTERM)

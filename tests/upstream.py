@@ -3,8 +3,9 @@
 The request body's `x_test` field (which the gateway passes through untouched, like any unknown field) picks
 the behaviour: {"sleep": s}, {"status": n, "body": "..."}, {"die_after": k} (stream: k chunks, then the
 connection drops); the answer itself: {"content": text, "finish_reason": r, "logprob": per-token logprob}.
-`Journal.always` applies a behaviour to every request. Every request is recorded, and so is each one the
-client abandoned."""
+{"chunked": bytes} (a 200 of that many bytes without content-length), {"die_mid_event": k} (stream: k
+events, then half of one, then the connection drops). `Journal.always` applies a behaviour to every request.
+Every request is recorded, and so is each one the client abandoned."""
 
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ async def _hung_up_within(request: Request, seconds: float) -> bool:
     return True
 
 
+async def _bytes(size: int) -> Any:
+    block = b" " * 65536
+    while size > 0:
+        yield block[: min(size, len(block))]
+        size -= len(block)
+
+
 def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
     journal = journal if journal is not None else Journal()
 
@@ -67,6 +75,9 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
                 },
                 404,
             )
+        if "chunked" in test:  # an answer of this many bytes with no content-length
+            size = int(test["chunked"])
+            return StreamingResponse(_bytes(size), media_type="application/json")
         if "status" in test:
             return Response(
                 test.get("body", ""), status_code=test["status"], media_type=test.get("type", "application/json")
@@ -110,6 +121,10 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
             for i in range(n):
                 if "die_after" in test and i == test["die_after"]:
                     raise ConnectionAbortedError("worker died mid-stream")
+                if "die_mid_event" in test and i == test["die_mid_event"]:
+                    yield b'data: {"id": "chunk-test", "choi'  # half an event, then the connection drops
+                    await asyncio.sleep(0.05)
+                    raise ConnectionAbortedError("worker died mid-event")
                 if "chunk_sleep" in test:
                     await asyncio.sleep(test["chunk_sleep"])
                 chunk = {

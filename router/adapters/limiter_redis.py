@@ -146,14 +146,11 @@ class RedisLimiter:
         self._backstop = max(5.0, 20 * timeout)
         # Connecting gets more than `timeout`: a refused connection fails at once anyway, and a burst of new
         # connections on a saturated machine takes longer than one reply (seen: 0.1 s tripped under load).
-        # No CLIENT SETINFO handshake: two round trips per new connection that tell Redis nothing it needs.
         pool = aioredis.ConnectionPool.from_url(
             url,
             max_connections=max_connections,
             socket_timeout=self._backstop,
             socket_connect_timeout=max(1.0, 10 * timeout),
-            lib_name=None,
-            lib_version=None,
         )
         self._slots = asyncio.Semaphore(max_connections)
         # No client retries: re-sending an admission after a timeout could count the request twice.

@@ -18,8 +18,9 @@ from typing import Any
 
 from router.adapters.ledger_queue import QueuedLedger
 from router.core.records import COLUMNS, DecisionRecord
+from router.errors import ConfigError
 
-__all__ = ["SqliteLedger", "read_records"]
+__all__ = ["SqliteLedger", "check_ledger", "read_records"]
 
 log = logging.getLogger("triage.ledger")
 
@@ -44,6 +45,38 @@ _CREATE = (
     + ");\nCREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);"
 )
 _INSERT = f"INSERT INTO decisions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+
+
+def check_ledger(path: Path) -> None:
+    """Refuse, naming the file, anything at `path` that is not a ledger: nothing is ever written to a file
+    that is not one. Missing and empty files are fine (a new ledger starts there)."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a ledger file (it is a directory or a device)")
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the ledger: {exc.strerror}") from None
+    if not head:
+        return
+    if head != b"SQLite format 3\x00":
+        raise ConfigError(f"{path}: not a ledger (not an SQLite database)")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+            tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{path}: not a readable ledger ({exc})") from None
+    if not columns and tables:
+        raise ConfigError(f"{path}: an SQLite database without a decisions table (it has {', '.join(tables)})")
+    missing = set(COLUMNS) - columns if columns else set()
+    if missing:
+        raise ConfigError(f"{path}: its decisions table lacks {', '.join(sorted(missing))}: not this version's ledger")
 
 
 def _connect(path: Path, *, autocheckpoint: bool = True) -> sqlite3.Connection:
@@ -111,6 +144,7 @@ class SqliteLedger(QueuedLedger):
 
 def read_records(path: str | Path, where: str = "", params: tuple[Any, ...] = ()) -> Iterator[DecisionRecord]:
     """Records in time order; `where` is an SQL condition on the columns, with `params` bound to it."""
+    check_ledger(Path(path))
     db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
     try:
         sql = f"SELECT {', '.join(COLUMNS)} FROM decisions {('WHERE ' + where) if where else ''} ORDER BY ts"
@@ -118,5 +152,7 @@ def read_records(path: str | Path, where: str = "", params: tuple[Any, ...] = ()
             values = dict(zip(COLUMNS, row, strict=True))
             values["escalated"], values["cache_hit"] = bool(values["escalated"]), bool(values["cache_hit"])
             yield DecisionRecord(**values)
+    except sqlite3.DatabaseError as exc:  # damage past the header: found only while reading
+        raise ConfigError(f"{path}: the ledger is damaged ({exc})") from None
     finally:
         db.close()

@@ -19,7 +19,7 @@ from router.adapters.discovery import discover_model
 from router.adapters.identity_secret import identity_secret
 from router.adapters.ledger_queue import QueuedLedger
 from router.adapters.ledger_redis import RedisStreamLedger
-from router.adapters.ledger_sqlite import SqliteLedger
+from router.adapters.ledger_sqlite import SqliteLedger, check_ledger
 from router.adapters.limiter_memory import MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
 from router.adapters.metrics import FanOutSink, Metrics
@@ -176,6 +176,10 @@ def _ledger(settings: Settings) -> QueuedLedger | None:
     url = _shared_store(settings, "ledger", cfg.backend)
     if url:
         return RedisStreamLedger(url, stream=cfg.stream, maxlen=cfg.maxlen)
+    try:
+        check_ledger(cfg.path)
+    except ConfigError as exc:
+        raise ConfigError(f"ledger.path: {exc}") from None
     return SqliteLedger(cfg.path)
 
 

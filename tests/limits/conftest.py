@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
 
 from router.adapters.limiter_memory import MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
-from tests.servers import ThreadedServer, serving
-from tests.upstream import Journal, make_upstream
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -34,10 +32,3 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[MemoryLimiter
         yield lim
     finally:
         await lim.close()
-
-
-@pytest.fixture
-def upstreams() -> Iterator[tuple[ThreadedServer, ThreadedServer, Journal]]:
-    journal = Journal()
-    with serving(make_upstream("tiny-small", journal)) as small, serving(make_upstream("tiny-large")) as large:
-        yield small, large, journal

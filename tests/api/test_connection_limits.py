@@ -1,0 +1,141 @@
+"""Bounds on what a connection may hold, against `triage serve` itself (its HTTP protocol is the one under test):
+a header size limit (431), deadlines for a request's head (408) and body, and idle keep-alive connections
+closed. Raw sockets, since a well-behaved client cannot misbehave this way."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.limits.gateways import Gateway
+from tests.servers import ThreadedServer
+
+HEAD_TIMEOUT = 1.0
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, upstreams: tuple[ThreadedServer, ThreadedServer, object]) -> Iterator[Gateway]:
+    small, large = upstreams[0], upstreams[1]
+    cfg = tmp_path / "gateway.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "server": {
+                    "log_level": "warning",
+                    "max_header_bytes": 8192,
+                    "head_timeout": HEAD_TIMEOUT,
+                    "body_timeout": HEAD_TIMEOUT,
+                    "keep_alive_timeout": 1,
+                },
+                "routing": {"scorer": "length"},
+                "workers": [
+                    {"name": "small", "role": "small", "base_url": f"{small.url}/v1", "model": "tiny-small"},
+                    {"name": "large", "role": "large", "base_url": f"{large.url}/v1", "model": "tiny-large"},
+                ],
+                "ledger": {"enabled": False},
+                "auth": {"identity_secret_path": str(tmp_path / "identity.key")},
+            }
+        )
+    )
+    gw = Gateway(cfg, tmp_path / "gw.log")
+    try:
+        yield gw
+    finally:
+        gw.kill(signal.SIGTERM)
+
+
+def _connect(gw: Gateway) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+
+
+def _read_until_closed(sock: socket.socket, limit: float = 10.0) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    start = time.monotonic()
+    sock.settimeout(limit)
+    data = b""
+    while True:
+        try:
+            part = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not part:
+            break
+        data += part
+    return data, time.monotonic() - start
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_an_unterminated_huge_header_is_refused_with_431_without_growing(gateway: Gateway) -> None:
+    """Regression: one unterminated 64 MB header value raised RSS from 94 to 213 MB."""
+    before = _rss_kib(gateway.proc.pid)
+    sock = _connect(gateway)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    sent = 0
+    block = b"a" * 65536
+    try:
+        while sent < 64 * 1024 * 1024:
+            sock.sendall(block)
+            sent += len(block)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert sent < 8 * 1024 * 1024  # the server closed the connection long before 64 MB were sent
+    data, _ = _read_until_closed(sock)
+    sock.close()
+    if data:  # the 431 may be lost to the reset when the client is still sending
+        assert data.startswith(b"HTTP/1.1 431")
+    assert _rss_kib(gateway.proc.pid) - before < 16 * 1024
+
+
+def test_headers_over_the_limit_get_431_in_the_envelope(gateway: Gateway) -> None:
+    sock = _connect(gateway)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+    data, _ = _read_until_closed(sock)
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 431")
+    assert b'"request_header_fields_too_large"' in data
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [b"", b"POST /v1/chat/completions HTT", b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Ty"],
+)
+def test_a_request_head_that_never_ends_is_timed_out(gateway: Gateway, partial: bytes) -> None:
+    """Regression: partial request lines and headers were held open indefinitely."""
+    sock = _connect(gateway)
+    sock.sendall(partial)
+    data, took = _read_until_closed(sock)
+    sock.close()
+    assert took < HEAD_TIMEOUT + 3
+    assert data.startswith(b"HTTP/1.1 408")
+
+
+def test_a_body_shorter_than_its_content_length_is_cut_off(gateway: Gateway) -> None:
+    """Regression: a Content-Length lie held the connection (and the request) open indefinitely."""
+    sock = _connect(gateway)
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: 1000\r\n\r\n"
+    sock.sendall(head + b'{"model": ')
+    _, took = _read_until_closed(sock)
+    sock.close()
+    assert took < HEAD_TIMEOUT + 3
+
+
+def test_an_idle_keep_alive_connection_is_closed(gateway: Gateway) -> None:
+    sock = _connect(gateway)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    data, took = _read_until_closed(sock)
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 200")
+    assert took < 1 + 3  # keep_alive_timeout 1 s

@@ -3,7 +3,7 @@ unknown fields are allowed and the forwarded body is the caller's own dict, not 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -74,8 +74,11 @@ class ChatCompletionRequest(GenerationRequest):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
 
 
+TokenId = Annotated[int, Field(ge=0, lt=1 << 31)]  # vocabularies are far smaller; JSON parsers stop at 64 bits
+
+
 class CompletionRequest(GenerationRequest):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
 
 
 def decode_body(raw: bytes, schema: type[GenerationRequest]) -> tuple[dict[str, Any], GenerationRequest]:

@@ -27,6 +27,7 @@ from router.adapters.scorers import LengthScorer
 from router.admission import AdmissionControl
 from router.api.auth import Authenticator
 from router.api.errors import install_error_handlers
+from router.api.openapi import install_openapi
 from router.api.routes import build_router
 from router.api.state import GatewayState
 from router.core.balance import BalancePolicy, Balancer
@@ -310,4 +311,5 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(build_router())
+    install_openapi(app)
     return app

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -29,6 +31,7 @@ __all__ = ["build_router"]
 
 log = logging.getLogger("triage.api")
 
+Endpoint_ = TypeVar("Endpoint_", bound=Callable[..., Awaitable[Any]])
 _CLIENT_CLOSED = 499  # nginx's convention; the client never sees it, logs do
 
 
@@ -108,6 +111,17 @@ async def _generate(request: Request, endpoint: Endpoint, schema: type[Generatio
     return PassThroughStream(outcome.reply, headers)
 
 
+def _get_and_head(router: APIRouter, path: str) -> Callable[[Endpoint_], Endpoint_]:
+    """GET in the OpenAPI document, and HEAD beside it (probes and load balancers use HEAD) outside it."""
+
+    def register(handler: Endpoint_) -> Endpoint_:
+        router.add_api_route(path, handler, methods=["GET"])
+        router.add_api_route(path, handler, methods=["HEAD"], include_in_schema=False)
+        return handler
+
+    return register
+
+
 def build_router() -> APIRouter:
     router = APIRouter()
 
@@ -122,19 +136,19 @@ def build_router() -> APIRouter:
     router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     router.add_route("/v1/completions", completions, methods=["POST"])
 
-    @router.api_route("/v1/models", methods=["GET", "HEAD"])
+    @_get_and_head(router, "/v1/models")
     async def models(request: Request) -> Response:
         return Response(gateway(request).models_body, media_type="application/json")
 
-    @router.api_route("/metrics", methods=["GET", "HEAD"])
+    @_get_and_head(router, "/metrics")
     async def metrics(request: Request) -> Response:
         return Response(gateway(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @router.api_route("/health", methods=["GET", "HEAD"])
+    @_get_and_head(router, "/health")
     async def health() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    @router.api_route("/ready", methods=["GET", "HEAD"])
+    @_get_and_head(router, "/ready")
     async def ready(request: Request) -> Response:
         """Ready while at least one worker answers its health probe and its breaker is not open: the gateway
         can still serve what reaches it. A worker whose breaker is open reads as down."""

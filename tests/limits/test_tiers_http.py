@@ -146,3 +146,25 @@ def test_trusted_proxy_forwarded_for_is_honoured(upstreams: tuple[ThreadedServer
         assert send("198.51.100.2") == 200  # another client behind the proxy
         # A client prepending a fake hop gets the proxy-appended address, its real one.
         assert send("10.9.9.9, 198.51.100.1") == 429
+
+
+def test_a_second_forwarded_for_line_from_the_proxy_is_the_one_believed(upstreams: tuple[ThreadedServer, ...]) -> None:
+    """Regression: behind a proxy that appends its own line (HAProxy's `option forwardfor`), only the client's
+    first line was read, so a client naming a new address each time got 6 of 6 admitted at 3 rpm."""
+    small, large = upstreams[0], upstreams[1]
+    with serving(create_app(tiered(f"{small.url}/v1", f"{large.url}/v1", trusted=["127.0.0.1/32"]))) as gw:
+        codes = [
+            httpx.post(
+                f"{gw.url}/v1/chat/completions",
+                json={"model": "auto", "messages": SHORT},
+                headers=[("x-forwarded-for", f"10.2.2.{i}"), ("x-forwarded-for", "10.1.1.1")],
+            ).status_code
+            for i in range(6)
+        ]
+        assert codes == [200, 200, 200, 429, 429, 429]
+        unparseable = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "auto", "messages": SHORT},
+            headers={"x-forwarded-for": "unknown"},
+        )
+        assert unparseable.status_code == 200  # its own bucket, not the proxy's (which 10.1.1.1 did not use)

@@ -1,0 +1,209 @@
+"""Leave one task family out (LODO): the yardstick for a routing prior, since a deployment's traffic is always a
+family the classifier never saw. Each family in turn is held out of training entirely (both sources) and
+scored on its own items; the mean over families is what every design choice is made by.
+
+A recipe says how to train: which label, which features, how strongly regularised, whether families weigh
+alike, and optionally a second recipe to blend with. Every recipe trains one linear model over the shared
+feature space, so whatever wins ships in the classifier file format the gateway already reads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from classifiers.families import Family
+from classifiers.features import STRUCTURE, FeatureSpec
+from classifiers.metrics import route_metrics, routing_curve
+
+__all__ = ["MIN_GAP", "RECIPES", "FamilyResult", "Recipe", "fit_recipe", "lodo", "random_spread"]
+
+MIN_GAP = 0.03  # a family whose pair barely differs cannot rank routers (PGR divides by the gap)
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    name: str
+    label: str = "gap"  # gap (the pair's outcome gap) | proxy (small models' failure) | mix (their mean)
+    alpha: float = 10.0
+    features: str = "full"  # full (hashed n-grams + structure) | structure (the 12 counts alone)
+    balance: bool = True  # every family weighs the same in training, whatever its size
+    sources: tuple[str, ...] = ("routellm", "llmrouter")
+    families: tuple[str, ...] = ()  # train only on these (empty: all but the held-out one)
+    blend: tuple[Recipe, float] | None = None  # (other recipe, its weight) blended on standardised scores
+
+
+# Named so that `triage classifier eval --protocol lodo --recipe NAME` reproduces any row of the README.
+RECIPES: dict[str, Recipe] = {}
+
+
+def _register(*recipes: Recipe) -> None:
+    for r in recipes:
+        RECIPES[r.name] = r
+
+
+_register(
+    # Today's shipped model: the RouteLLM pair's labels on MMLU and GSM8K, ridge alpha 10.
+    Recipe("shipped-v1", label="gap", alpha=10.0, balance=False, sources=("routellm",), families=("mmlu", "gsm8k")),
+    Recipe("gap-a10", label="gap", alpha=10.0),
+    Recipe("gap-a100", label="gap", alpha=100.0),
+    Recipe("proxy-a10", label="proxy", alpha=10.0),
+    Recipe("proxy-a100", label="proxy", alpha=100.0),
+    Recipe("mix-a10", label="mix", alpha=10.0),
+    Recipe("mix-a100", label="mix", alpha=100.0),
+    Recipe("mix-a300", label="mix", alpha=300.0),
+    Recipe("mix-a100-unbalanced", label="mix", alpha=100.0, balance=False),
+    Recipe("structure-proxy", label="proxy", alpha=1.0, features="structure"),
+    Recipe("structure-mix", label="mix", alpha=1.0, features="structure"),
+    Recipe("structure-gap", label="gap", alpha=1.0, features="structure"),
+)
+_register(
+    Recipe("mix-a100+structure", label="mix", alpha=100.0, blend=(RECIPES["structure-mix"], 0.5)),
+    Recipe("proxy-a100+structure", label="proxy", alpha=100.0, blend=(RECIPES["structure-proxy"], 0.5)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyResult:
+    family: str
+    items: int
+    q_small: float
+    q_large: float
+    apgr: float
+    share_at_95: float
+
+    @property
+    def scored(self) -> bool:
+        return self.q_large - self.q_small >= MIN_GAP
+
+
+def _labels(families: Sequence[Family], label: str) -> np.ndarray:
+    """The training target, centred within each family (a family's base rate says nothing about ranking
+    inside a family never seen) and scaled to unit spread so that no family's label scale dominates."""
+    parts = []
+    for fam in families:
+        gap = np.array([i.large - i.small for i in fam.items])
+        proxy = np.array([i.proxy for i in fam.items])
+        parts_by = {"gap": [gap], "proxy": [proxy], "mix": [gap, proxy]}[label]
+        y = np.zeros(len(fam.items))
+        for part in parts_by:
+            centred = part - part.mean()
+            spread = centred.std()
+            y += centred / spread if spread > 0 else centred
+        parts.append(y / len(parts_by))
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _structure_columns(spec: FeatureSpec) -> np.ndarray:
+    return np.arange(spec.structure_offset, spec.structure_offset + len(STRUCTURE))
+
+
+def _ridge(X: Any, y: np.ndarray, weights: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    from sklearn.linear_model import Ridge
+
+    ridge = Ridge(alpha=alpha, solver="sparse_cg", tol=1e-6, max_iter=3000)
+    ridge.fit(X, y, sample_weight=weights)
+    return np.asarray(ridge.coef_, dtype=np.float64), float(ridge.intercept_)
+
+
+def fit_recipe(
+    X: Any, spec: FeatureSpec, families: Sequence[Family], rows: Sequence[np.ndarray], recipe: Recipe
+) -> tuple[np.ndarray, float]:
+    """(coef over the whole feature space, intercept) of a recipe trained on `families`, whose items are the
+    rows `rows[k]` of X. A blend is one linear model too: the weighted sum of standardised component scores."""
+    keep = [
+        (fam, idx[[i.source in recipe.sources for i in fam.items]])
+        for fam, idx in zip(families, rows, strict=True)
+        if not recipe.families or fam.name in recipe.families
+    ]
+    kept_fams = [Family(f.name, tuple(i for i in f.items if i.source in recipe.sources)) for f, _ in keep]
+    kept_fams, idx_parts = zip(*[(f, i) for f, (_, i) in zip(kept_fams, keep, strict=True) if len(i)], strict=True)
+    index = np.concatenate(idx_parts)
+    y = _labels(kept_fams, recipe.label)
+    sizes = np.concatenate([np.full(len(i), 1.0 / len(i)) for i in idx_parts])
+    weights = sizes * len(index) / len(idx_parts) if recipe.balance else np.ones(len(index))
+    Xk = X[index]
+    if recipe.features == "structure":
+        cols = _structure_columns(spec)
+        small, intercept = _ridge(Xk[:, cols], y, weights, recipe.alpha)
+        coef = np.zeros(X.shape[1])
+        coef[cols] = small
+    else:
+        coef, intercept = _ridge(Xk, y, weights, recipe.alpha)
+    if recipe.blend is None:
+        return coef, intercept
+    other, share = recipe.blend
+    coef2, intercept2 = fit_recipe(X, spec, families, rows, other)
+    raw1, raw2 = Xk @ coef + intercept, Xk @ coef2 + intercept2
+    s1, s2 = float(raw1.std()) or 1.0, float(raw2.std()) or 1.0
+    blended = (1 - share) * coef / s1 + share * coef2 / s2
+    return blended, (1 - share) * (intercept - raw1.mean()) / s1 + share * (intercept2 - raw2.mean()) / s2
+
+
+def _row_index(families: Sequence[Family]) -> list[np.ndarray]:
+    rows, start = [], 0
+    for fam in families:
+        rows.append(np.arange(start, start + len(fam.items)))
+        start += len(fam.items)
+    return rows
+
+
+def lodo(
+    X: Any,
+    spec: FeatureSpec,
+    families: Sequence[Family],
+    recipe: Recipe,
+    *,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[FamilyResult]:
+    """Each family scored by a model trained on all the others. X holds every family's items, in order."""
+    rows = _row_index(families)
+    results = []
+    for k, held in enumerate(families):
+        progress(f"{recipe.name}: holding out {held.name}")
+        others = [f for j, f in enumerate(families) if j != k]
+        other_rows = [r for j, r in enumerate(rows) if j != k]
+        coef, intercept = fit_recipe(X, spec, others, other_rows, recipe)
+        results.append(_score(held, X[rows[k]] @ coef + intercept))
+    return results
+
+
+def _score(fam: Family, scores: np.ndarray) -> FamilyResult:
+    mask = fam.eval_mask()
+    items = [i for i, keep in zip(fam.items, mask, strict=True) if keep]
+    s = scores[mask]
+    small = np.array([i.small for i in items])
+    large = np.array([i.large for i in items])
+    q_small, q_large = float(small.mean()), float(large.mean())
+    if q_large - q_small < MIN_GAP:
+        return FamilyResult(fam.name, len(items), q_small, q_large, float("nan"), float("nan"))
+    m = route_metrics(routing_curve(s, small, large), q_small, q_large, 0.24, 24.7)
+    return FamilyResult(fam.name, len(items), q_small, q_large, m.apgr, m.share_at_95)
+
+
+def random_spread(families: Sequence[Family], draws: int = 200, seed: int = 0) -> tuple[dict[str, float], float]:
+    """The standard deviation of a random router's APGR per scored family, and of its mean over them: the
+    noise any LODO difference has to clear."""
+    rng = np.random.default_rng(seed)
+    per: dict[str, float] = {}
+    means = np.zeros(draws)
+    scored = 0
+    for fam in families:
+        items = [i for i, keep in zip(fam.items, fam.eval_mask(), strict=True) if keep]
+        small = np.array([i.small for i in items])
+        large = np.array([i.large for i in items])
+        q_small, q_large = float(small.mean()), float(large.mean())
+        if q_large - q_small < MIN_GAP:
+            continue
+        apgrs = np.array(
+            [
+                route_metrics(routing_curve(rng.random(len(items)), small, large), q_small, q_large, 0.24, 24.7).apgr
+                for _ in range(draws)
+            ]
+        )
+        per[fam.name] = float(apgrs.std())
+        means += apgrs
+        scored += 1
+    return per, float((means / max(scored, 1)).std())

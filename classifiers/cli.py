@@ -35,6 +35,8 @@ def _train(args: argparse.Namespace) -> int:
     from classifiers.train import fit
 
     say = _progress()
+    if not args.answers and not args.benchmarks:
+        return _train_prior(args, say)
     names = [n.strip() for n in (args.benchmarks or ("gsm8k" if args.answers else "mmlu,gsm8k")).split(",")]
     benches = [load_benchmark(n, args.data) for n in names if n]
     items = [i for b in benches for i in b.items]
@@ -70,12 +72,81 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_prior(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    """The default: a routing prior across every task family, by the recipe that won leave-one-family-out."""
+    from classifiers import default_path
+    from classifiers.families import load_families
+    from classifiers.lodo import RECIPES
+    from classifiers.train import fit_prior
+
+    if args.recipe not in RECIPES:
+        raise SystemExit(f"unknown recipe {args.recipe!r}; known: {', '.join(RECIPES)}")
+    families = list(load_families(args.data).values())
+    meta: dict[str, object] = {
+        "recipe": args.recipe,
+        "trained_on": {f.name: len(f.items) for f in families},
+        "label": "blend of hashed n-grams fitted to the RouteLLM pair's outcome gap and structure counts fitted to "
+        "open small models' failure rate (classifiers/lodo.py), Platt-scaled to P(large better)",
+    }
+    model = fit_prior(families, args.recipe, meta=meta, progress=say)
+    out = Path(args.out or default_path())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    say(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB); suggested threshold {model.meta.get('suggested_threshold')}")
+    return 0
+
+
+def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    from classifiers.families import load_families
+    from classifiers.features import FeatureSpec, Featurizer
+    from classifiers.lodo import MIN_GAP, PRIOR, RECIPES, kfold_within, lodo, random_spread
+
+    names = args.recipe or ["shipped-v1", PRIOR]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown recipe {unknown[0]!r}; known: {', '.join(RECIPES)}")
+    families = list(load_families(args.data).values())
+    spec = FeatureSpec()
+    say(f"featurizing {sum(len(f.items) for f in families)} prompts from {len(families)} families")
+    X = Featurizer(spec).transform([p for f in families for p in f.prompts])
+    spread, mean_spread = random_spread(families)
+    results = {n: lodo(X, spec, families, RECIPES[n], progress=say) for n in names}
+    mmlu = {n: kfold_within(X, spec, families, RECIPES[n], "mmlu").apgr for n in names}
+    print("\n## leave one family out (LODO): APGR / large share at 95% quality, each family held out of training")
+    print(f"(families whose pair differs by less than {MIN_GAP} cannot rank routers: trained on, not scored)\n")
+    print("| family | items | small | large | random ±sd | " + " | ".join(names) + " |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(names))
+    first = results[names[0]]
+    for k, fam in enumerate(first):
+        cells = [f"{results[n][k].apgr:.3f} / {_pct(results[n][k].share_at_95)}" for n in names]
+        sd = spread.get(fam.family)
+        print(
+            f"| {fam.family} | {fam.items} | {fam.q_small:.3f} | {fam.q_large:.3f} | "
+            + ("-" if sd is None else f"0.500 ±{sd:.3f}")
+            + " | "
+            + " | ".join("-" if not fam.scored else c for c in cells)
+            + " |"
+        )
+    means = [float(sum(r.apgr for r in results[n] if r.scored) / sum(r.scored for r in results[n])) for n in names]
+    print(
+        f"| **mean over scored families** | | | | 0.500 ±{mean_spread:.3f} | "
+        + " | ".join(f"**{m:.3f}**" for m in means)
+        + " |"
+    )
+    pair = ("mmlu", "gsm8k", "mt_bench")
+    pair_means = [sum(r.apgr for r in results[n] if r.family in pair) / len(pair) for n in names]
+    print("| mean, families graded GPT-4 vs Mixtral | | | | | " + " | ".join(f"{m:.3f}" for m in pair_means) + " |")
+    print("| MMLU 5-fold (in-family, for reference) | | | | | " + " | ".join(f"{mmlu[n]:.3f}" for n in names) + " |")
+
+
 def _eval(args: argparse.Namespace) -> int:
     from classifiers.evaluate import PROTOCOLS, ROUTELLM_PUBLISHED, run_protocols
     from classifiers.train import DEFAULT_ALPHA
 
     say = _progress()
-    protocols = tuple(args.protocol) if args.protocol else PROTOCOLS
+    protocols = tuple(args.protocol) if args.protocol else (*PROTOCOLS, "lodo")
+    lodo_too = "lodo" in protocols
+    protocols = tuple(p for p in protocols if p != "lodo")
     results = run_protocols(
         root=args.data,
         alpha=args.alpha or DEFAULT_ALPHA,
@@ -107,6 +178,8 @@ def _eval(args: argparse.Namespace) -> int:
                     f"| RouteLLM (published, arena-trained) | {'-' if apgr is None else f'{apgr:.3f}'} | | | "
                     f"~{_pct(published['share_at_95'])} | | |"
                 )
+    if lodo_too:
+        _eval_lodo(args, say)
     if args.plots:
         from classifiers.plots import plot_results
 
@@ -148,6 +221,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from classifiers.lodo import PRIOR
     from classifiers.train import DEFAULT_ALPHA
 
     p = sub.add_parser("classifier", help="train, evaluate and calibrate the difficulty classifier")
@@ -156,13 +230,26 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     t = cmds.add_parser("train", help="train on recorded outcomes; by default rewrites the shipped model")
     t.add_argument("--data", help=data_help)
-    t.add_argument("--benchmarks", help="comma-separated (default mmlu,gsm8k; with --answers gsm8k)")
+    t.add_argument(
+        "--benchmarks", help="train on these RouteLLM benchmarks alone, comma-separated (with --answers: gsm8k)"
+    )
     t.add_argument(
         "--answers",
         action="store_true",
         help="train the cascade's answer scorer on (prompt, small model's answer) pairs instead",
     )
-    t.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help=f"ridge regularisation (default {DEFAULT_ALPHA})")
+    t.add_argument(
+        "--alpha",
+        type=float,
+        default=DEFAULT_ALPHA,
+        help=f"ridge regularisation with --benchmarks (default {DEFAULT_ALPHA})",
+    )
+    t.add_argument(
+        "--recipe",
+        default=PRIOR,
+        help=f"how to train across all task families (default {PRIOR}, the leave-one-family-out winner); "
+        "ignored with --benchmarks or --answers",
+    )
     t.add_argument(
         "--out", help="output file (default: the packaged classifiers/default/classifier.json or answer_scorer.json)"
     )
@@ -171,7 +258,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     e = cmds.add_parser("eval", help="evaluate under every protocol against random, always-small/large, oracle")
     e.add_argument("--data", help=data_help)
     e.add_argument("--alpha", type=float)
-    e.add_argument("--protocol", action="append", help="run only this protocol (repeatable)")
+    e.add_argument(
+        "--protocol", action="append", help="run only this protocol (repeatable; `lodo`: leave one family out)"
+    )
+    e.add_argument(
+        "--recipe", action="append", help="with lodo: a recipe to evaluate (repeatable; see classifiers/lodo.py)"
+    )
     e.add_argument("--small-price", type=float, default=0.24, help="USD per million tokens (default 0.24)")
     e.add_argument("--large-price", type=float, default=24.7, help="USD per million tokens (default 24.7)")
     e.add_argument("--format", choices=["table", "json"], default="table")

@@ -77,7 +77,7 @@ class Family:
         return routellm if any(routellm) else [True] * len(self.items)
 
 
-def _routellm(root: Path | None) -> dict[str, list[FamilyItem]]:
+def _routellm(root: str | Path | None) -> dict[str, list[FamilyItem]]:
     out: dict[str, list[FamilyItem]] = {}
     for name in ("mmlu", "gsm8k", "mt_bench"):
         scale = 10.0 if name == "mt_bench" else 1.0
@@ -103,9 +103,7 @@ def _llmrouter(folder: Path) -> dict[str, list[FamilyItem]]:
     out: dict[str, list[FamilyItem]] = {}
     for question, scores in seen.items():
         proxy = 1.0 - sum(float(scores[m]) for m in SMALL_OPEN_MODELS) / len(SMALL_OPEN_MODELS)
-        item = FamilyItem(
-            question, float(scores[LLMROUTER_SMALL]), float(scores[LLMROUTER_LARGE]), proxy, "llmrouter"
-        )
+        item = FamilyItem(question, float(scores[LLMROUTER_SMALL]), float(scores[LLMROUTER_LARGE]), proxy, "llmrouter")
         out.setdefault(tasks[question], []).append(item)
     return out
 

@@ -18,7 +18,18 @@ from classifiers.families import Family
 from classifiers.features import STRUCTURE, FeatureSpec
 from classifiers.metrics import route_metrics, routing_curve
 
-__all__ = ["MIN_GAP", "RECIPES", "FamilyResult", "Recipe", "fit_recipe", "lodo", "random_spread"]
+__all__ = [
+    "MIN_GAP",
+    "PRIOR",
+    "RECIPES",
+    "FamilyResult",
+    "Recipe",
+    "fit_recipe",
+    "kfold_within",
+    "lodo",
+    "random_spread",
+    "row_index",
+]
 
 MIN_GAP = 0.03  # a family whose pair barely differs cannot rank routers (PGR divides by the gap)
 
@@ -30,6 +41,7 @@ class Recipe:
     alpha: float = 10.0
     features: str = "full"  # full (hashed n-grams + structure) | structure (the 12 counts alone)
     balance: bool = True  # every family weighs the same in training, whatever its size
+    centre: bool = True  # labels relative to their family's mean (else absolute: base rates teach too)
     sources: tuple[str, ...] = ("routellm", "llmrouter")
     families: tuple[str, ...] = ()  # train only on these (empty: all but the held-out one)
     blend: tuple[Recipe, float] | None = None  # (other recipe, its weight) blended on standardised scores
@@ -59,7 +71,40 @@ _register(
     Recipe("structure-mix", label="mix", alpha=1.0, features="structure"),
     Recipe("structure-gap", label="gap", alpha=1.0, features="structure"),
 )
+# The structure counts fitted to the open models' difficulty (their items only: the proxy there is the mean of
+# six models, not one model's failure), blended with hashed n-grams fitted to the RouteLLM pair's gap.
+_register(Recipe("structure-proxy-open", label="proxy", alpha=1.0, features="structure", sources=("llmrouter",)))
 _register(
+    *(
+        Recipe(
+            f"ngram-gap+structure-proxy-open-{w}",
+            label="gap",
+            alpha=10.0,
+            balance=False,
+            sources=("routellm",),
+            blend=(RECIPES["structure-proxy-open"], w),
+        )
+        for w in (0.5, 0.6, 0.7, 0.85)
+    )
+)
+PRIOR = "ngram-gap+structure-proxy-open-0.5"  # the LODO winner that keeps MMLU 5-fold >= 0.65 (see README)
+
+_register(
+    Recipe("proxy-abs-a100", label="proxy", alpha=100.0, centre=False),
+    Recipe("proxy-abs-a30", label="proxy", alpha=30.0, centre=False),
+    Recipe("proxy-abs-a300", label="proxy", alpha=300.0, centre=False),
+    Recipe("mix-abs-a100", label="mix", alpha=100.0, centre=False),
+    Recipe("structure-proxy-abs", label="proxy", alpha=1.0, features="structure", centre=False),
+    Recipe("gap-abs-a100", label="gap", alpha=100.0, centre=False),
+)
+_register(
+    Recipe(
+        "proxy-abs-a100+structure",
+        label="proxy",
+        alpha=100.0,
+        centre=False,
+        blend=(RECIPES["structure-proxy-abs"], 0.5),
+    ),
     Recipe("mix-a100+structure", label="mix", alpha=100.0, blend=(RECIPES["structure-mix"], 0.5)),
     Recipe("proxy-a100+structure", label="proxy", alpha=100.0, blend=(RECIPES["structure-proxy"], 0.5)),
 )
@@ -79,9 +124,10 @@ class FamilyResult:
         return self.q_large - self.q_small >= MIN_GAP
 
 
-def _labels(families: Sequence[Family], label: str) -> np.ndarray:
-    """The training target, centred within each family (a family's base rate says nothing about ranking
-    inside a family never seen) and scaled to unit spread so that no family's label scale dominates."""
+def _labels(families: Sequence[Family], label: str, centre: bool) -> np.ndarray:
+    """The training target. Centred: relative to the family's mean and scaled to unit spread within it, so that
+    only the ranking inside a family is learnt. Uncentred: the label as it is, so that what makes whole kinds of
+    task hard is learnt too (a mixture such as MT-Bench ranks across kinds)."""
     parts = []
     for fam in families:
         gap = np.array([i.large - i.small for i in fam.items])
@@ -89,9 +135,11 @@ def _labels(families: Sequence[Family], label: str) -> np.ndarray:
         parts_by = {"gap": [gap], "proxy": [proxy], "mix": [gap, proxy]}[label]
         y = np.zeros(len(fam.items))
         for part in parts_by:
-            centred = part - part.mean()
-            spread = centred.std()
-            y += centred / spread if spread > 0 else centred
+            if centre:
+                part = part - part.mean()
+                spread = part.std()
+                part = part / spread if spread > 0 else part
+            y += part
         parts.append(y / len(parts_by))
     return np.concatenate(parts) if parts else np.zeros(0)
 
@@ -121,7 +169,7 @@ def fit_recipe(
     kept_fams = [Family(f.name, tuple(i for i in f.items if i.source in recipe.sources)) for f, _ in keep]
     kept_fams, idx_parts = zip(*[(f, i) for f, (_, i) in zip(kept_fams, keep, strict=True) if len(i)], strict=True)
     index = np.concatenate(idx_parts)
-    y = _labels(kept_fams, recipe.label)
+    y = _labels(kept_fams, recipe.label, recipe.centre)
     sizes = np.concatenate([np.full(len(i), 1.0 / len(i)) for i in idx_parts])
     weights = sizes * len(index) / len(idx_parts) if recipe.balance else np.ones(len(index))
     Xk = X[index]
@@ -142,7 +190,8 @@ def fit_recipe(
     return blended, (1 - share) * (intercept - raw1.mean()) / s1 + share * (intercept2 - raw2.mean()) / s2
 
 
-def _row_index(families: Sequence[Family]) -> list[np.ndarray]:
+def row_index(families: Sequence[Family]) -> list[np.ndarray]:
+    """The rows of each family's items in a matrix that holds all families' items in order."""
     rows, start = [], 0
     for fam in families:
         rows.append(np.arange(start, start + len(fam.items)))
@@ -159,7 +208,7 @@ def lodo(
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[FamilyResult]:
     """Each family scored by a model trained on all the others. X holds every family's items, in order."""
-    rows = _row_index(families)
+    rows = row_index(families)
     results = []
     for k, held in enumerate(families):
         progress(f"{recipe.name}: holding out {held.name}")
@@ -168,6 +217,26 @@ def lodo(
         coef, intercept = fit_recipe(X, spec, others, other_rows, recipe)
         results.append(_score(held, X[rows[k]] @ coef + intercept))
     return results
+
+
+def kfold_within(
+    X: Any, spec: FeatureSpec, families: Sequence[Family], recipe: Recipe, name: str, folds: int = 5
+) -> FamilyResult:
+    """In-family k-fold for one family (the old yardstick, kept beside LODO): each fold of it scored by the
+    recipe trained on every other family plus the family's other folds."""
+    from sklearn.model_selection import KFold
+
+    rows = row_index(families)
+    k = next(j for j, f in enumerate(families) if f.name == name)
+    fam, fam_rows = families[k], rows[k]
+    scores = np.zeros(len(fam.items))
+    for train, test in KFold(folds, shuffle=True, random_state=0).split(fam_rows):
+        part = Family(fam.name, tuple(fam.items[i] for i in train))
+        others = [f for j, f in enumerate(families) if j != k] + [part]
+        other_rows = [r for j, r in enumerate(rows) if j != k] + [fam_rows[train]]
+        coef, intercept = fit_recipe(X, spec, others, other_rows, recipe)
+        scores[test] = X[fam_rows[test]] @ coef + intercept
+    return _score(fam, scores)
 
 
 def _score(fam: Family, scores: np.ndarray) -> FamilyResult:

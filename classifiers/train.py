@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from classifiers.calibrate import threshold_for_quality
+from classifiers.families import Family
 from classifiers.features import FeatureSpec, Featurizer
 from classifiers.model import Classifier
 
-__all__ = ["DEFAULT_ALPHA", "fit", "fit_raw"]
+__all__ = ["DEFAULT_ALPHA", "fit", "fit_prior", "fit_raw"]
 
 DEFAULT_ALPHA = 10.0
 
@@ -79,3 +80,47 @@ def fit(
     info["suggested_threshold"] = round(threshold_for_quality(calibrated, small_a, large_a, 0.95), 6)
     info["suggested_for"] = "95% of the large model's quality, out-of-fold on the training data"
     return Classifier(spec, coef, intercept, (a, b), info)
+
+
+def fit_prior(
+    families: Sequence[Family],
+    recipe_name: str,
+    *,
+    spec: FeatureSpec | None = None,
+    folds: int = 5,
+    meta: dict[str, object] | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Classifier:
+    """A routing prior trained across task families by a named recipe (classifiers.lodo). Its Platt scaling and
+    suggested threshold come from out-of-fold scores of the items graded with the RouteLLM pair (GPT-4 against
+    Mixtral), the pair whose quality the product promises to keep."""
+    from classifiers.lodo import RECIPES, fit_recipe, row_index
+
+    recipe = RECIPES[recipe_name]
+    spec = spec or FeatureSpec()
+    progress(f"featurizing {sum(len(f.items) for f in families)} prompts from {len(families)} families")
+    X = Featurizer(spec).transform([p for f in families for p in f.prompts])
+    rows = row_index(families)
+    oof = np.zeros(X.shape[0])
+    rng = np.random.default_rng(0)
+    fold_of = [rng.permutation(len(r)) % folds for r in rows]
+    for k in range(folds):
+        progress(f"calibration fold {k + 1}/{folds}")
+        train = [
+            Family(f.name, tuple(i for i, fo in zip(f.items, fk, strict=True) if fo != k))
+            for f, fk in zip(families, fold_of, strict=True)
+        ]
+        coef, intercept = fit_recipe(X, spec, train, [r[fk != k] for r, fk in zip(rows, fold_of, strict=True)], recipe)
+        for r, fk in zip(rows, fold_of, strict=True):
+            oof[r[fk == k]] = X[r[fk == k]] @ coef + intercept
+    progress("fitting on all prompts")
+    coef, intercept = fit_recipe(X, spec, families, rows, recipe)
+    graded = np.array([i.source == "routellm" for f in families for i in f.items])
+    small = np.array([i.small for f in families for i in f.items])[graded]
+    large = np.array([i.large for f in families for i in f.items])[graded]
+    a, b = _platt(oof[graded], small, large)
+    calibrated = 1.0 / (1.0 + np.exp(-(a * oof[graded] + b)))
+    info = dict(meta or {})
+    info["suggested_threshold"] = round(threshold_for_quality(calibrated, small, large, 0.95), 6)
+    info["suggested_for"] = "95% of the large model's quality, out-of-fold on the RouteLLM-graded training items"
+    return Classifier(spec, coef.astype(np.float32), float(intercept), (a, b), info)

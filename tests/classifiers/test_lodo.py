@@ -1,0 +1,82 @@
+"""Leave one family out: the held-out family never reaches training; the README's LODO figures recompute from
+the recorded data; the shipped prior is what its recipe trains, byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import classifiers
+from classifiers.families import FAMILIES, Family, FamilyItem, load_families
+from classifiers.features import FeatureSpec, Featurizer
+from classifiers.lodo import PRIOR, RECIPES, Recipe, kfold_within, lodo
+from classifiers.train import fit_prior
+
+SPEC = FeatureSpec(word_bits=12, char_bits=10)
+
+
+def _family(name: str, marker: str, seed: int, n: int = 200) -> Family:
+    """Items whose outcome gap is told only by a word unique to this family: learnable inside it, invisible
+    from outside."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        hard = i % 2 == 0
+        prompt = f"{name} question {rng.integers(0, 10**6)} " + (marker if hard else "plain")
+        small = float(rng.random() < (0.1 if hard else 0.9))
+        items.append(FamilyItem(prompt, small, 1.0, 1.0 - small, "llmrouter"))
+    return Family(name, tuple(items))
+
+
+def test_a_held_out_family_never_reaches_training() -> None:
+    families = [_family("alpha", "zorgle", 1), _family("beta", "quimby", 2), _family("gamma", "flurp", 3)]
+    X = Featurizer(SPEC).transform([p for f in families for p in f.prompts])
+    recipe = Recipe("t", label="gap", alpha=1.0)
+    held_out = lodo(X, SPEC, families, recipe)
+    within = kfold_within(X, SPEC, families, recipe, "alpha")
+    # Sending the hard half first is the best there is here: APGR 0.69 (PGR 0.88 at half the items).
+    assert within.apgr > 0.65  # the marker is learnt when the family's own items are trained on
+    assert all(abs(r.apgr - 0.5) < 0.1 for r in held_out)  # and is unknown when they never were
+
+
+@pytest.fixture(scope="module")
+def real() -> tuple[list[Family], object]:
+    families = list(load_families().values())
+    spec = FeatureSpec()
+    return families, Featurizer(spec).transform([p for f in families for p in f.prompts])
+
+
+def test_every_family_from_both_sources_is_read(real: tuple[list[Family], object]) -> None:
+    families, _ = real
+    assert [f.name for f in families] == list(FAMILIES)
+    sizes = {f.name: len(f.items) for f in families}
+    assert sizes["mmlu"] == 14037 + 544 and sizes["gsm8k"] == 1307 + 550  # one family across both sources
+    llmrouter = [i.prompt for f in families for i in f.items if i.source == "llmrouter"]
+    assert len(llmrouter) == len(set(llmrouter)) == 4960  # train and test files overlap: deduplicated
+    assert all(0.0 <= i.proxy <= 1.0 for f in families for i in f.items)
+
+
+def test_the_readme_lodo_figures_recompute(real: tuple[list[Family], object]) -> None:
+    """The structure-only column of the README's LODO table (seconds to fit; the n-gram columns take minutes
+    and come from the same code)."""
+    families, X = real
+    results = lodo(X, FeatureSpec(), families, RECIPES["structure-proxy-open"])
+    scored = {r.family: r.apgr for r in results if r.scored}
+    assert set(scored) == set(FAMILIES) - {"natural_qa", "trivia_qa"}  # no gap between the pair there
+    assert np.mean(list(scored.values())) == pytest.approx(0.541, abs=0.001)
+    assert scored["mmlu"] == pytest.approx(0.606, abs=0.001)
+
+
+def test_the_shipped_prior_is_its_recipe_retrained_byte_for_byte(tmp_path: Path) -> None:
+    shipped = classifiers.load()
+    assert shipped.meta["recipe"] == PRIOR
+    assert set(shipped.meta["trained_on"]) == set(FAMILIES)
+    model = fit_prior(list(load_families().values()), PRIOR, meta=dict(shipped.meta) | {"suggested_threshold": 0})
+    model.meta = dict(shipped.meta)  # the meta written by the CLI; the weights and probes are what is compared
+    again = tmp_path / "prior.json"
+    model.save(again)
+    digest = hashlib.sha256(again.read_bytes()).hexdigest()
+    assert digest == hashlib.sha256(classifiers.default_path().read_bytes()).hexdigest()

@@ -18,28 +18,34 @@ from classifiers.train import fit_prior
 SPEC = FeatureSpec(word_bits=12, char_bits=10)
 
 
-def _family(name: str, marker: str, seed: int, n: int = 200) -> Family:
-    """Items whose outcome gap is told only by a word unique to this family: learnable inside it, invisible
-    from outside."""
+def _family(name: str, markers: tuple[str, str], seed: int, n: int = 200) -> Family:
+    """Items whose outcome gap is told only by words unique to this family (one marks hard items, the other
+    easy ones, of equal length): learnable inside the family, invisible from outside it."""
     rng = np.random.default_rng(seed)
     items = []
     for i in range(n):
         hard = i % 2 == 0
-        prompt = f"{name} question {rng.integers(0, 10**6)} " + (marker if hard else "plain")
+        prompt = f"{name} question {rng.integers(0, 10**6)} " + markers[0 if hard else 1]
         small = float(rng.random() < (0.1 if hard else 0.9))
         items.append(FamilyItem(prompt, small, 1.0, 1.0 - small, "llmrouter"))
     return Family(name, tuple(items))
 
 
 def test_a_held_out_family_never_reaches_training() -> None:
-    families = [_family("alpha", "zorgle", 1), _family("beta", "quimby", 2), _family("gamma", "flurp", 3)]
+    families = [
+        _family("alpha", ("zorgle", "wibble"), 1),
+        _family("beta", ("quimby", "snarfy"), 2),
+        _family("gamma", ("flurpo", "glorbo"), 3),
+    ]
     X = Featurizer(SPEC).transform([p for f in families for p in f.prompts])
     recipe = Recipe("t", label="gap", alpha=1.0)
     held_out = lodo(X, SPEC, families, recipe)
     within = kfold_within(X, SPEC, families, recipe, "alpha")
     # Sending the hard half first is the best there is here: APGR 0.69 (PGR 0.88 at half the items).
     assert within.apgr > 0.65  # the marker is learnt when the family's own items are trained on
-    assert all(abs(r.apgr - 0.5) < 0.1 for r in held_out)  # and is unknown when they never were
+    # ... and unknown when they never were: chance level (200 items: a random router's APGR varies by ~0.05)
+    assert max(r.apgr for r in held_out) < within.apgr - 0.1
+    assert abs(float(np.mean([r.apgr for r in held_out])) - 0.5) < 0.1
 
 
 @pytest.fixture(scope="module")

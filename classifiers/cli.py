@@ -99,7 +99,7 @@ def _train_prior(args: argparse.Namespace, say: Callable[[str], None]) -> int:
 def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     from classifiers.families import load_families
     from classifiers.features import FeatureSpec, Featurizer
-    from classifiers.lodo import MIN_GAP, PRIOR, RECIPES, kfold_within, lodo, random_spread
+    from classifiers.lodo import MIN_GAP, PRIOR, RECIPES, familiarity_effect, kfold_within, lodo, random_spread
 
     names = args.recipe or ["shipped-v1", PRIOR]
     unknown = [n for n in names if n not in RECIPES]
@@ -137,6 +137,13 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     pair_means = [sum(r.apgr for r in results[n] if r.family in pair) / len(pair) for n in names]
     print("| mean, families graded GPT-4 vs Mixtral | | | | | " + " | ".join(f"{m:.3f}" for m in pair_means) + " |")
     print("| MMLU 5-fold (in-family, for reference) | | | | | " + " | ".join(f"{mmlu[n]:.3f}" for n in names) + " |")
+    say(f"familiarity under LODO ({names[-1]})")
+    effect = familiarity_effect(X, spec, families, RECIPES[names[-1]])
+    print(f"\n## the least familiar prompts sent to the large model first, under LODO ({names[-1]})\n")
+    print("| least familiar share sent first | mean APGR | mean large share at 95% quality |")
+    print("|---:|---:|---:|")
+    for share, (apgr, share95) in effect.items():
+        print(f"| {share:.0%} | {apgr:.3f} | {_pct(share95)} |")
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -276,3 +276,41 @@ def random_spread(families: Sequence[Family], draws: int = 200, seed: int = 0) -
         means += apgrs
         scored += 1
     return per, float((means / max(scored, 1)).std())
+
+
+def familiarity(X_train: Any, X_test: Any, spec: FeatureSpec, min_count: int = 2) -> np.ndarray:
+    """Per test row: the share of its hashed word n-grams that occur in at least `min_count` training rows
+    (how much of the prompt the training data covered)."""
+    width = 1 << spec.word_bits
+    seen = np.asarray((X_train[:, :width] > 0).sum(axis=0)).ravel() >= min_count
+    words = X_test[:, :width].tocsr()
+    out = np.zeros(words.shape[0])
+    for i in range(words.shape[0]):
+        cols = words.indices[words.indptr[i] : words.indptr[i + 1]]
+        out[i] = seen[cols].mean() if len(cols) else 0.0
+    return out
+
+
+def familiarity_effect(
+    X: Any, spec: FeatureSpec, families: Sequence[Family], recipe: Recipe, shares: Sequence[float] = (0.05, 0.1, 0.25)
+) -> dict[float, tuple[float, float]]:
+    """Under LODO: the mean APGR and mean large share at 95% quality when the least familiar `share` of each
+    held-out family goes to the large model before anything the scores rank (0.0: the scores alone)."""
+    rows = row_index(families)
+    got: dict[float, list[tuple[float, float]]] = {s: [] for s in (0.0, *shares)}
+    for k, held in enumerate(families):
+        others = [r for j, r in enumerate(rows) if j != k]
+        coef, intercept = fit_recipe(X, spec, [f for j, f in enumerate(families) if j != k], others, recipe)
+        mask = np.array(held.eval_mask())
+        test = rows[k][mask]
+        items = [i for i, keep in zip(held.items, mask, strict=True) if keep]
+        small, large = np.array([i.small for i in items]), np.array([i.large for i in items])
+        if large.mean() - small.mean() < MIN_GAP:
+            continue
+        scores = X[test] @ coef + intercept
+        known = familiarity(X[np.concatenate(others)], X[test], spec)
+        for share in got:
+            first = known <= np.quantile(known, share) if share else np.zeros(len(known), bool)
+            m = route_metrics(routing_curve(scores + 1e6 * first, small, large), small.mean(), large.mean(), 0.24, 24.7)
+            got[share].append((m.apgr, m.share_at_95))
+    return {s: (float(np.mean([a for a, _ in v])), float(np.nanmean([x for _, x in v]))) for s, v in got.items()}

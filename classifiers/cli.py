@@ -23,11 +23,23 @@ def _progress() -> Callable[[str], None]:
     return say
 
 
+def _need_training_libraries() -> None:
+    try:
+        import scipy  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "triage: training and evaluating classifiers needs scikit-learn and scipy, which serving does not: "
+            "pip install 'llm-triage[train]'"
+        ) from None
+
+
 def _pct(x: float) -> str:
     return "-" if math.isnan(x) else f"{100 * x:.1f}%"
 
 
 def _train(args: argparse.Namespace) -> int:
+    _need_training_libraries()
     from classifiers import default_answer_path, default_path
     from classifiers.answer import answer_text
     from classifiers.data import load_benchmark
@@ -147,6 +159,7 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    _need_training_libraries()
     from classifiers.evaluate import PROTOCOLS, ROUTELLM_PUBLISHED, run_protocols
     from classifiers.train import DEFAULT_ALPHA
 

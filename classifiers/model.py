@@ -3,18 +3,18 @@
 The file is JSON: the feature spec, a linear model's weights (little-endian float32, zlib, base64, with a
 sha256), a Platt scaling pair, and probes: fixed texts with the scores they had at training time. Nothing
 is unpickled, and loading recomputes the probes, so a file whose features or weights do not reproduce here
-(corrupt, hand-edited, or from an incompatible scikit-learn) is refused with a message saying why."""
+(corrupt, hand-edited, or from an incompatible feature pipeline) is refused with a message saying why. Loading
+needs neither scikit-learn nor scipy: the version a file was trained with is kept for provenance only."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
-import logging
 import math
 import zlib
 from dataclasses import dataclass, field
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from classifiers.features import FeatureSpec, Featurizer
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "PROBES", "Classifier", "ClassifierFileError"]
 
-log = logging.getLogger("triage.classifier")
 
 FORMAT = "llm-triage-classifier"
 FORMAT_VERSION = 1
@@ -81,7 +80,7 @@ class Classifier:
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "sklearn_version": version("scikit-learn"),
+            "sklearn_version": _sklearn_version(),
             "spec": self.spec.to_json(),
             "intercept": self.intercept,
             "platt": list(self.platt),
@@ -124,9 +123,6 @@ class Classifier:
             raise ClassifierFileError(
                 f"{path}: format version {doc['format_version']}, this llm-triage reads version {FORMAT_VERSION}"
             )
-        theirs, ours = str(doc["sklearn_version"]), version("scikit-learn")
-        if theirs.split(".")[0] != ours.split(".")[0]:
-            raise ClassifierFileError(f"{path}: trained with scikit-learn {theirs}, this is {ours}; retrain it")
         blob = doc["coef"]
         raw = zlib.decompress(base64.b64decode(blob["zlib_base64"], validate=True))
         if hashlib.sha256(raw).hexdigest() != blob["sha256"]:
@@ -146,16 +142,15 @@ class Classifier:
         got = [model.score(t) for t in texts]  # the serving path: what the gateway will compute
         worst = max((abs(g - e) for g, e in zip(got, expected, strict=True)), default=0.0)
         if not texts or worst > PROBE_TOLERANCE:
-            versions = f" (scikit-learn {theirs}, here {ours})" if theirs != ours else ""
             raise ClassifierFileError(
                 f"{path}: probe scores do not reproduce here (off by {worst:.2g}); the file was altered or comes "
-                f"from an incompatible feature pipeline{versions}: retrain with `triage classifier train`"
-            )
-        if theirs != ours:
-            log.info(
-                "classifier %s was trained with scikit-learn %s (here %s); probe scores reproduce",
-                path,
-                theirs,
-                ours,
+                "from an incompatible feature pipeline: retrain with `triage classifier train`"
             )
         return model
+
+
+def _sklearn_version() -> str:
+    try:
+        return version("scikit-learn")
+    except PackageNotFoundError:
+        return "none"

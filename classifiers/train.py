@@ -116,11 +116,29 @@ def fit_prior(
     progress("fitting on all prompts")
     coef, intercept = fit_recipe(X, spec, families, rows, recipe)
     graded = np.array([i.source == "routellm" for f in families for i in f.items])
-    small = np.array([i.small for f in families for i in f.items])[graded]
-    large = np.array([i.large for f in families for i in f.items])[graded]
-    a, b = _platt(oof[graded], small, large)
-    calibrated = 1.0 / (1.0 + np.exp(-(a * oof[graded] + b)))
+    small = np.array([i.small for f in families for i in f.items])
+    large = np.array([i.large for f in families for i in f.items])
+    a, b = _platt(oof[graded], small[graded], large[graded])
+    calibrated = 1.0 / (1.0 + np.exp(-(a * oof + b)))
+    groups = [r[graded[r]] for r in rows if graded[r].any()]
     info = dict(meta or {})
-    info["suggested_threshold"] = round(threshold_for_quality(calibrated, small, large, 0.95), 6)
-    info["suggested_for"] = "95% of the large model's quality, out-of-fold on the RouteLLM-graded training items"
+    info["suggested_threshold"] = round(_balanced_threshold(calibrated, small, large, groups, 0.95), 6)
+    info["suggested_for"] = (
+        "95% of the large model's quality on average over the GPT-4/Mixtral-graded families, each weighing "
+        "the same (out of fold)"
+    )
     return Classifier(spec, coef.astype(np.float32), float(intercept), (a, b), info)
+
+
+def _balanced_threshold(
+    scores: np.ndarray, small: np.ndarray, large: np.ndarray, groups: Sequence[np.ndarray], floor: float
+) -> float:
+    """The highest threshold (fewest large-model calls) whose quality, as a share of the large model's, averages
+    at least `floor` over the groups. Pooled items would let the largest family (MMLU: 91% of the graded items)
+    set the threshold for traffic that looks nothing like it."""
+    pooled = np.concatenate([scores[g] for g in groups])
+    for t in np.unique(pooled)[::-1]:
+        kept = [float(np.where(scores[g] >= t, large[g], small[g]).mean() / large[g].mean()) for g in groups]
+        if sum(kept) / len(kept) >= floor:
+            return float(t)
+    return 0.0

@@ -11,6 +11,7 @@ import orjson
 from fastapi import FastAPI
 
 import classifiers
+import router
 from router.adapters.backend import AiohttpBackend, BackendByProvider
 from router.adapters.backend_litellm import LitellmBackend, litellm_prices
 from router.adapters.cache_memory import MemoryCache
@@ -295,7 +296,7 @@ def create_app(
     # No slash redirects: a 307 built from the Host header is an open redirect, and SDKs never add the slash.
     app = FastAPI(
         title="llm-triage",
-        version="0.1.0",
+        version=router.__version__,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,

@@ -31,7 +31,7 @@ __all__ = ["build_router"]
 
 log = logging.getLogger("triage.api")
 
-Endpoint_ = TypeVar("Endpoint_", bound=Callable[..., Awaitable[Any]])
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[Any]])
 _CLIENT_CLOSED = 499  # nginx's convention; the client never sees it, logs do
 
 
@@ -111,10 +111,10 @@ async def _generate(request: Request, endpoint: Endpoint, schema: type[Generatio
     return PassThroughStream(outcome.reply, headers)
 
 
-def _get_and_head(router: APIRouter, path: str) -> Callable[[Endpoint_], Endpoint_]:
+def _get_and_head(router: APIRouter, path: str) -> Callable[[HandlerT], HandlerT]:
     """GET in the OpenAPI document, and HEAD beside it (probes and load balancers use HEAD) outside it."""
 
-    def register(handler: Endpoint_) -> Endpoint_:
+    def register(handler: HandlerT) -> HandlerT:
         router.add_api_route(path, handler, methods=["GET"])
         router.add_api_route(path, handler, methods=["HEAD"], include_in_schema=False)
         return handler

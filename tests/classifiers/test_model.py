@@ -114,7 +114,6 @@ def _reweigh_consistently(doc: dict[str, object]) -> None:
     [
         (lambda d: d.update(format="other"), "not an llm-triage-classifier file"),
         (lambda d: d.update(format_version=99), "format version 99"),
-        (lambda d: d.update(sklearn_version="0.24.2"), "scikit-learn 0.24.2"),
         (_flip_weight, "checksum mismatch"),
         (_reweigh_consistently, "probe scores do not reproduce"),
         (lambda d: d["spec"].update(word_bits=11), "shape"),
@@ -126,6 +125,40 @@ def test_corrupt_or_mismatched_files_are_refused(
 ) -> None:
     with pytest.raises(ClassifierFileError, match=message):
         classifiers.load(_tamper(tmp_path, trained, change))
+
+
+def test_the_training_library_version_is_provenance_not_a_gate(tmp_path: Path, trained: Classifier) -> None:
+    """The probes prove that a file reproduces here; which scikit-learn trained it no longer matters (serving
+    does not have scikit-learn at all)."""
+    again = classifiers.load(_tamper(tmp_path, trained, lambda d: d.update(sklearn_version="0.24.2")))
+    assert again.score_many(["integral of item 1 please"]) == trained.score_many(["integral of item 1 please"])
+
+
+def test_serving_imports_neither_scikit_learn_nor_scipy() -> None:
+    """The gateway's path, with both made unimportable: load the shipped classifier, build the app, score."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('sklearn', 'scipy'):
+            raise ImportError('blocked: ' + name)
+        return None
+sys.meta_path.insert(0, Block())
+import classifiers
+from router.api.app import create_app
+from router.cli import parser
+from router.settings import AuthSettings, Settings, WorkerSettings
+parser()
+workers = [WorkerSettings(name=n, role=n, base_url='http://127.0.0.1:9/v1', model=n) for n in ('small', 'large')]
+create_app(Settings(workers=workers, auth=AuthSettings(identity_secret='x' * 20)))
+print(classifiers.load().score('Prove that the square root of 2 is irrational'))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert 0.0 < float(out.stdout) < 1.0
 
 
 def test_not_json_and_missing_files(tmp_path: Path) -> None:

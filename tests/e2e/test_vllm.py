@@ -15,7 +15,14 @@ from tests.e2e.conftest import VllmStack
 pytestmark = pytest.mark.vllm
 
 SHORT = [{"role": "user", "content": "hello"}]
-LONG = [{"role": "user", "content": "please explain the answer " * 18 + "x" * 12}]
+# The prompt `./dev run` sends as its hard example: an open problem in number theory.
+LONG = [
+    {
+        "role": "user",
+        "content": "Prove that there are infinitely many primes p for which p+2 is also prime, or explain precisely "
+        "why this is still open, citing the strongest known partial results.",
+    }
+]
 
 
 def test_prompts_fall_on_either_side_of_the_shipped_threshold() -> None:

@@ -179,13 +179,13 @@ class RoutingService:
         try:
             outcome = await self._handle(caller, endpoint, payload, request, trace, cache_bypass)
         except TriageError as exc:
-            trace.finish(exc.status, reason=trace.reason or exc.code)
+            trace.finish(exc.status, reason=trace.reason or Reason.of_error(exc.code))
             raise
         except asyncio.CancelledError:
-            trace.finish(499, reason=trace.reason or "client_gone")
+            trace.finish(499, reason=trace.reason or Reason.CLIENT_GONE)
             raise
         except Exception:  # a defect: the caller gets a 500 from the edge, and the ledger still gets its record
-            trace.finish(500, reason="internal_error")
+            trace.finish(500, reason=Reason.INTERNAL_ERROR)
             raise
         if isinstance(outcome.reply, UpstreamReply):
             trace.finish(outcome.reply.status)
@@ -204,7 +204,7 @@ class RoutingService:
         try:
             admission = await self.admission.admit(caller, request, payload)
         except RateLimited:
-            trace.reason = "rate_limited"
+            trace.reason = Reason.RATE_LIMITED
             raise
         limit_headers = headers(admission) if admission else {}
         settled = False
@@ -420,7 +420,7 @@ def _record_draft(draft: Outcome | None, trace: Trace, why: str | None) -> None:
     if draft is None:
         return  # no small worker answered: nothing was generated
     trace.escalated, trace.baseline = True, False
-    trace.finish(draft.reply.status, reason=f"draft:{why}")
+    trace.finish(draft.reply.status, reason=Reason.of_draft(why or "draft_failed"))
 
 
 def _raise_for_server_error(worker: Worker, reply: UpstreamReply) -> None:

@@ -15,7 +15,7 @@ from router.core.limits import Admission, estimate_tokens
 from router.core.ports import UpstreamStream
 from router.core.records import DecisionRecord
 from router.core.tiers import Caller
-from router.core.types import Worker
+from router.core.types import Reason, Worker
 from router.errors import TriageError, UpstreamFailed
 from router.protocol import GenerationRequest, prompt_chars, prompt_text
 
@@ -36,7 +36,7 @@ class Trace:
         self.started = time.time()
         self._t0 = time.perf_counter()
         self.routed: Routed | None = None
-        self.reason = ""
+        self.reason: Reason | None = None
         self.usage: tuple[int, int] | None = None  # prompt, completion
         self.ttft_ms: float | None = None
         self.cache_hit = False
@@ -48,7 +48,7 @@ class Trace:
         if self.ttft_ms is None:
             self.ttft_ms = (time.perf_counter() - self._t0) * 1000
 
-    def finish(self, status: int, *, reason: str = "", estimated_completion: int | None = None) -> None:
+    def finish(self, status: int, *, reason: Reason | None = None, estimated_completion: int | None = None) -> None:
         sink = self.service.sink
         if self._done or sink is None:
             return
@@ -76,7 +76,7 @@ class Trace:
                 role=routed.worker.role.value if routed else "",
                 score=d.score if d else None,
                 threshold=d.threshold if d else None,
-                reason=reason or (d.reason.value if d else ""),
+                reason=str(reason or (d.reason if d else "")),
                 escalated=self.escalated,
                 cache_hit=self.cache_hit,
                 prompt_tokens=prompt_tokens,
@@ -157,7 +157,8 @@ class MeteredStream:
                     estimate_tokens(prompt_chars(self._trace.request), 0) + completion, self._admission.reserved
                 )
             await self._service.settle(self._caller, self._admission, tokens)
-            self._trace.finish(200, reason="upstream_error" if self._failed else "", estimated_completion=completion)
+            broken = Reason.UPSTREAM_ERROR if self._failed else None
+            self._trace.finish(200, reason=broken, estimated_completion=completion)
 
 
 def usage_of(body: bytes) -> tuple[int, int] | None:

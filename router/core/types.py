@@ -12,8 +12,11 @@ class Role(StrEnum):
 
 
 class Reason(StrEnum):
-    """Why a worker was chosen; the value is what `x-triage-reason` carries."""
+    """Every reason a decision record can carry (the ledger's `reason`). The routing reasons are also what
+    `x-triage-reason` carries; the rest say how a request ended without one, or mark a cascade's escalated
+    draft. The README lists them all."""
 
+    # Why a worker was chosen (x-triage-reason)
     REQUESTED = "requested"  # the caller named a concrete model
     BELOW_THRESHOLD = "below_threshold"  # routed: score < threshold -> small
     AT_OR_ABOVE_THRESHOLD = "at_or_above_threshold"  # routed: score >= threshold -> large
@@ -22,6 +25,44 @@ class Reason(StrEnum):
     CASCADE_ACCEPTED = "cascade_accepted"  # cascade tier: the small model's draft was kept
     ESCALATED = "escalated"  # cascade tier: the draft looked unreliable; the large model answered
     CACHED = "cached"  # an identical deterministic request was answered before: no worker was called
+    # How a request ended when no routing reason describes it
+    RATE_LIMITED = "rate_limited"  # 429: a limit of the caller's tier
+    CLIENT_GONE = "client_gone"  # 499: the caller hung up first
+    INTERNAL_ERROR = "internal_error"  # 500: a defect in the gateway
+    UPSTREAM_ERROR = "upstream_error"  # 502, or a stream the worker broke off after it had started (200 sent)
+    INVALID_REQUEST = "invalid_request"  # 400
+    MODEL_NOT_ALLOWED = "model_not_allowed"  # 403
+    MODEL_NOT_FOUND = "model_not_found"  # 404
+    LIMITER_UNAVAILABLE = "rate_limiter_unavailable"  # 503: Redis down and the tier fails closed
+    LIMITER_ERROR = "rate_limiter_error"  # 503: Redis answered with an error
+    OVERLOADED = "overloaded"  # 503: the gateway shed load
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # 503: no worker could be reached
+    UPSTREAM_TIMEOUT = "upstream_timeout"  # 504
+    UPSTREAM_TOO_LARGE = "upstream_response_too_large"  # 502: the answer outgrew max_response_bytes
+    # A cascade's escalated draft (its own record, with its cost; the answer has another)
+    DRAFT_UNREADABLE = "draft:unreadable"
+    DRAFT_EMPTY = "draft:empty"
+    DRAFT_TRUNCATED = "draft:truncated"
+    DRAFT_REFUSED = "draft:refused"
+    DRAFT_LOW_CONFIDENCE = "draft:low_confidence"
+    DRAFT_ANSWER_SCORER = "draft:answer_scorer"
+    DRAFT_FAILED = "draft:draft_failed"
+    DRAFT_REJECTED = "draft:draft_status_4xx"  # the small worker refused the request (e.g. its context is short)
+
+    @classmethod
+    def of_draft(cls, why: str) -> Reason:
+        """The record reason for a draft escalated because `why` (x-triage-escalation's value)."""
+        if why.startswith("draft_status_"):
+            return cls.DRAFT_REJECTED
+        return cls("draft:" + why)
+
+    @classmethod
+    def of_error(cls, code: str) -> Reason:
+        """The record reason for a request that ended in an error with this code; an unknown code is a defect."""
+        try:
+            return cls(code)
+        except ValueError:
+            return cls.INTERNAL_ERROR
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ __all__ = [
     "RECIPES",
     "FamilyResult",
     "Recipe",
+    "familiarity",
+    "familiarity_effect",
     "fit_recipe",
     "kfold_within",
     "lodo",

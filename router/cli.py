@@ -12,7 +12,7 @@ from classifiers import ClassifierFileError
 from router.errors import ConfigError
 from router.settings import RoutingSettings, ServerSettings, Settings, WorkerSettings, load_settings
 
-__all__ = ["main"]
+__all__ = ["build_settings", "main", "parser"]
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

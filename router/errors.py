@@ -21,6 +21,25 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "AuthenticationFailed",
+    "ConfigError",
+    "InvalidRequest",
+    "LimiterFailed",
+    "LimiterUnavailable",
+    "ModelNotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RateLimited",
+    "TriageError",
+    "UpstreamError",
+    "UpstreamFailed",
+    "UpstreamTimeout",
+    "UpstreamTooLarge",
+    "UpstreamUnavailable",
+]
+
 
 class TriageError(Exception):
     status = 500

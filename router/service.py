@@ -51,7 +51,7 @@ from router.protocol import (
 )
 from router.tracing import MeteredStream, Trace, answer_usage, usage_of
 
-__all__ = ["Endpoint", "Outcome", "Routed", "RoutingService"]
+__all__ = ["Endpoint", "Health", "Outcome", "Routed", "RoutingService"]
 
 log = logging.getLogger("triage.service")
 MAX_CACHED_BYTES = 1 << 20  # larger answers are not cached: one entry must not crowd out thousands
@@ -75,6 +75,14 @@ class Outcome:
     limit_headers: dict[str, str]
     cache: str = ""  # hit | miss | bypass for a cacheable request, else empty
     escalation: str = ""  # cascade: why the small model's draft was escalated
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What /ready and the metrics read, in one snapshot: each worker's breaker and the limiter's failures."""
+
+    breakers: dict[str, str]  # worker name -> closed | open | half_open
+    limiter_errors: int  # the rate-limit store did not answer, or answered with an error, since start
 
 
 class RoutingService:
@@ -119,6 +127,9 @@ class RoutingService:
         self._rule = rule or EscalationRule()
         self._answer_scorer = answer_scorer
         self._by_name = {w.name: w for w in self.workers}
+
+    def health(self) -> Health:
+        return Health({w.name: str(self.balancer.state(w)) for w in self.workers}, self.admission.health.errors)
 
     def model_ids(self) -> list[str]:
         """What GET /v1/models lists: the routed alias first, then each served model once."""

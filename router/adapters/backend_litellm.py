@@ -19,7 +19,7 @@ from router.core.types import Prices, Worker
 from router.errors import ConfigError, UpstreamError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 from router.protocol import error_body
 
-__all__ = ["LitellmBackend", "litellm_prices"]
+__all__ = ["LitellmBackend", "LitellmStream", "litellm_prices"]
 
 # Request fields litellm takes as arguments; anything else goes to the provider untouched, in extra_body.
 _KNOWN = frozenset(

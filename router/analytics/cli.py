@@ -17,7 +17,7 @@ from router.adapters.ledger_sqlite import read_records
 from router.analytics.report import Bucket, Summary, by_tier, summarize, timeline
 from router.core.records import COLUMNS, DecisionRecord
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "parse_time", "render"]
 
 DEFAULT_LEDGER = Path(".triage/ledger.sqlite")
 

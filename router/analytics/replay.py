@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["ReplayLine", "add_command", "read_lines", "replay"]
+__all__ = ["ReplayLine", "ReplayResult", "add_command", "read_lines", "replay"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,7 +199,7 @@ def _gauges(
     metrics.gauge(
         "triage_limiter_errors_total",
         "Times the rate-limit store did not answer.",
-        lambda: float(service.admission.health.errors),
+        lambda: float(service.health().limiter_errors),
     )
     metrics.gauge(
         "triage_cache_errors_total",

@@ -153,16 +153,15 @@ def build_router() -> APIRouter:
         """Ready while at least one worker answers its health probe and its breaker is not open: the gateway
         can still serve what reaches it. A worker whose breaker is open reads as down."""
         state = gateway(request)
-        service = state.service
-        workers = service.workers
+        workers = state.service.workers
+        health = state.service.health()
         reachable = await asyncio.gather(*(state.backend.reachable(w) for w in workers))
-        breakers = {w.name: service.balancer.state(w) for w in workers}
-        up = [ok and breakers[w.name] != "open" for w, ok in zip(workers, reachable, strict=True)]
+        up = [ok and health.breakers[w.name] != "open" for w, ok in zip(workers, reachable, strict=True)]
         body = {
             "ready": any(up),
             "workers": {w.name: ("up" if ok else "down") for w, ok in zip(workers, up, strict=True)},
-            "breakers": {name: str(b) for name, b in breakers.items()},
-            "limiter_errors": service.admission.health.errors,  # store unreachable since start (see the log)
+            "breakers": health.breakers,
+            "limiter_errors": health.limiter_errors,  # store unreachable or faulty since start (see the log)
         }
         return Response(orjson.dumps(body), status_code=200 if any(up) else 503, media_type="application/json")
 

@@ -11,7 +11,7 @@ from router.api.auth import Authenticator
 from router.core.ports import Backend
 from router.service import RoutingService
 
-__all__ = ["GatewayState", "gateway"]
+__all__ = ["GatewayState", "MetricsView", "gateway"]
 
 
 class MetricsView(Protocol):

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["REFUSALS", "Draft", "EscalationRule", "judge"]
+__all__ = ["REFUSALS", "Draft", "EscalationRule", "confidence", "judge"]
 
 # How refusals start, lower-cased. A refusal from the small model is worth asking the large one about.
 REFUSALS = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from router.core.types import Prices
 
+__all__ = ["cost"]
+
 PER_MILLION = 1_000_000
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = ["Admission", "TierLimits", "duration", "estimate_tokens", "headers", "ms_to_next_day", "retry_after_seconds"]
+
 WINDOW_MS = 60_000
 BUCKET_MS = 1_000
 DAY_MS = 86_400_000

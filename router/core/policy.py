@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from router.core.types import Decision, Reason, Role
 
+__all__ = ["decide"]
+
 
 def decide(score: float, threshold: float) -> Decision:
     """Higher scores mean the large model is needed; a score equal to the threshold goes large."""

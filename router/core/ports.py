@@ -11,6 +11,17 @@ from router.core.records import DecisionRecord
 from router.core.tiers import Caller
 from router.core.types import Worker
 
+__all__ = [
+    "AnswerScorer",
+    "Backend",
+    "DecisionSink",
+    "RateLimiter",
+    "ResponseCache",
+    "Scorer",
+    "UpstreamReply",
+    "UpstreamStream",
+]
+
 
 class Scorer(Protocol):
     """Scores a prompt's difficulty; higher means the large model is needed."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+__all__ = ["DecisionRecord", "is_draft"]
+
 SCHEMA_VERSION = 1
 
 

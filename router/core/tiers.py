@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from router.core.limits import TierLimits
 from router.core.types import Role
 
+__all__ = ["Caller", "Tier", "allowed_role", "capped_max_tokens"]
+
 
 @dataclass(frozen=True, slots=True)
 class Tier:

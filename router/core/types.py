@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+__all__ = ["Decision", "Prices", "Reason", "Role", "Worker"]
+
 
 class Role(StrEnum):
     SMALL = "small"

@@ -26,20 +26,15 @@ def _foreign(path: Path) -> Path:
     return path
 
 
-def _wrong_schema(path: Path) -> Path:
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE invoices (id INTEGER, total REAL)")
-    db.commit()
-    db.close()
-    return path
+def _database(sql: str) -> Callable[[Path], Path]:
+    def make(path: Path) -> Path:
+        db = sqlite3.connect(path)
+        db.execute(sql)
+        db.commit()
+        db.close()
+        return path
 
-
-def _old_decisions(path: Path) -> Path:
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE decisions (ts REAL, model TEXT)")
-    db.commit()
-    db.close()
-    return path
+    return make
 
 
 def _directory(path: Path) -> Path:
@@ -50,8 +45,8 @@ def _directory(path: Path) -> Path:
 MAKERS: dict[str, Callable[[Path], Path]] = {
     "truncated": _truncated,
     "foreign": _foreign,
-    "wrong_schema": _wrong_schema,
-    "old_decisions": _old_decisions,
+    "wrong_schema": _database("CREATE TABLE invoices (id INTEGER, total REAL)"),
+    "old_decisions": _database("CREATE TABLE decisions (ts REAL, model TEXT)"),
     "directory": _directory,
 }
 

@@ -36,9 +36,10 @@ from router.core.cascade import EscalationRule
 from router.core.limits import TierLimits
 from router.core.ports import AnswerScorer, Scorer
 from router.core.tiers import Tier
-from router.core.types import Worker
+from router.core.types import Prices, Role, Worker
 from router.errors import ConfigError
-from router.service import RoutingService
+from router.recording import Recorder
+from router.service import Ports, RoutingPolicy, RoutingService
 from router.settings import Settings
 
 __all__ = ["build_balancer", "build_cascade", "build_scorer", "build_tiers", "create_app", "resolve_workers"]
@@ -239,22 +240,24 @@ def create_app(
     cache = _cache(settings)
     rule, answer_scorer = build_cascade(settings)
     metrics = Metrics()
+    large = [w for w in workers if w.role is Role.LARGE]
     service = RoutingService(
         workers,
-        alias=settings.routing.alias,
-        threshold=threshold,
-        scorer=scorer,
-        backend=backend,
-        admission=AdmissionControl(
-            redis_limiter or MemoryLimiter(), max_pending=settings.server.max_pending_admissions
+        RoutingPolicy(scorer, threshold, settings.routing.alias, rule, answer_scorer),
+        Ports(
+            backend=backend,
+            admission=AdmissionControl(
+                redis_limiter or MemoryLimiter(), max_pending=settings.server.max_pending_admissions
+            ),
+            balancer=build_balancer(settings, workers),
+            cache=cache,
+            cache_ttl=settings.cache.ttl,
         ),
-        sink=FanOutSink([metrics, ledger]) if ledger is not None else metrics,
-        store_prompts=settings.ledger.store_prompts,
-        balancer=build_balancer(settings, workers),
-        cache=cache,
-        cache_ttl=settings.cache.ttl,
-        rule=rule,
-        answer_scorer=answer_scorer,
+        Recorder(
+            FanOutSink([metrics, ledger]) if ledger is not None else metrics,
+            large[0].prices if large else Prices(),
+            settings.ledger.store_prompts,
+        ),
     )
     _gauges(metrics, ledger, service, cache)
     tiers = build_tiers(settings)

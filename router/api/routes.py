@@ -25,7 +25,7 @@ from router.protocol import (
     decode_body,
     error_body,
 )
-from router.service import Endpoint, Routed
+from router.service import Endpoint, RequestOptions, Routed
 
 __all__ = ["build_router"]
 
@@ -90,7 +90,7 @@ async def _generate(request: Request, endpoint: Endpoint, schema: type[Generatio
         payload, typed = decode_body(raw, schema)
         bypass = request.headers.get("x-triage-cache", "").lower() == "bypass"
         outcome = await until_disconnect(
-            state.service.handle(caller, endpoint, payload, typed, request_id, cache_bypass=bypass), request.receive
+            state.service.handle(caller, endpoint, payload, typed, RequestOptions(request_id, bypass)), request.receive
         )
     except ClientGone:
         return Response(status_code=_CLIENT_CLOSED)

@@ -49,7 +49,7 @@ def test_the_tree_keeps_every_contract(tree: Path) -> None:
         ("router/core/costs.py", "import numpy", "core is pure: standard library only"),
         ("router/core/policy.py", "import router.service", "api above service above core"),
         ("router/api/newly_added.py", "import router.adapters.backend", "only app.py wires adapters"),
-        ("router/service.py", "import router.adapters.backend", "service (and its tracing) sees only core"),
+        ("router/service.py", "import router.adapters.backend", "service (and its flows) sees only core"),
     ],
 )
 def test_a_deliberate_violation_breaks_its_contract(tree: Path, path: str, line: str, broken: str) -> None:

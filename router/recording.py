@@ -1,35 +1,43 @@
-"""What the service learns about one request as it goes (Trace, turned into a DecisionRecord at the end), and
-a worker's stream that settles and records when it closes (MeteredStream)."""
+"""What a request leaves behind: one decision record per request, built by a Trace as the request goes and
+written through a Recorder (the sink, the large model's prices for the always-large baseline, and whether
+prompts are kept). Nothing here knows the service."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
 
 from router.core import costs
-from router.core.limits import Admission, estimate_tokens
-from router.core.ports import UpstreamStream
+from router.core.limits import estimate_tokens
+from router.core.ports import DecisionSink
 from router.core.records import DecisionRecord
 from router.core.tiers import Caller
-from router.core.types import Reason, Worker
-from router.errors import TriageError, UpstreamFailed
+from router.core.types import Prices, Reason, Worker
+from router.errors import UpstreamFailed
 from router.protocol import GenerationRequest, prompt_chars, prompt_text
 
 if TYPE_CHECKING:
-    from router.service import Routed, RoutingService
+    from router.context import Routed
 
-__all__ = ["MeteredStream", "Trace", "answer_usage", "usage_of"]
+__all__ = ["Recorder", "Trace", "answer_usage", "usage_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Recorder:
+    sink: DecisionSink | None
+    large_prices: Prices  # what the always-large baseline costs
+    store_prompts: bool = False
 
 
 class Trace:
     """What the service learns about one request as it goes, turned into a DecisionRecord at the end."""
 
-    def __init__(self, service: RoutingService, caller: Caller, request: GenerationRequest, request_id: str) -> None:
-        self.service = service
+    def __init__(self, recorder: Recorder, caller: Caller, request: GenerationRequest, request_id: str) -> None:
+        self.recorder = recorder
         self.caller = caller
         self.request = request
         self.request_id = request_id
@@ -49,12 +57,12 @@ class Trace:
             self.ttft_ms = (time.perf_counter() - self._t0) * 1000
 
     def finish(self, status: int, *, reason: Reason | None = None, estimated_completion: int | None = None) -> None:
-        sink = self.service.sink
+        sink = self.recorder.sink
         if self._done or sink is None:
             return
         self._done = True
         latency = (time.perf_counter() - self._t0) * 1000
-        svc, routed = self.service, self.routed
+        rec, routed = self.recorder, self.routed
         usage = self.usage
         if usage is None and estimated_completion is not None:
             usage = (estimate_tokens(prompt_chars(self.request), 0), estimated_completion)
@@ -62,7 +70,7 @@ class Trace:
         cost = cost_large = 0.0
         if usage and routed is not None:
             cost = 0.0 if self.cache_hit else costs.cost(routed.worker.prices, *usage)
-            cost_large = costs.cost(svc.large_prices, *usage) if self.baseline else 0.0
+            cost_large = costs.cost(rec.large_prices, *usage) if self.baseline else 0.0
         d = routed.decision if routed else None
         sink.emit(
             DecisionRecord(
@@ -86,79 +94,9 @@ class Trace:
                 status=status,
                 cost=cost,
                 cost_large=cost_large,
-                prompt=prompt_text(self.request) if svc.store_prompts else None,
+                prompt=prompt_text(self.request) if rec.store_prompts else None,
             )
         )
-
-
-class MeteredStream:
-    """A worker's stream that records the usage it reports, then settles the caller's reservation and records
-    the decision when it closes, however it ends (done, worker failure, client gone)."""
-
-    def __init__(
-        self,
-        inner: UpstreamStream,
-        service: RoutingService,
-        caller: Caller,
-        admission: Admission | None,
-        trace: Trace,
-        worker: Worker,
-    ) -> None:
-        self._inner = inner
-        self._worker = worker
-        self._service = service
-        self._caller = caller
-        self._admission = admission
-        self._trace = trace
-        self._events = 0
-        self._closed = False
-        self._failed = False
-
-    @property
-    def status(self) -> int:
-        return self._inner.status
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._inner.chunks():
-                self._trace.first_chunk()
-                self._observe(chunk)
-                yield chunk
-        except TriageError:
-            self._failed = True
-            raise
-
-    def _observe(self, chunk: bytes) -> None:
-        self._events += chunk.count(b"data: ")
-        if b'"usage"' in chunk:
-            for line in chunk.split(b"\n"):
-                if line.startswith(b"data: {") and b'"usage"' in line:
-                    usage = usage_of(line[6:])
-                    if usage is not None:
-                        self._trace.usage = usage
-
-    async def read_all(self) -> bytes:
-        return await self._inner.read_all()
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._service.balancer.end(self._worker, failed=self._failed)
-        try:
-            await self._inner.aclose()
-        finally:
-            usage = self._trace.usage
-            # No usage chunk (the caller did not ask for one): vLLM sends about one token per event.
-            completion = usage[1] if usage else max(0, self._events - 2)
-            tokens = sum(usage) if usage else None
-            if tokens is None and self._admission is not None:
-                tokens = min(
-                    estimate_tokens(prompt_chars(self._trace.request), 0) + completion, self._admission.reserved
-                )
-            await self._service.settle(self._caller, self._admission, tokens)
-            broken = Reason.UPSTREAM_ERROR if self._failed else None
-            self._trace.finish(200, reason=broken, estimated_completion=completion)
 
 
 def usage_of(body: bytes) -> tuple[int, int] | None:

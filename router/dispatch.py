@@ -1,0 +1,140 @@
+"""Sending one request to a worker: pick a replica, make the attempt, and when a worker cannot answer, fail
+over (the model's other replicas, then, for a routed request the tier allows, the other model). An attempt that
+answers settles the caller's reservation; a stream settles when it ends."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from router.admission import AdmissionControl
+from router.context import Outcome, RequestContext, Routed
+from router.core.balance import Balancer
+from router.core.limits import estimate_tokens
+from router.core.ports import Backend, UpstreamReply
+from router.core.tiers import Tier
+from router.core.types import Decision, Reason, Role, Worker
+from router.errors import UpstreamError, UpstreamFailed
+from router.metering import MeteredStream, StreamEnd
+from router.protocol import GenerationRequest, affinity_key, encode, prompt_chars
+from router.recording import answer_usage
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("triage.service")
+
+
+class Dispatcher:
+    def __init__(
+        self, workers: Sequence[Worker], backend: Backend, balancer: Balancer, admission: AdmissionControl
+    ) -> None:
+        self.workers = tuple(workers)
+        self.balancer = balancer
+        self._backend = backend
+        self._admission = admission
+        self.by_role: dict[Role, tuple[Worker, ...]] = {
+            role: tuple(w for w in self.workers if w.role is role) for role in Role
+        }
+        # A caller may name a worker by its served model name or by its configured name.
+        self.by_model: dict[str, tuple[Worker, ...]] = {}
+        for w in self.workers:
+            for key in {w.model, w.name}:
+                self.by_model[key] = (*self.by_model.get(key, ()), w)
+
+    def pick(self, candidates: tuple[Worker, ...], request: GenerationRequest) -> Worker:
+        if len(candidates) == 1:
+            return candidates[0]  # one replica: no key to hash, no load to compare
+        key = affinity_key(request) if self.balancer.affinity else None
+        return self.balancer.pick(candidates, key)
+
+    async def serve(self, ctx: RequestContext, routed: Routed, *, named: bool | None = None) -> Outcome:
+        """The routed worker, then, if it fails, the failover chain (built only then)."""
+        named = routed.decision.reason is Reason.REQUESTED if named is None else named
+        chain: list[Routed] | None = None
+        attempt = 0
+        while True:
+            ctx.trace.routed = routed
+            ctx.payload["model"] = routed.worker.model
+            try:
+                return await self.call(ctx, routed)
+            except UpstreamError as exc:
+                chain = chain or self.chain(routed, ctx.caller.tier, named)
+                attempt += 1
+                if attempt >= len(chain):
+                    raise
+                log.warning("%s; failing over to worker %r", exc.message, chain[attempt].worker.name)
+                routed = chain[attempt]
+
+    def chain(self, routed: Routed, tier: Tier, named: bool) -> list[Routed]:
+        """The routed worker, then the other replicas of its model, then (for a routed request, where the
+        tier may use it) the other model's workers, marked as a fallback. Workers whose breaker is open come
+        last of all: tried only when nothing healthier is left."""
+        same = [w for w in self.by_model.get(routed.worker.model, ()) if w is not routed.worker]
+        steps = [Routed(w, routed.decision) for w in self.balancer.order(same)]
+        if not named:
+            for role in Role:
+                if role is not routed.worker.role and role in tier.roles:
+                    d = routed.decision
+                    fallback = Decision(role, Reason.FALLBACK, d.score, d.threshold)
+                    steps += [Routed(w, fallback) for w in self.balancer.order(self.by_role[role])]
+        usable = [r for r in steps if self.balancer.usable(r.worker)]
+        return [routed, *usable, *(r for r in steps if r not in usable)]
+
+    async def call(self, ctx: RequestContext, routed: Routed) -> Outcome:
+        """One attempt on one worker; raises UpstreamError when it cannot answer (refused, down, 5xx, timeout)."""
+        body = encode(ctx.payload)
+        worker = routed.worker
+        self.balancer.begin(worker)
+        ended = False
+        failed: bool | None = None  # stays None when the client leaves: no verdict on the worker
+        try:
+            if ctx.request.stream:
+                stream = await self._backend.open_stream(worker, ctx.endpoint.value, body)
+                if stream.status == 200:  # the stream settles, records and ends its attempt when it closes
+                    ended = True
+                    return Outcome(routed, MeteredStream(stream, ctx.trace, self._stream_end(ctx, worker)), {})
+                try:
+                    error = await stream.read_all()
+                finally:
+                    await stream.aclose()
+                reply = UpstreamReply(stream.status, error, "application/json")
+            else:
+                reply = await self._backend.post(worker, ctx.endpoint.value, body)
+            failed = reply.status >= 500
+            _raise_for_server_error(worker, reply)
+            if reply.status == 200:
+                ctx.trace.usage = answer_usage(worker, reply.body)
+        except UpstreamError:
+            failed = True
+            raise
+        finally:
+            if not ended:
+                self.balancer.end(worker, failed=failed)
+        usage = ctx.trace.usage
+        await self._admission.settle(ctx.caller, ctx.admission, sum(usage) if usage else None)
+        return Outcome(routed, reply, {})
+
+    def _stream_end(self, ctx: RequestContext, worker: Worker) -> StreamEnd:
+        async def ended(failed: bool, events: int) -> None:
+            self.balancer.end(worker, failed=failed)
+            usage = ctx.trace.usage
+            # No usage chunk (the caller did not ask for one): vLLM sends about one token per event.
+            completion = usage[1] if usage else max(0, events - 2)
+            tokens = sum(usage) if usage else None
+            if tokens is None and ctx.admission is not None:
+                prompt = estimate_tokens(prompt_chars(ctx.request), 0)
+                tokens = min(prompt + completion, ctx.admission.reserved)
+            await self._admission.settle(ctx.caller, ctx.admission, tokens)
+            broken = Reason.UPSTREAM_ERROR if failed else None
+            ctx.trace.finish(200, reason=broken, estimated_completion=completion)
+
+        return ended
+
+
+def _raise_for_server_error(worker: Worker, reply: UpstreamReply) -> None:
+    """A worker's 4xx is the caller's mistake and passes through; its 5xx is the gateway's problem."""
+    if reply.status >= 500:
+        raise UpstreamFailed(
+            f"worker {worker.name!r} failed with status {reply.status}: {reply.body[:300].decode('utf-8', 'replace')}",
+            worker=worker.name,
+        )

@@ -111,7 +111,16 @@ def _train_prior(args: argparse.Namespace, say: Callable[[str], None]) -> int:
 def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     from classifiers.families import load_families
     from classifiers.features import FeatureSpec, Featurizer
-    from classifiers.lodo import MIN_GAP, PRIOR, RECIPES, familiarity_effect, kfold_within, lodo, random_spread
+    from classifiers.lodo import (
+        MIN_GAP,
+        PRIOR,
+        RECIPES,
+        familiarity_effect,
+        held_out_scores,
+        kfold_within,
+        random_spread,
+        score_family,
+    )
 
     names = args.recipe or ["shipped-v1", PRIOR]
     unknown = [n for n in names if n not in RECIPES]
@@ -122,7 +131,8 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     say(f"featurizing {sum(len(f.items) for f in families)} prompts from {len(families)} families")
     X = Featurizer(spec).transform([p for f in families for p in f.prompts])
     spread, mean_spread = random_spread(families)
-    results = {n: lodo(X, spec, families, RECIPES[n], progress=say) for n in names}
+    scores = {n: held_out_scores(X, spec, families, RECIPES[n], say) for n in names}
+    results = {n: [score_family(f, s) for f, s in zip(families, scores[n], strict=True)] for n in names}
     mmlu = {n: kfold_within(X, spec, families, RECIPES[n], "mmlu").apgr for n in names}
     print("\n## leave one family out (LODO): APGR / large share at 95% quality, each family held out of training")
     print(f"(families whose pair differs by less than {MIN_GAP} cannot rank routers: trained on, not scored)\n")
@@ -150,7 +160,7 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     print("| mean, families graded GPT-4 vs Mixtral | | | | | " + " | ".join(f"{m:.3f}" for m in pair_means) + " |")
     print("| MMLU 5-fold (in-family, for reference) | | | | | " + " | ".join(f"{mmlu[n]:.3f}" for n in names) + " |")
     say(f"familiarity under LODO ({names[-1]})")
-    effect = familiarity_effect(X, spec, families, RECIPES[names[-1]])
+    effect = familiarity_effect(X, spec, families, scores[names[-1]])
     print(f"\n## the least familiar prompts sent to the large model first, under LODO ({names[-1]})\n")
     print("| least familiar share sent first | mean APGR | mean large share at 95% quality |")
     print("|---:|---:|---:|")

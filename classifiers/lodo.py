@@ -27,10 +27,12 @@ __all__ = [
     "familiarity",
     "familiarity_effect",
     "fit_recipe",
+    "held_out_scores",
     "kfold_within",
     "lodo",
     "random_spread",
     "row_index",
+    "score_family",
 ]
 
 MIN_GAP = 0.03  # a family whose pair barely differs cannot rank routers (PGR divides by the gap)
@@ -201,6 +203,26 @@ def row_index(families: Sequence[Family]) -> list[np.ndarray]:
     return rows
 
 
+def held_out_scores(
+    X: Any,
+    spec: FeatureSpec,
+    families: Sequence[Family],
+    recipe: Recipe,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[np.ndarray]:
+    """Each family's items scored by the recipe trained on all the other families. X holds every family's
+    items, in order."""
+    rows = row_index(families)
+    scores = []
+    for k, held in enumerate(families):
+        progress(f"{recipe.name}: holding out {held.name}")
+        others = [f for j, f in enumerate(families) if j != k]
+        other_rows = [r for j, r in enumerate(rows) if j != k]
+        coef, intercept = fit_recipe(X, spec, others, other_rows, recipe)
+        scores.append(X[rows[k]] @ coef + intercept)
+    return scores
+
+
 def lodo(
     X: Any,
     spec: FeatureSpec,
@@ -209,16 +231,10 @@ def lodo(
     *,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[FamilyResult]:
-    """Each family scored by a model trained on all the others. X holds every family's items, in order."""
-    rows = row_index(families)
-    results = []
-    for k, held in enumerate(families):
-        progress(f"{recipe.name}: holding out {held.name}")
-        others = [f for j, f in enumerate(families) if j != k]
-        other_rows = [r for j, r in enumerate(rows) if j != k]
-        coef, intercept = fit_recipe(X, spec, others, other_rows, recipe)
-        results.append(_score(held, X[rows[k]] @ coef + intercept))
-    return results
+    """Each family scored by a model trained on all the others."""
+    return [
+        score_family(f, s) for f, s in zip(families, held_out_scores(X, spec, families, recipe, progress), strict=True)
+    ]
 
 
 def kfold_within(
@@ -238,10 +254,11 @@ def kfold_within(
         other_rows = [r for j, r in enumerate(rows) if j != k] + [fam_rows[train]]
         coef, intercept = fit_recipe(X, spec, others, other_rows, recipe)
         scores[test] = X[fam_rows[test]] @ coef + intercept
-    return _score(fam, scores)
+    return score_family(fam, scores)
 
 
-def _score(fam: Family, scores: np.ndarray) -> FamilyResult:
+def score_family(fam: Family, scores: np.ndarray) -> FamilyResult:
+    """APGR and large share at 95% quality of a family's items under these scores (its graded items only)."""
     mask = fam.eval_mask()
     items = [i for i, keep in zip(fam.items, mask, strict=True) if keep]
     s = scores[mask]
@@ -294,23 +311,26 @@ def familiarity(X_train: Any, X_test: Any, spec: FeatureSpec, min_count: int = 2
 
 
 def familiarity_effect(
-    X: Any, spec: FeatureSpec, families: Sequence[Family], recipe: Recipe, shares: Sequence[float] = (0.05, 0.1, 0.25)
+    X: Any,
+    spec: FeatureSpec,
+    families: Sequence[Family],
+    held_out: Sequence[np.ndarray],
+    shares: Sequence[float] = (0.05, 0.1, 0.25),
 ) -> dict[float, tuple[float, float]]:
-    """Under LODO: the mean APGR and mean large share at 95% quality when the least familiar `share` of each
-    held-out family goes to the large model before anything the scores rank (0.0: the scores alone)."""
+    """Under LODO (`held_out`: from held_out_scores): the mean APGR and mean large share at 95% quality when the
+    least familiar `share` of each held-out family goes to the large model before anything the scores rank
+    (0.0: the scores alone)."""
     rows = row_index(families)
     got: dict[float, list[tuple[float, float]]] = {s: [] for s in (0.0, *shares)}
     for k, held in enumerate(families):
-        others = [r for j, r in enumerate(rows) if j != k]
-        coef, intercept = fit_recipe(X, spec, [f for j, f in enumerate(families) if j != k], others, recipe)
         mask = np.array(held.eval_mask())
-        test = rows[k][mask]
         items = [i for i, keep in zip(held.items, mask, strict=True) if keep]
         small, large = np.array([i.small for i in items]), np.array([i.large for i in items])
         if large.mean() - small.mean() < MIN_GAP:
             continue
-        scores = X[test] @ coef + intercept
-        known = familiarity(X[np.concatenate(others)], X[test], spec)
+        others = np.concatenate([r for j, r in enumerate(rows) if j != k])
+        known = familiarity(X[others], X[rows[k][mask]], spec)
+        scores = held_out[k][mask]
         for share in got:
             first = known <= np.quantile(known, share) if share else np.zeros(len(known), bool)
             m = route_metrics(routing_curve(scores + 1e6 * first, small, large), small.mean(), large.mean(), 0.24, 24.7)

@@ -41,6 +41,7 @@ class Health:
 
     breakers: dict[str, str]  # worker name -> closed | open | half_open
     limiter_errors: int  # the rate-limit store did not answer, or answered with an error, since start
+    shed: int = 0  # requests refused with 503 `overloaded` since start (server.max_pending_admissions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,8 @@ class RoutingService:
 
     def health(self) -> Health:
         balancer = self._dispatch.balancer
-        return Health({w.name: str(balancer.state(w)) for w in self.workers}, self._admission.health.errors)
+        breakers = {w.name: str(balancer.state(w)) for w in self.workers}
+        return Health(breakers, self._admission.health.errors, self._admission.shed)
 
     def model_ids(self) -> list[str]:
         """What GET /v1/models lists: the routed alias first, then each served model once."""

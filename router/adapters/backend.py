@@ -36,17 +36,17 @@ async def _read_bounded(worker: Worker, response: aiohttp.ClientResponse) -> byt
     if declared is not None and declared <= limit:
         return await response.read()  # the common case: one read of a known, acceptable size
     data = bytearray()
-    if declared is None:
+    if declared is None:  # chunked: count while reading
         async for chunk in response.content.iter_any():
             data += chunk
             if len(data) > limit:
                 break
-    if declared is not None or len(data) > limit:
-        raise UpstreamTooLarge(
-            f"worker {worker.name!r} answered with more than max_response_bytes ({limit} bytes); the answer was "
-            "dropped. Ask for fewer tokens or choices, or stream it."
-        )
-    return bytes(data)
+        else:
+            return bytes(data)
+    raise UpstreamTooLarge(
+        f"worker {worker.name!r} answered with more than max_response_bytes ({limit} bytes); the answer was "
+        "dropped. Ask for fewer tokens or choices, or stream it."
+    )
 
 
 class AiohttpStream:

@@ -203,6 +203,11 @@ def _gauges(
         lambda: float(service.health().limiter_errors),
     )
     metrics.gauge(
+        "triage_overloaded_total",
+        "Requests refused with 503 `overloaded`: too many were waiting for the rate limiter (load shed).",
+        lambda: float(service.health().shed),
+    )
+    metrics.gauge(
         "triage_cache_errors_total",
         "Times the response cache's Redis did not answer (each one a miss or a skipped store).",
         lambda: float(cache.errors if isinstance(cache, RedisCache) else 0),

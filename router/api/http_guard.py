@@ -65,10 +65,12 @@ class _Guarded(HttpToolsProtocol):
     def _head_expired(self) -> None:
         self._timer = None
         if self._in_head and not self.transport.is_closing():
-            if self.cycle is None or self.cycle.response_complete:
-                self._refuse(408, f"request line and headers not received within {self.head_timeout:g} s")
-            else:
-                self.transport.close()
+            if self.cycle is not None and not self.cycle.response_complete:
+                # A pipelined next request arrived while this one is still being answered: its head wait
+                # starts when the answer is done, however long that takes.
+                self._arm(self.head_timeout, self._head_expired)
+                return
+            self._refuse(408, f"request line and headers not received within {self.head_timeout:g} s")
 
     def _body_expired(self) -> None:
         self._timer = None

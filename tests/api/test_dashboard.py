@@ -22,6 +22,7 @@ def test_dashboard_queries_metrics_and_labels_the_gateway_serves(stack: Stack) -
     text = stack.client.get("/metrics").text
     names = set(re.findall(r"^([a-z_]+)", text, re.M))
     labels = set(re.findall(r"[{,]([a-z_]+)=", text))
+    assert "triage_overloaded_total" in names  # load shedding is visible to operators
     doc = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
     assert len(exprs) >= 9

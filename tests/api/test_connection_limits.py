@@ -139,3 +139,23 @@ def test_an_idle_keep_alive_connection_is_closed(gateway: Gateway) -> None:
     sock.close()
     assert data.startswith(b"HTTP/1.1 200")
     assert took < 1 + 3  # keep_alive_timeout 1 s
+
+
+def test_a_pipelined_request_does_not_time_out_a_long_answer(gateway: Gateway) -> None:
+    """The next request's head starts arriving while a slow answer is produced: its head wait starts only when
+    that answer is done (a first version of the guard closed the connection, losing the answer)."""
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "x_test": {"sleep": 2.5}})
+    slow = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    sock = _connect(gateway)
+    sock.sendall(slow)
+    time.sleep(0.2)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHo")  # half a head, pipelined
+    time.sleep(HEAD_TIMEOUT + 0.5)  # past the head timeout, before the answer
+    sock.sendall(b"st: x\r\nConnection: close\r\n\r\n")
+    data, _ = _read_until_closed(sock)
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 200")
+    assert data.count(b"HTTP/1.1 200") == 2

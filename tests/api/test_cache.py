@@ -95,7 +95,7 @@ def test_tiers_do_not_share_answers_and_a_tier_can_opt_out() -> None:
                 headers = {"authorization": f"Bearer {key}"} if key else {}
                 r = client.post("/v1/chat/completions", json=DETERMINISTIC, headers=headers)
                 assert r.status_code == 200
-                return r.headers.get("x-triage-cache", "")
+                return str(r.headers.get("x-triage-cache", ""))
 
             assert [ask(None), ask(None), ask("sk-paid"), ask("sk-paid")] == ["miss", "hit", "miss", "hit"]
             assert [ask("sk-nocache"), ask("sk-nocache")] == ["", ""]

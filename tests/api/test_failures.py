@@ -8,13 +8,14 @@ import time
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from router.api.app import create_app
 from tests.api.conftest import Stack, settings_for
 from tests.servers import ThreadedServer, serving
 from tests.upstream import Journal, make_upstream
 
-SHORT = [{"role": "user", "content": "hi"}]
+SHORT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def test_worker_down_is_503_and_the_other_still_serves(dead_url: str) -> None:
@@ -85,25 +86,25 @@ def test_openai_sdk_works_unmodified(stack: Stack) -> None:
 def _exercise_sdk(client: openai.OpenAI) -> None:
     models = [m.id for m in client.models.list()]
     assert models == ["auto", "tiny-small", "tiny-large"]
-    raw = client.chat.completions.with_raw_response.create(model="auto", messages=SHORT, max_tokens=3)  # type: ignore[arg-type]
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=SHORT, max_tokens=3)
     assert raw.headers["x-triage-model"] == "tiny-small"
     assert raw.parse().usage is not None and raw.parse().usage.completion_tokens == 3  # type: ignore[union-attr]
     stream = client.chat.completions.create(
         model="auto",
         messages=SHORT,
         max_tokens=3,
-        stream=True,  # type: ignore[arg-type]
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "w0 w1 w2 "
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 10
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="nope", messages=SHORT)  # type: ignore[arg-type]
+        client.chat.completions.create(model="nope", messages=SHORT)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="auto", messages=[])
     with pytest.raises(openai.InternalServerError) as info:
-        client.chat.completions.create(model="auto", messages=SHORT, extra_body={"x_test": {"sleep": 5}})  # type: ignore[arg-type]
+        client.chat.completions.create(model="auto", messages=SHORT, extra_body={"x_test": {"sleep": 5}})
     assert info.value.status_code == 504
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from router.adapters.ledger_sqlite import read_records
 from router.api.app import create_app
@@ -16,7 +17,7 @@ from tests.api.conftest import Stack, settings_for
 from tests.servers import serving
 from tests.upstream import make_upstream
 
-SHORT = [{"role": "user", "content": "hi"}]
+SHORT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def chat(stack: Stack, **body: object) -> httpx.Response:

@@ -76,7 +76,7 @@ def test_no_5xx_and_no_answer_outside_the_document(gateway_url: str, path: str, 
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    def check(case: schemathesis.Case) -> None:
+    def check(case: schemathesis.Case[Any]) -> None:
         case.call_and_validate(base_url=gateway_url)
 
     check()

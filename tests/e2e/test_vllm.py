@@ -8,13 +8,15 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 import classifiers
 from tests.e2e.conftest import VllmStack
 
 pytestmark = pytest.mark.vllm
 
-SHORT = [{"role": "user", "content": "hello"}]
+SHORT_TEXT = "hello"
+SHORT: list[ChatCompletionMessageParam] = [{"role": "user", "content": SHORT_TEXT}]
 # The prompt `./dev run` sends as its hard example: an open problem in number theory.
 LONG = [
     {
@@ -29,7 +31,7 @@ def test_prompts_fall_on_either_side_of_the_shipped_threshold() -> None:
     """The gateway runs with its defaults: the shipped classifier and its suggested threshold."""
     model = classifiers.load()
     threshold = float(model.meta["suggested_threshold"])
-    assert model.score(SHORT[0]["content"]) < threshold <= model.score(LONG[0]["content"])
+    assert model.score(SHORT_TEXT) < threshold <= model.score(LONG[0]["content"])
 
 
 @pytest.fixture
@@ -43,7 +45,7 @@ def test_models(client: openai.OpenAI) -> None:
 
 
 def test_auto_reaches_each_worker(client: openai.OpenAI) -> None:
-    short = client.chat.completions.with_raw_response.create(model="auto", messages=SHORT, max_tokens=5)  # type: ignore[arg-type]
+    short = client.chat.completions.with_raw_response.create(model="auto", messages=SHORT, max_tokens=5)
     long = client.chat.completions.with_raw_response.create(model="auto", messages=LONG, max_tokens=5)  # type: ignore[arg-type]
     assert short.headers["x-triage-model"] == "triage-small"
     assert long.headers["x-triage-model"] == "triage-large"
@@ -58,7 +60,7 @@ def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
         model="auto",
         messages=SHORT,
         max_tokens=6,
-        stream=True,  # type: ignore[arg-type]
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -78,7 +80,7 @@ def test_completions(client: openai.OpenAI) -> None:
 
 def test_unknown_model(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
-        client.chat.completions.create(model="gpt-5", messages=SHORT)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-5", messages=SHORT)
     assert info.value.status_code == 404
 
 
@@ -92,10 +94,10 @@ def test_prompt_over_the_context_limit_is_400_from_the_worker(client: openai.Ope
 def test_killed_worker_is_503_and_the_gateway_serves_the_other(vllm_stack: VllmStack, client: openai.OpenAI) -> None:
     vllm_stack.small.kill()
     with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(model="triage-small", messages=SHORT, max_tokens=3)  # type: ignore[arg-type]
+        client.chat.completions.create(model="triage-small", messages=SHORT, max_tokens=3)
     assert info.value.status_code == 503
     # routed requests fail over to the other model, which the default tier may use
-    rerouted = client.chat.completions.with_raw_response.create(model="auto", messages=SHORT, max_tokens=3)  # type: ignore[arg-type]
+    rerouted = client.chat.completions.with_raw_response.create(model="auto", messages=SHORT, max_tokens=3)
     assert rerouted.headers["x-triage-model"] == "triage-large"
     assert rerouted.headers["x-triage-reason"] == "fallback"
     survivor = client.chat.completions.create(model="auto", messages=LONG, max_tokens=3)  # type: ignore[arg-type]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
 from router.api.app import create_app
 from router.api.auth import hash_key
-from router.settings import AuthSettings, KeySettings, RoutingSettings, Settings, TierSettings
+from router.settings import AuthSettings, KeySettings, LimitsSettings, RoutingSettings, Settings, TierSettings
 from tests.api.conftest import settings_for
+from tests.limits.conftest import REDIS_URL, require_redis
 from tests.servers import ThreadedServer, serving
 from tests.upstream import Journal, make_upstream
 
@@ -168,3 +171,39 @@ def test_a_second_forwarded_for_line_from_the_proxy_is_the_one_believed(upstream
             headers={"x-forwarded-for": "unknown"},
         )
         assert unparseable.status_code == 200  # its own bucket, not the proxy's (which 10.1.1.1 did not use)
+
+
+def test_a_tier_s_max_body_bytes_is_its_own_limit(upstreams: tuple[ThreadedServer, ...]) -> None:
+    base = tiered(f"{upstreams[0].url}/v1", f"{upstreams[1].url}/v1")
+    tiers = {**base.tiers, "free": TierSettings(max_body_bytes=600)}
+    with serving(create_app(base.model_copy(update={"tiers": tiers}))) as gw:
+        body = [{"role": "user", "content": "x" * 1000}]
+        refused = post(gw.url, FREE_KEY, messages=body)
+        assert refused.status_code == 413
+        assert refused.json()["error"]["code"] == "request_too_large"
+        assert post(gw.url, FREE_KEY).status_code == 200  # a small body from the same tier passes
+        assert post(gw.url, PAID_KEY, messages=body).status_code == 200  # the server's limit for the others
+
+
+def test_api_keys_held_in_redis_map_to_their_tier(upstreams: tuple[ThreadedServer, ...]) -> None:
+    require_redis()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    base = tiered(f"{upstreams[0].url}/v1", f"{upstreams[1].url}/v1")
+    settings = base.model_copy(
+        update={"limits": LimitsSettings(redis_url=REDIS_URL, key_prefix=prefix, redis_timeout=1.0)}
+    )
+    store = redis.Redis.from_url(REDIS_URL)
+    try:
+        with serving(create_app(settings)) as gw:
+            assert post(gw.url, "sk-from-redis").status_code == 401  # not in the file, not yet in Redis
+            store.hset(f"{prefix}:keys", hash_key("sk-from-redis"), "anonymous")  # added while serving
+            ok = [post(gw.url, "sk-from-redis") for _ in range(4)]
+            # The anonymous tier's 3 requests a minute, counted for this key, not for the address.
+            assert [r.status_code for r in ok] == [200, 200, 200, 429]
+            assert post(gw.url).status_code == 200
+            assert post(gw.url, PAID_KEY).status_code == 200  # keys in the file still work beside Redis
+            store.hdel(f"{prefix}:keys", hash_key("sk-from-redis"))  # revoked
+            assert post(gw.url, "sk-from-redis").status_code == 401
+    finally:
+        store.delete(f"{prefix}:keys")
+        store.close()

@@ -40,7 +40,7 @@ def test_gpu_scripts_match_the_gateway_config() -> None:
     settings = load_settings(DEPLOY / "gpu" / "gateway.yaml")
     for worker in settings.workers:
         argv = launch_args(DEPLOY / "gpu" / f"start_{worker.role.value}.sh")
-        assert worker.base_url.endswith(f":{flag(argv, '--port')}/v1")
+        assert worker.base_url is not None and worker.base_url.endswith(f":{flag(argv, '--port')}/v1")
         assert worker.model == flag(argv, "--served-model-name")
         assert "--enable-prefix-caching" in argv
     small = launch_args(DEPLOY / "gpu" / "start_small.sh")

@@ -14,7 +14,8 @@ NOT_RECORDED = {"invalid_api_key", "request_too_large", "rate_limit_exceeded"}
 
 
 def _subclasses(cls: type) -> list[type]:
-    return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]
+    subs: list[type] = cls.__subclasses__()
+    return [cls, *(s for sub in subs for s in _subclasses(sub))]
 
 
 def test_every_error_code_the_service_records_is_a_member() -> None:

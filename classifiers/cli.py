@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["add_commands"]
+__all__ = ["OWN_TRAFFIC", "add_commands"]
+
+OWN_TRAFFIC = "own traffic"  # the learning-curve protocol of `triage classifier eval`
 
 
 def _progress() -> Callable[[str], None]:
@@ -47,6 +49,10 @@ def _train(args: argparse.Namespace) -> int:
     from classifiers.train import fit
 
     say = _progress()
+    if args.outcomes:
+        from classifiers.cli_outcomes import train_outcomes
+
+        return train_outcomes(args, say)
     if not args.answers and not args.benchmarks:
         return _train_prior(args, say)
     names = [n.strip() for n in (args.benchmarks or ("gsm8k" if args.answers else "mmlu,gsm8k")).split(",")]
@@ -174,9 +180,14 @@ def _eval(args: argparse.Namespace) -> int:
     from classifiers.train import DEFAULT_ALPHA
 
     say = _progress()
+    if args.outcomes:
+        from classifiers.cli_outcomes import eval_outcomes
+
+        return eval_outcomes(args)
     protocols = tuple(args.protocol) if args.protocol else (*PROTOCOLS, "lodo")
     lodo_too = "lodo" in protocols
-    protocols = tuple(p for p in protocols if p != "lodo")
+    own_too = OWN_TRAFFIC in protocols
+    protocols = tuple(p for p in protocols if p not in ("lodo", OWN_TRAFFIC))
     results = run_protocols(
         root=args.data,
         alpha=args.alpha or DEFAULT_ALPHA,
@@ -210,6 +221,10 @@ def _eval(args: argparse.Namespace) -> int:
                 )
     if lodo_too:
         _eval_lodo(args, say)
+    if own_too:
+        from classifiers.cli_outcomes import eval_own_traffic
+
+        eval_own_traffic(args, say)
     if args.plots:
         from classifiers.plots import plot_results
 
@@ -220,6 +235,16 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     import classifiers
+
+    if args.outcomes:
+        if args.quality_floor is None:
+            print(
+                "triage: --outcomes goes with --quality-floor (--share and --budget need no outcomes)", file=sys.stderr
+            )
+            return 2
+        from classifiers.cli_outcomes import calibrate_outcomes
+
+        return calibrate_outcomes(args)
     from classifiers.calibrate import (
         read_prompts,
         threshold_for_budget,
@@ -281,7 +306,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "ignored with --benchmarks or --answers",
     )
     t.add_argument(
-        "--out", help="output file (default: the packaged classifiers/default/classifier.json or answer_scorer.json)"
+        "--outcomes",
+        nargs="+",
+        metavar="FILE",
+        help="train on your own outcomes (JSONL: prompt, small, large[, small_answer]), blended with --prior",
+    )
+    t.add_argument(
+        "--prior",
+        default="default",
+        help="with --outcomes: `default` (the shipped classifier, trained on the public outcomes), `none` (the "
+        "outcomes alone), or a classifier file",
+    )
+    t.add_argument(
+        "--out",
+        help="output file (default: the packaged classifiers/default/classifier.json or answer_scorer.json; "
+        "with --outcomes: own-classifier.json or own-answer-scorer.json here)",
     )
     t.set_defaults(run=_train)
 
@@ -289,8 +328,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     e.add_argument("--data", help=data_help)
     e.add_argument("--alpha", type=float)
     e.add_argument(
-        "--protocol", action="append", help="run only this protocol (repeatable; `lodo`: leave one family out)"
+        "--protocol",
+        action="append",
+        help="run only this protocol (repeatable; `lodo`: leave one family out; `own traffic`: the learning curve)",
     )
+    e.add_argument("--outcomes", nargs="+", metavar="FILE", help="judge --model on these held-out outcomes instead")
+    e.add_argument("--model", help="with --outcomes: the classifier file to judge (default: the shipped one)")
     e.add_argument(
         "--recipe", action="append", help="with lodo: a recipe to evaluate (repeatable; see classifiers/lodo.py)"
     )
@@ -301,11 +344,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     e.set_defaults(run=_eval)
 
     c = cmds.add_parser("calibrate", help="pick a threshold from a file of prompts")
-    c.add_argument(
+    source = c.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--prompts",
-        required=True,
         help="JSONL (prompt or messages; optional small/large outcomes) or plain text, one prompt per line",
     )
+    source.add_argument("--outcomes", nargs="+", metavar="FILE", help="outcome records (with --quality-floor)")
     c.add_argument("--model", help="classifier file (default: the shipped one)")
     goal = c.add_mutually_exclusive_group(required=True)
     goal.add_argument("--share", type=float, help="target share of large-model calls, 0..1")

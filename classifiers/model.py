@@ -51,6 +51,7 @@ class Classifier:
     intercept: float
     platt: tuple[float, float]  # score = sigmoid(a * raw + b)
     meta: dict[str, Any] = field(default_factory=dict)
+    digest: str = field(default="", compare=False)  # sha256 of the file's bytes, when loaded from one
 
     def __post_init__(self) -> None:
         self.coef = np.ascontiguousarray(self.coef, dtype=np.float32)
@@ -103,17 +104,20 @@ class Classifier:
     def load(cls, path: str | Path) -> Classifier:
         path = Path(path)
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            data = path.read_bytes()  # read once: the checksum is of exactly what was loaded
+            doc = json.loads(data.decode("utf-8"))
         except OSError as exc:
             raise ClassifierFileError(f"{path}: cannot read classifier: {exc.strerror}") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ClassifierFileError(f"{path}: not a classifier file (invalid JSON: {exc})") from None
         try:
-            return cls._from_doc(doc, path)
+            model = cls._from_doc(doc, path)
         except ClassifierFileError:
             raise
         except (KeyError, TypeError, ValueError, IndexError, zlib.error) as exc:
             raise ClassifierFileError(f"{path}: malformed classifier file ({type(exc).__name__}: {exc})") from None
+        model.digest = hashlib.sha256(data).hexdigest()
+        return model
 
     @classmethod
     def _from_doc(cls, doc: Any, path: Path) -> Classifier:

@@ -70,6 +70,14 @@ class RoutingService:
         self._cascade = Cascade(self._dispatch, ports.admission, policy, recorder)
         self._by_name = {w.name: w for w in self.workers}
 
+    def use_policy(self, policy: RoutingPolicy) -> None:
+        """Route by `policy` from the next request on (a reload of the classifier files); requests under way
+        finish under the policy they started with."""
+        if policy.alias != self.alias:
+            raise ValueError(f"a reload cannot rename the routed alias ({self.alias!r} -> {policy.alias!r})")
+        self._policy = policy
+        self._cascade = Cascade(self._dispatch, self._admission, policy, self._recorder)
+
     def health(self) -> Health:
         balancer = self._dispatch.balancer
         breakers = {w.name: str(balancer.state(w)) for w in self.workers}

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import orjson
 from fastapi import FastAPI
 
-import classifiers
 import router
 from router.adapters.backend import AiohttpBackend, BackendByProvider
 from router.adapters.backend_litellm import LitellmBackend, litellm_prices
@@ -24,25 +25,26 @@ from router.adapters.ledger_sqlite import SqliteLedger, check_ledger
 from router.adapters.limiter_memory import MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
 from router.adapters.metrics import FanOutSink, Metrics
-from router.adapters.scorers import LengthScorer
 from router.admission import AdmissionControl
 from router.api.auth import Authenticator
 from router.api.errors import install_error_handlers
 from router.api.openapi import install_openapi
+from router.api.policy_files import PolicyFiles, build_cascade, build_policy, build_scorer
 from router.api.routes import build_router
 from router.api.state import GatewayState
 from router.core.balance import BalancePolicy, Balancer
-from router.core.cascade import EscalationRule
 from router.core.limits import TierLimits
-from router.core.ports import AnswerScorer, Scorer
+from router.core.ports import Scorer
 from router.core.tiers import Tier
 from router.core.types import Prices, Role, Worker
 from router.errors import ConfigError
 from router.recording import Recorder
-from router.service import Ports, RoutingPolicy, RoutingService
+from router.service import Ports, RoutingService
 from router.settings import Settings
 
 __all__ = ["build_balancer", "build_cascade", "build_scorer", "build_tiers", "create_app", "resolve_workers"]
+
+# build_scorer and build_cascade live in router.api.policy_files (built again on SIGHUP); imported from here too.
 
 
 def resolve_workers(settings: Settings) -> list[Worker]:
@@ -60,47 +62,6 @@ def resolve_workers(settings: Settings) -> list[Worker]:
             model = discover_model(ws.base_url or "", wait=wait, api_key=key)
         resolved.append(ws.to_worker(model))
     return resolved
-
-
-def build_scorer(settings: Settings) -> tuple[Scorer, float]:
-    """The configured scorer and the threshold to use with it (the config's, else the scorer's own)."""
-    routing = settings.routing
-    if routing.scorer == "length":
-        return LengthScorer(routing.length_midpoint), 0.5 if routing.threshold is None else routing.threshold
-    try:
-        model = classifiers.load(routing.classifier_path)
-    except classifiers.ClassifierFileError as exc:
-        raise ConfigError(f"routing.classifier_path: {exc}") from None
-    suggested = model.meta.get("suggested_threshold", 0.5)
-    return model, float(suggested) if routing.threshold is None else routing.threshold
-
-
-class _ClassifierAnswerScorer:
-    """A classifier trained with `--answers` as the cascade's AnswerScorer."""
-
-    def __init__(self, model: classifiers.Classifier) -> None:
-        self._model = model
-
-    def score_answer(self, prompt: str, answer: str) -> float:
-        return self._model.score(classifiers.answer_text(prompt, answer))
-
-
-def build_cascade(settings: Settings) -> tuple[EscalationRule, AnswerScorer | None]:
-    """The escalation rule, with the answer scorer and its threshold when one is configured."""
-    cfg = settings.cascade
-    if cfg.answer_scorer == "none":
-        return EscalationRule(cfg.min_confidence, cfg.escalate_on_length), None
-    path = classifiers.default_answer_path() if cfg.answer_scorer == "default" else cfg.answer_scorer
-    try:
-        model = classifiers.load(path)
-    except classifiers.ClassifierFileError as exc:
-        raise ConfigError(f"cascade.answer_scorer: {exc}") from None
-    if not model.spec.answer:
-        raise ConfigError(f"cascade.answer_scorer: {path} is a prompt classifier; train one with --answers")
-    threshold = cfg.answer_threshold
-    if threshold is None:
-        threshold = float(model.meta.get("suggested_threshold", 0.5))
-    return EscalationRule(cfg.min_confidence, cfg.escalate_on_length, threshold), _ClassifierAnswerScorer(model)
 
 
 def build_tiers(settings: Settings) -> dict[str, Tier]:
@@ -224,6 +185,28 @@ def _models_body(service: RoutingService, workers: Sequence[Worker]) -> bytes:
     return orjson.dumps({"object": "list", "data": data})
 
 
+def _on_sighup(files: PolicyFiles) -> Callable[[], None]:
+    """SIGHUP reloads the classifier files (a process-wide signal: only where the app runs on the main thread,
+    as under `triage serve`). Returns what removes the handler."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(files.reload())
+        tasks.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError):  # not the main thread, or no SIGHUP
+        return lambda: None
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return remove
+
+
 def create_app(
     settings: Settings,
     *,
@@ -236,19 +219,15 @@ def create_app(
     hosted = any(w.provider == "litellm" for w in workers)
     litellm_backend = LitellmBackend() if hosted else None
     backend = BackendByProvider(direct, litellm_backend) if litellm_backend else direct
-    if scorer is None:
-        scorer, threshold = build_scorer(settings)
-    else:
-        threshold = 0.5 if settings.routing.threshold is None else settings.routing.threshold
+    policy, source = build_policy(settings, scorer)
     redis_limiter = _redis_limiter(settings)
     ledger = _ledger(settings)
     cache = _cache(settings)
-    rule, answer_scorer = build_cascade(settings)
     metrics = Metrics()
     large = [w for w in workers if w.role is Role.LARGE]
     service = RoutingService(
         workers,
-        RoutingPolicy(scorer, threshold, settings.routing.alias, rule, answer_scorer),
+        policy,
         Ports(
             backend=backend,
             admission=AdmissionControl(
@@ -265,6 +244,7 @@ def create_app(
         ),
     )
     _gauges(metrics, ledger, service, cache)
+    policy_files = PolicyFiles(settings, service, source)
     tiers = build_tiers(settings)
     auth = Authenticator(
         tiers=tiers,
@@ -287,9 +267,11 @@ def create_app(
             await redis_limiter.warm()
         if ledger is not None:
             await ledger.start()
+        hangup = _on_sighup(policy_files)
         try:
             yield
         finally:
+            hangup()
             # uvicorn has finished in-flight requests by now (graceful shutdown): drain their records.
             if ledger is not None:
                 await ledger.close()
@@ -317,6 +299,7 @@ def create_app(
         metrics=metrics,
         max_body_bytes=settings.server.max_body_bytes,
         models_body=_models_body(service, workers),
+        policy_files=policy_files,
     )
     install_error_handlers(app)
     app.include_router(build_router())

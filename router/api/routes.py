@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -163,6 +164,16 @@ def build_router() -> APIRouter:
             "breakers": health.breakers,
             "limiter_errors": health.limiter_errors,  # store unreachable or faulty since start (see the log)
         }
+        if state.policy_files is not None:
+            src = state.policy_files.source
+            body["classifier"] = {
+                "path": src.classifier,
+                "sha256": src.classifier_sha256,
+                "answer_scorer_sha256": src.answer_scorer_sha256,
+                "loaded_at": datetime.fromtimestamp(src.loaded_at, UTC).isoformat(timespec="seconds"),
+                "reloads": src.reloads,
+                "failed_reloads": src.failed_reloads,
+            }
         return Response(orjson.dumps(body), status_code=200 if any(up) else 503, media_type="application/json")
 
     return router

@@ -8,14 +8,20 @@ from typing import Protocol
 from starlette.requests import Request
 
 from router.api.auth import Authenticator
+from router.api.policy_files import PolicySource
 from router.core.ports import Backend
 from router.service import RoutingService
 
-__all__ = ["GatewayState", "MetricsView", "gateway"]
+__all__ = ["GatewayState", "MetricsView", "PolicyInfo", "gateway"]
 
 
 class MetricsView(Protocol):
     def render(self) -> str: ...
+
+
+class PolicyInfo(Protocol):
+    @property
+    def source(self) -> PolicySource: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +32,7 @@ class GatewayState:
     metrics: MetricsView
     max_body_bytes: int
     models_body: bytes  # GET /v1/models never changes while running: encoded once
+    policy_files: PolicyInfo | None = None  # where the routing policy in use came from (/ready)
 
 
 def gateway(request: Request) -> GatewayState:

@@ -48,7 +48,11 @@ def test_the_tree_keeps_every_contract(tree: Path) -> None:
     [
         ("router/core/costs.py", "import numpy", "core is pure: standard library only"),
         ("router/core/policy.py", "import router.service", "api above service above core"),
-        ("router/api/newly_added.py", "import router.adapters.backend", "only app.py and policy_files.py wire adapters"),
+        (
+            "router/api/newly_added.py",
+            "import router.adapters.backend",
+            "only app.py and policy_files.py wire adapters",
+        ),
         ("router/service.py", "import router.adapters.backend", "service (and its flows) sees only core"),
     ],
 )

@@ -36,6 +36,10 @@ class AdmissionControl:
         self.pending = 0
         self.shed = 0
 
+    def busy(self) -> bool:
+        """Optional work (shadow calls) waits while an eighth of the admission queue is in use."""
+        return self.pending * 8 >= self._max_pending
+
     async def admit(self, caller: Caller, request: GenerationRequest, payload: dict[str, Any]) -> Admission | None:
         tier = caller.tier
         if request.n is not None and request.n > tier.max_n:

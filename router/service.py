@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from router.admission import AdmissionControl
@@ -21,13 +21,15 @@ from router.core.balance import Balancer
 from router.core.caching import cache_key
 from router.core.limits import headers
 from router.core.policy import decide
-from router.core.ports import Backend, ResponseCache, UpstreamReply
+from router.core.ports import Backend, PairSink, ResponseCache, UpstreamReply
+from router.core.shadow import ShadowGate, ShadowPolicy
 from router.core.tiers import Caller, Tier, allowed_role
 from router.core.types import Decision, Reason, Worker
 from router.dispatch import Dispatcher
 from router.errors import ModelNotFound, PermissionDenied, RateLimited, TriageError
 from router.protocol import GenerationRequest, prompt_text
 from router.recording import Recorder, Trace, usage_of
+from router.shadowing import Shadow
 
 __all__ = ["Endpoint", "Health", "Outcome", "Ports", "RequestOptions", "Routed", "RoutingPolicy", "RoutingService"]
 
@@ -42,6 +44,8 @@ class Health:
     breakers: dict[str, str]  # worker name -> closed | open | half_open
     limiter_errors: int  # the rate-limit store did not answer, or answered with an error, since start
     shed: int = 0  # requests refused with 503 `overloaded` since start (server.max_pending_admissions)
+    shadow_sent: int = 0  # shadow calls made since start (routing.shadow)
+    shadow_dropped: int = 0  # sampled for a shadow call but dropped: budget spent, too many in flight, or busy
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,8 @@ class Ports:
     balancer: Balancer | None = None  # default: least outstanding over the workers, no affinity settings
     cache: ResponseCache | None = None
     cache_ttl: float = 300.0
+    pairs: PairSink | None = None  # where shadow pairs go; shadowing is off without one
+    shadow: ShadowPolicy = field(default_factory=ShadowPolicy)
 
 
 class RoutingService:
@@ -68,6 +74,10 @@ class RoutingService:
             self.workers, ports.backend, ports.balancer or Balancer(self.workers), ports.admission
         )
         self._cascade = Cascade(self._dispatch, ports.admission, policy, recorder)
+        self._shadow: Shadow | None = None
+        if ports.pairs is not None and ports.shadow.enabled:
+            busy = self._admission.busy
+            self._shadow = Shadow(self._dispatch, ShadowGate(ports.shadow), ports.pairs, recorder, busy)
         self._by_name = {w.name: w for w in self.workers}
 
     def use_policy(self, policy: RoutingPolicy) -> None:
@@ -81,7 +91,14 @@ class RoutingService:
     def health(self) -> Health:
         balancer = self._dispatch.balancer
         breakers = {w.name: str(balancer.state(w)) for w in self.workers}
-        return Health(breakers, self._admission.health.errors, self._admission.shed)
+        gate = self._shadow.gate if self._shadow else None
+        shadow = (gate.sent, gate.dropped) if gate else (0, 0)
+        return Health(breakers, self._admission.health.errors, self._admission.shed, *shadow)
+
+    async def close(self) -> None:
+        """Let background shadow calls finish (shutdown, before the ledger drains)."""
+        if self._shadow is not None:
+            await self._shadow.close()
 
     def model_ids(self) -> list[str]:
         """What GET /v1/models lists: the routed alias first, then each served model once."""
@@ -164,6 +181,8 @@ class RoutingService:
                 outcome = await self._cascade.run(ctx)
             else:
                 outcome = await self._dispatch.serve(ctx, self.route(request, caller.tier, named))
+                if self._shadow is not None and not request.stream:
+                    self._shadow.after(ctx, outcome)
             settled = True  # by the attempt or the cascade, or by the stream when it ends
             if key is not None:
                 await self._store(key, outcome)

@@ -26,6 +26,7 @@ __all__ = [
     "RoutingSettings",
     "ServerSettings",
     "Settings",
+    "ShadowSettings",
     "TierSettings",
     "WorkerSettings",
     "load_settings",
@@ -94,6 +95,17 @@ class WorkerSettings(_Strict):
         )
 
 
+class ShadowSettings(_Strict):
+    """Shadow pairs: for a sampled share of routed requests the other model answers too, after and apart from
+    the caller's answer (never counted against the caller's limits), and both answers are stored for labelling
+    (`triage label`). Stores prompts and answers: needs ledger.store_prompts."""
+
+    rate: float = Field(default=0.0, ge=0, le=1)  # share of routed, non-streamed requests (0: off)
+    tiers: list[str] = []  # tiers shadowed (empty: all)
+    max_per_minute: int = Field(default=60, gt=0)  # per gateway process
+    max_in_flight: int = Field(default=4, gt=0)  # more are dropped, as they are when the gateway is busy
+
+
 class RoutingSettings(_Strict):
     alias: str = Field(default="auto", min_length=1)  # the model name that asks for routing
     # score >= threshold -> large model; unset: the classifier's suggested threshold (0.5 for `length`)
@@ -101,6 +113,7 @@ class RoutingSettings(_Strict):
     scorer: Literal["classifier", "length"] = "classifier"
     classifier_path: Path | None = None  # unset: the classifier shipped with llm-triage
     length_midpoint: int = Field(default=400, gt=0)  # length scorer: characters that score 0.5
+    shadow: ShadowSettings = ShadowSettings()
 
 
 class BalancingSettings(_Strict):
@@ -240,6 +253,14 @@ class Settings(_Strict):
         if self.auth.anonymous_tier not in self.tiers:
             raise ValueError(
                 f"auth.anonymous_tier {self.auth.anonymous_tier!r} is not one of tiers: {list(self.tiers)}"
+            )
+        unknown = set(self.routing.shadow.tiers) - set(self.tiers)
+        if unknown:
+            raise ValueError(f"routing.shadow.tiers names {sorted(unknown)}, not in {list(self.tiers)}")
+        if self.routing.shadow.rate and not (self.ledger.enabled and self.ledger.store_prompts):
+            raise ValueError(
+                "routing.shadow stores prompts and both answers beside the ledger: it needs ledger.enabled and "
+                "ledger.store_prompts: true"
             )
         for key in self.auth.keys:
             if key.tier not in self.tiers:

@@ -7,9 +7,9 @@ import asyncio
 import logging
 from collections import deque
 from operator import attrgetter
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from router.core.records import COLUMNS, DecisionRecord
+from router.core.records import COLUMNS
 
 __all__ = ["QueuedLedger", "row"]
 
@@ -19,14 +19,18 @@ log = logging.getLogger("triage.ledger")
 row = attrgetter(*COLUMNS)
 
 
-class QueuedLedger:
-    """Subclasses store batches (`_store`) and may do periodic upkeep (`_tick`)."""
+Item = TypeVar("Item")
+
+
+class QueuedLedger(Generic[Item]):
+    """Subclasses store batches of rows (`_store`, each row made by `_row`) and may do periodic upkeep
+    (`_tick`). The items are decision records, or shadow pairs."""
 
     def __init__(self, *, batch: int, interval: float, max_queue: int) -> None:
         self._batch = batch
         self._interval = interval
         self._max_queue = max_queue
-        self._queue: deque[DecisionRecord] = deque()
+        self._queue: deque[Item] = deque()
         self.dropped = 0
         self.written = 0
         self._task: asyncio.Task[None] | None = None
@@ -36,7 +40,12 @@ class QueuedLedger:
     def depth(self) -> int:
         return len(self._queue)
 
-    def emit(self, record: DecisionRecord) -> None:
+    def _row(self, item: Item) -> tuple[Any, ...]:
+        """A decision record's columns, in order; a store of other items overrides this."""
+        values: tuple[Any, ...] = row(item)
+        return values
+
+    def emit(self, record: Item) -> None:
         if len(self._queue) >= self._max_queue:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -57,7 +66,7 @@ class QueuedLedger:
     async def _flush(self) -> None:
         while self._queue:
             take = self._queue.popleft
-            rows = [row(take()) for _ in range(min(self._batch, len(self._queue)))]
+            rows = [self._row(take()) for _ in range(min(self._batch, len(self._queue)))]
             try:
                 await self._store(rows)
                 self.written += len(rows)

@@ -48,7 +48,7 @@ def _decode(column: str, raw: str) -> Any:
     return raw
 
 
-class RedisStreamLedger(QueuedLedger):
+class RedisStreamLedger(QueuedLedger[DecisionRecord]):
     def __init__(
         self,
         url: str,

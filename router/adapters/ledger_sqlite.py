@@ -98,7 +98,7 @@ def _checkpoint(path: Path) -> None:
         db.close()
 
 
-class SqliteLedger(QueuedLedger):
+class SqliteLedger(QueuedLedger[DecisionRecord]):
     def __init__(
         self,
         path: str | Path,

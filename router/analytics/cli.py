@@ -68,6 +68,11 @@ def render(s: Summary, ledger: Path) -> str:
     else:
         lines.append("saving unknown: no prices were configured (set workers' price_input and price_output)")
     lines.append(f"served {s.served}, escalated {s.escalations}, cache hits {s.cache_hits}")
+    if s.shadow_calls:
+        lines.append(
+            f"shadow pairs: {s.shadow_calls} second answers for ${s.shadow_cost:.6f} (not in the cost paid above; "
+            "`triage label` turns them into outcomes)"
+        )
     lines.append("\nmodel                      share   latency p50 / p95 / p99 ms     ttft p50 ms")
     for model, share in s.share.items():
         lat, ttft = s.latency_ms.get(model, {}), s.ttft_ms.get(model, {})

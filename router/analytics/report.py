@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from router.core.records import DecisionRecord, is_draft
+from router.core.records import SHADOW, DecisionRecord, is_extra_call
 
 __all__ = ["Bucket", "Summary", "by_tier", "percentile", "summarize", "timeline"]
 
@@ -34,6 +34,8 @@ class Summary:
     errors: dict[int, int] = field(default_factory=dict)  # status -> count, for status >= 400 but 429
     cost: float = 0.0
     cost_large: float = 0.0
+    shadow_calls: int = 0  # shadow pairs' second answers (routing.shadow): their cost is not in `cost`
+    shadow_cost: float = 0.0
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> p50/p95/p99
     ttft_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -53,6 +55,7 @@ class Summary:
             "rate_limited": self.rate_limited,
             "errors": {str(k): v for k, v in self.errors.items()},
             "cost": {"paid": self.cost, "always_large": self.cost_large, "saving": self.saving},
+            "shadow": {"calls": self.shadow_calls, "cost": self.shadow_cost},
             "latency_ms": self.latency_ms,
             "ttft_ms": self.ttft_ms,
         }
@@ -66,8 +69,12 @@ def summarize(records: Iterable[DecisionRecord]) -> Summary:
     limited: Counter[str] = Counter()
     errors: Counter[int] = Counter()
     for r in records:
+        if r.reason == SHADOW:  # learning's cost, shown apart: routing's saving is what routing did
+            s.shadow_cost += r.cost
+            s.shadow_calls += 1
+            continue
         s.cost += r.cost  # an escalated draft's cost counts; the draft is not a request of its own
-        if is_draft(r):
+        if is_extra_call(r):
             continue
         s.requests += 1
         s.first_ts = r.ts if s.first_ts is None else min(s.first_ts, r.ts)
@@ -112,7 +119,7 @@ class Bucket:
 
 
 def _bucket(key: str, records: list[DecisionRecord]) -> Bucket:
-    requests = [r for r in records if not is_draft(r)]
+    requests = [r for r in records if not is_extra_call(r)]
     served = [r for r in requests if r.status == 200 and r.model]
     return Bucket(
         key=key,
@@ -120,7 +127,7 @@ def _bucket(key: str, records: list[DecisionRecord]) -> Bucket:
         served=len(served),
         large_share=sum(r.role == "large" for r in served) / len(served) if served else 0.0,
         rate_limited=sum(r.status == 429 for r in requests),
-        cost=sum(r.cost for r in records),
+        cost=sum(r.cost for r in records if r.reason != SHADOW),
         cost_large=sum(r.cost_large for r in records),
     )
 

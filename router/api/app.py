@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -25,6 +26,7 @@ from router.adapters.ledger_sqlite import SqliteLedger, check_ledger
 from router.adapters.limiter_memory import MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
 from router.adapters.metrics import FanOutSink, Metrics
+from router.adapters.pairs import RedisPairs, SqlitePairs, pairs_path
 from router.admission import AdmissionControl
 from router.api.auth import Authenticator
 from router.api.errors import install_error_handlers
@@ -35,6 +37,8 @@ from router.api.state import GatewayState
 from router.core.balance import BalancePolicy, Balancer
 from router.core.limits import TierLimits
 from router.core.ports import Scorer
+from router.core.records import DecisionRecord
+from router.core.shadow import ShadowPair, ShadowPolicy
 from router.core.tiers import Tier
 from router.core.types import Prices, Role, Worker
 from router.errors import ConfigError
@@ -43,6 +47,8 @@ from router.service import Ports, RoutingService
 from router.settings import Settings
 
 __all__ = ["build_balancer", "build_cascade", "build_scorer", "build_tiers", "create_app", "resolve_workers"]
+
+log = logging.getLogger("triage.app")
 
 # build_scorer and build_cascade live in router.api.policy_files (built again on SIGHUP); imported from here too.
 
@@ -133,7 +139,7 @@ def _cache(settings: Settings) -> MemoryCache | RedisCache | None:
     return MemoryCache(cfg.max_entries)
 
 
-def _ledger(settings: Settings) -> QueuedLedger | None:
+def _ledger(settings: Settings) -> QueuedLedger[DecisionRecord] | None:
     cfg = settings.ledger
     if not cfg.enabled:
         return None
@@ -147,8 +153,30 @@ def _ledger(settings: Settings) -> QueuedLedger | None:
     return SqliteLedger(cfg.path)
 
 
+def _pairs(settings: Settings) -> QueuedLedger[ShadowPair] | None:
+    """The shadow pairs store, beside the ledger (in Redis when the ledger is)."""
+    if not settings.routing.shadow.rate:
+        return None
+    cfg = settings.ledger
+    url = _shared_store(settings, "ledger", cfg.backend)
+    store: QueuedLedger[ShadowPair] = (
+        RedisPairs(url, stream=cfg.stream + ":pairs") if url else SqlitePairs(pairs_path(cfg.path))
+    )
+    where = f"{url} stream {cfg.stream}:pairs" if url else str(pairs_path(cfg.path))
+    log.warning(
+        "routing.shadow: %.0f%% of routed requests are answered by the other model too; prompts and both answers "
+        "are stored in %s",
+        settings.routing.shadow.rate * 100,
+        where,
+    )
+    return store
+
+
 def _gauges(
-    metrics: Metrics, ledger: QueuedLedger | None, service: RoutingService, cache: MemoryCache | RedisCache | None
+    metrics: Metrics,
+    ledger: QueuedLedger[DecisionRecord] | None,
+    service: RoutingService,
+    cache: MemoryCache | RedisCache | None,
 ) -> None:
     metrics.gauge(
         "triage_ledger_queue_depth", "Records waiting to be written.", lambda: float(ledger.depth if ledger else 0)
@@ -172,6 +200,14 @@ def _gauges(
         "triage_cache_errors_total",
         "Times the response cache's Redis did not answer (each one a miss or a skipped store).",
         lambda: float(cache.errors if isinstance(cache, RedisCache) else 0),
+    )
+    metrics.gauge(
+        "triage_shadow_calls_total", "Shadow calls made (routing.shadow).", lambda: float(service.health().shadow_sent)
+    )
+    metrics.gauge(
+        "triage_shadow_dropped_total",
+        "Requests sampled for a shadow call but not shadowed: budget spent, too many in flight, or the gateway busy.",
+        lambda: float(service.health().shadow_dropped),
     )
 
 
@@ -222,6 +258,8 @@ def create_app(
     policy, source = build_policy(settings, scorer)
     redis_limiter = _redis_limiter(settings)
     ledger = _ledger(settings)
+    pairs = _pairs(settings)
+    shadow = settings.routing.shadow
     cache = _cache(settings)
     metrics = Metrics()
     large = [w for w in workers if w.role is Role.LARGE]
@@ -236,6 +274,8 @@ def create_app(
             balancer=build_balancer(settings, workers),
             cache=cache,
             cache_ttl=settings.cache.ttl,
+            pairs=pairs,
+            shadow=ShadowPolicy(shadow.rate, frozenset(shadow.tiers), shadow.max_per_minute, shadow.max_in_flight),
         ),
         Recorder(
             FanOutSink([metrics, ledger]) if ledger is not None else metrics,
@@ -267,12 +307,17 @@ def create_app(
             await redis_limiter.warm()
         if ledger is not None:
             await ledger.start()
+        if pairs is not None:
+            await pairs.start()
         hangup = _on_sighup(policy_files)
         try:
             yield
         finally:
             hangup()
             # uvicorn has finished in-flight requests by now (graceful shutdown): drain their records.
+            await service.close()  # shadow calls under way finish first: they record too
+            if pairs is not None:
+                await pairs.close()
             if ledger is not None:
                 await ledger.close()
             await direct.close()

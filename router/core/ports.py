@@ -8,6 +8,7 @@ from typing import Protocol
 
 from router.core.limits import Admission
 from router.core.records import DecisionRecord
+from router.core.shadow import ShadowPair
 from router.core.tiers import Caller
 from router.core.types import Worker
 
@@ -15,6 +16,7 @@ __all__ = [
     "AnswerScorer",
     "Backend",
     "DecisionSink",
+    "PairSink",
     "RateLimiter",
     "ResponseCache",
     "Scorer",
@@ -89,3 +91,9 @@ class DecisionSink(Protocol):
     """Takes decision records off the request path: emit() never blocks and never raises."""
 
     def emit(self, record: DecisionRecord) -> None: ...
+
+
+class PairSink(Protocol):
+    """Takes shadow pairs off the request path, like DecisionSink: emit() never blocks and never raises."""
+
+    def emit(self, pair: ShadowPair) -> None: ...

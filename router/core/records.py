@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-__all__ = ["DecisionRecord", "is_draft"]
+__all__ = ["DRAFT_PREFIX", "SHADOW", "DecisionRecord", "is_draft", "is_extra_call"]
 
 SCHEMA_VERSION = 1
 
@@ -38,8 +38,14 @@ class DecisionRecord:
 COLUMNS = tuple(f.name for f in fields(DecisionRecord))
 
 DRAFT_PREFIX = "draft:"
+SHADOW = "shadow"
 
 
 def is_draft(record: DecisionRecord) -> bool:
     """A cascade's escalated draft: a call with a cost, but not a request (its answer has its own record)."""
     return record.reason.startswith(DRAFT_PREFIX)
+
+
+def is_extra_call(record: DecisionRecord) -> bool:
+    """A call that costs but is no request of its own: a cascade's escalated draft, or a shadow call."""
+    return record.reason == SHADOW or record.reason.startswith(DRAFT_PREFIX)

@@ -13,6 +13,7 @@ from router.adapters.ledger_queue import QueuedLedger
 from router.context import RequestOptions
 from router.core.limits import TierLimits, estimate_tokens
 from router.core.ports import UpstreamReply
+from router.core.records import DecisionRecord
 from router.errors import LimiterUnavailable, UpstreamUnavailable
 from router.service import MAX_CACHED_BYTES
 from tests.service.fakes import FakeStream, answer, ask, caller, stack
@@ -174,7 +175,7 @@ async def test_a_fail_closed_tier_refuses_when_the_store_is_down_and_records_why
     assert s.service.health().limiter_errors == 2
 
 
-class FailingLedger(QueuedLedger):
+class FailingLedger(QueuedLedger[DecisionRecord]):
     async def _store(self, rows: list[tuple[object, ...]]) -> None:
         raise OSError("disk full")
 

@@ -198,7 +198,7 @@ def _eval(args: argparse.Namespace) -> int:
     )
     if args.format == "json":
         print(json.dumps([r.to_json() for r in results], indent=2))
-    else:
+    elif results:
         print(
             f"\nPrices: small {args.small_price}, large {args.large_price} per million tokens; cost saved is at "
             "the share that keeps 95% of the large model's quality."

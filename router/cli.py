@@ -139,6 +139,9 @@ def parser() -> argparse.ArgumentParser:
     from router.analytics.replay import add_command as replay_command
 
     replay_command(sub)
+    from router.analytics.label import add_command as label_command
+
+    label_command(sub)
     classifier_commands(sub)
     return p
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from router.admission import AdmissionControl
@@ -22,7 +22,7 @@ from router.core.caching import cache_key
 from router.core.limits import headers
 from router.core.policy import decide
 from router.core.ports import Backend, PairSink, ResponseCache, UpstreamReply
-from router.core.shadow import ShadowGate, ShadowPolicy
+from router.core.shadow import ShadowGate
 from router.core.tiers import Caller, Tier, allowed_role
 from router.core.types import Decision, Reason, Worker
 from router.dispatch import Dispatcher
@@ -58,7 +58,7 @@ class Ports:
     cache: ResponseCache | None = None
     cache_ttl: float = 300.0
     pairs: PairSink | None = None  # where shadow pairs go; shadowing is off without one
-    shadow: ShadowPolicy = field(default_factory=ShadowPolicy)
+    shadow: ShadowGate | None = None  # which routed requests get a shadow call (routing.shadow)
 
 
 class RoutingService:
@@ -75,9 +75,8 @@ class RoutingService:
         )
         self._cascade = Cascade(self._dispatch, ports.admission, policy, recorder)
         self._shadow: Shadow | None = None
-        if ports.pairs is not None and ports.shadow.enabled:
-            busy = self._admission.busy
-            self._shadow = Shadow(self._dispatch, ShadowGate(ports.shadow), ports.pairs, recorder, busy)
+        if ports.pairs is not None and ports.shadow is not None and ports.shadow.policy.enabled:
+            self._shadow = Shadow(self._dispatch, ports.shadow, ports.pairs, recorder, self._admission.busy)
         self._by_name = {w.name: w for w in self.workers}
 
     def use_policy(self, policy: RoutingPolicy) -> None:

@@ -14,12 +14,14 @@ from pathlib import Path
 
 from router.adapters.ledger_redis import read_stream_records
 from router.adapters.ledger_sqlite import read_records
+from router.analytics.quality import QualityEstimate, estimate, read_labelled
 from router.analytics.report import Bucket, Summary, by_tier, summarize, timeline
 from router.core.records import COLUMNS, DecisionRecord
 
 __all__ = ["add_commands", "parse_time", "render"]
 
 DEFAULT_LEDGER = Path(".triage/ledger.sqlite")
+DEFAULT_OUTCOMES = Path(".triage/outcomes.jsonl")  # where `triage label` writes
 
 
 def parse_time(text: str, now: float | None = None) -> float:
@@ -108,10 +110,49 @@ def _records(args: argparse.Namespace) -> list[DecisionRecord]:
     return list(read_records(ledger, where, params))
 
 
+def _quality_of(path: Path) -> QualityEstimate | None:
+    return estimate(*read_labelled(path)) if path.is_file() else None
+
+
+def _quality_line(q: QualityEstimate) -> str:
+    return (
+        f"quality kept {q.kept:.1%} of the large model's (95% CI {q.low:.1%} to {q.high:.1%}; {q.pairs} labelled "
+        f"shadow pairs, {q.small_share:.0%} of them answered by the small model)"
+    )
+
+
 def _summary(args: argparse.Namespace) -> int:
     ledger = Path(args.ledger)
     summary = summarize(_records(args))
-    print(json.dumps(summary.to_json(), indent=2) if args.format == "json" else render(summary, ledger))
+    quality = _quality_of(Path(args.outcomes))
+    if args.format == "json":
+        print(json.dumps(summary.to_json() | {"quality": quality.to_json() if quality else None}, indent=2))
+        return 0
+    text = render(summary, ledger)
+    if quality is not None and summary.requests:
+        lines = text.split("\n")
+        lines.insert(2, _quality_line(quality))  # beside the saving
+        text = "\n".join(lines)
+    print(text)
+    return 0
+
+
+def _quality(args: argparse.Namespace) -> int:
+    path = Path(args.outcomes)
+    if not path.is_file():
+        raise FileNotFoundError(f"no labelled outcomes at {path}: turn routing.shadow on, then run `triage label`")
+    quality = estimate(*read_labelled(path))
+    summary = summarize(_records(args)) if Path(args.ledger).exists() or args.ledger.startswith("redis") else None
+    if args.format == "json":
+        body = {"quality": quality.to_json() if quality else None, "saving": summary.saving if summary else None}
+        print(json.dumps(body, indent=2))
+        return 0
+    if quality is None:
+        print(f"{path}: no labelled shadow pairs with a large-model score above zero yet")
+        return 0
+    print(_quality_line(quality))
+    if summary is not None and summary.cost_large:
+        print(f"cost saved {summary.saving:.1%} against always-large ({summary.requests} requests in the ledger)")
     return 0
 
 
@@ -180,6 +221,11 @@ def _with_filters(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--until", help="ISO date/time or an age")
     p.add_argument("--tier", help="only this tier")
     p.add_argument("--model", help="only requests served by this model")
+    p.add_argument(
+        "--outcomes",
+        default=str(DEFAULT_OUTCOMES),
+        help=f"labelled shadow pairs (`triage label`'s output, default {DEFAULT_OUTCOMES}) for the quality kept",
+    )
     return p
 
 
@@ -196,6 +242,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     r = _with_filters(cmds.add_parser("tiers", help="requests, large-model share, 429s and saving per tier"))
     r.add_argument("--format", choices=["table", "json"], default="table")
     r.set_defaults(run=_tiers)
+    q = _with_filters(cmds.add_parser("quality", help="quality kept by routing, from labelled shadow pairs"))
+    q.add_argument("--format", choices=["table", "json"], default="table")
+    q.set_defaults(run=_quality)
     e = _with_filters(cmds.add_parser("export", help="the records themselves, for a spreadsheet"))
     e.add_argument("--format", choices=["csv", "json"], default="csv")
     e.add_argument("--out", help="file to write (default: standard output)")

@@ -38,7 +38,7 @@ from router.core.balance import BalancePolicy, Balancer
 from router.core.limits import TierLimits
 from router.core.ports import Scorer
 from router.core.records import DecisionRecord
-from router.core.shadow import ShadowPair, ShadowPolicy
+from router.core.shadow import ShadowGate, ShadowPair, ShadowPolicy
 from router.core.tiers import Tier
 from router.core.types import Prices, Role, Worker
 from router.errors import ConfigError
@@ -275,7 +275,9 @@ def create_app(
             cache=cache,
             cache_ttl=settings.cache.ttl,
             pairs=pairs,
-            shadow=ShadowPolicy(shadow.rate, frozenset(shadow.tiers), shadow.max_per_minute, shadow.max_in_flight),
+            shadow=ShadowGate(
+                ShadowPolicy(shadow.rate, frozenset(shadow.tiers), shadow.max_per_minute, shadow.max_in_flight)
+            ),
         ),
         Recorder(
             FanOutSink([metrics, ledger]) if ledger is not None else metrics,

@@ -19,6 +19,7 @@ from router.core.cascade import EscalationRule
 from router.core.limits import Admission, TierLimits
 from router.core.ports import DecisionSink, UpstreamReply, UpstreamStream
 from router.core.records import DecisionRecord
+from router.core.shadow import ShadowGate, ShadowPair, ShadowPolicy
 from router.core.tiers import Caller, Tier
 from router.core.types import Prices, Role, Worker
 from router.errors import LimiterUnavailable, UpstreamUnavailable
@@ -30,6 +31,8 @@ __all__ = [
     "Clock",
     "FakeBackend",
     "FakeStream",
+    "FixedScorer",
+    "ListPairs",
     "ListSink",
     "SpyLimiter",
     "Stack",
@@ -182,6 +185,14 @@ class ListSink:
         return [r.reason for r in self.records]
 
 
+class ListPairs:
+    def __init__(self) -> None:
+        self.pairs: list[ShadowPair] = []
+
+    def emit(self, pair: ShadowPair) -> None:
+        self.pairs.append(pair)
+
+
 class FixedScorer:
     def __init__(self, score: float) -> None:
         self.value = score
@@ -201,6 +212,8 @@ class Stack:
     clock: Clock
     cache: MemoryCache | None
     scorer: FixedScorer
+    pairs: ListPairs
+    gate: ShadowGate | None
 
 
 def stack(
@@ -211,6 +224,7 @@ def stack(
     cache: bool = False,
     breaker_failures: int = 3,
     ledger: DecisionSink | None = None,
+    shadow: ShadowPolicy | None = None,
 ) -> Stack:
     """A service over fake ports: two small replicas and one large worker unless told otherwise, the routing
     threshold at 0.5, and one clock for the limiter, the breakers and the cache. Records go to `sink` (a list)
@@ -222,9 +236,11 @@ def stack(
     balancer = Balancer(workers, affinity=False, failures_to_open=breaker_failures, cooldown=5.0, clock=clock)
     response_cache = MemoryCache(clock=clock) if cache else None
     policy = RoutingPolicy(scorer, 0.5, rule=rule or EscalationRule())
-    ports = Ports(backend, admission, balancer, response_cache)
+    pairs = ListPairs()
+    gate = ShadowGate(shadow, sample=lambda: 0.0, clock=clock) if shadow else None
+    ports = Ports(backend, admission, balancer, response_cache, pairs=pairs, shadow=gate)
     service = RoutingService(workers, policy, ports, Recorder(ledger or sink, LARGE_PRICES))
-    return Stack(service, backend, limiter, admission, balancer, sink, clock, response_cache, scorer)
+    return Stack(service, backend, limiter, admission, balancer, sink, clock, response_cache, scorer, pairs, gate)
 
 
 def caller(**tier: Any) -> Caller:

@@ -231,6 +231,8 @@ class LedgerSettings(_Strict):
     stream: str = "triage:decisions"  # Redis stream (read with `triage analytics --ledger redis://...`)
     maxlen: int = Field(default=1_000_000, gt=0)  # the stream is trimmed to about this many records
     store_prompts: bool = False  # prompts are not recorded unless turned on
+    # labelled shadow pairs (`triage label --out`): the gateway reads them for the quality gauge in /metrics
+    outcomes: Path = Path(".triage/outcomes.jsonl")
 
 
 class Settings(_Strict):

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 from router.core.ports import DecisionSink
-from router.core.records import DecisionRecord
+from router.core.records import SHADOW, DecisionRecord
 
 __all__ = ["FanOutSink", "Metrics"]
 
@@ -76,9 +76,10 @@ class Metrics:
             self.tokens[(("model", model), ("kind", "prompt"))] += record.prompt_tokens
         if record.completion_tokens:
             self.tokens[(("model", model), ("kind", "completion"))] += record.completion_tokens
-        self.cost[(("model", model), ("basis", "paid"))] += record.cost
+        # A shadow call's cost is learning's, not routing's: kept apart so the saving panel stays routing's.
+        self.cost[(("model", model), ("basis", "shadow" if record.reason == SHADOW else "paid"))] += record.cost
         self.cost[(("model", model), ("basis", "always_large"))] += record.cost_large
-        if record.status == 200:
+        if record.status == 200 and record.reason != SHADOW:  # nobody waited for a shadow call
             self.latency.observe((("model", model),), record.latency_ms / 1000)
             if record.ttft_ms is not None:
                 self.ttft.observe((("model", model),), record.ttft_ms / 1000)

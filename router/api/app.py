@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import orjson
 from fastapi import FastAPI
@@ -28,6 +29,7 @@ from router.adapters.limiter_redis import RedisLimiter
 from router.adapters.metrics import FanOutSink, Metrics
 from router.adapters.pairs import RedisPairs, SqlitePairs, pairs_path
 from router.admission import AdmissionControl
+from router.analytics.quality import QualityGauge
 from router.api.auth import Authenticator
 from router.api.errors import install_error_handlers
 from router.api.openapi import install_openapi
@@ -177,6 +179,7 @@ def _gauges(
     ledger: QueuedLedger[DecisionRecord] | None,
     service: RoutingService,
     cache: MemoryCache | RedisCache | None,
+    quality_path: Path,
 ) -> None:
     metrics.gauge(
         "triage_ledger_queue_depth", "Records waiting to be written.", lambda: float(ledger.depth if ledger else 0)
@@ -200,6 +203,15 @@ def _gauges(
         "triage_cache_errors_total",
         "Times the response cache's Redis did not answer (each one a miss or a skipped store).",
         lambda: float(cache.errors if isinstance(cache, RedisCache) else 0),
+    )
+    quality = QualityGauge(quality_path)
+    metrics.gauge(
+        "triage_quality_kept_ratio",
+        "Routed answers' quality as a share of the large model's, from labelled shadow pairs (ledger.outcomes).",
+        lambda: quality.read()[0],
+    )
+    metrics.gauge(
+        "triage_quality_pairs", "Labelled shadow pairs behind the quality gauge.", lambda: float(quality.read()[1])
     )
     metrics.gauge(
         "triage_shadow_calls_total", "Shadow calls made (routing.shadow).", lambda: float(service.health().shadow_sent)
@@ -285,7 +297,7 @@ def create_app(
             settings.ledger.store_prompts,
         ),
     )
-    _gauges(metrics, ledger, service, cache)
+    _gauges(metrics, ledger, service, cache, settings.ledger.outcomes)
     policy_files = PolicyFiles(settings, service, source)
     tiers = build_tiers(settings)
     auth = Authenticator(

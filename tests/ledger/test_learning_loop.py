@@ -109,6 +109,7 @@ def test_shadow_label_train_reload_changes_the_routing(tmp_path: Path, capsys: p
     leaning(active, -50.0)  # the prior, moved so that everything goes to the small model
     ledger = tmp_path / "ledger.sqlite"
     pairs = tmp_path / "ledger-pairs.sqlite"
+    outcomes = tmp_path / "outcomes.jsonl"
     with (
         serving(worker("tiny-small", ("capital",), small_calls)) as small,
         serving(worker("tiny-large", ("capital", "integral"), large_calls)) as large,
@@ -140,7 +141,7 @@ def test_shadow_label_train_reload_changes_the_routing(tmp_path: Path, capsys: p
                             "price_output": 15.0,
                         },
                     ],
-                    "ledger": {"path": str(ledger), "store_prompts": True},
+                    "ledger": {"path": str(ledger), "store_prompts": True, "outcomes": str(outcomes)},
                 }
             )
         )
@@ -153,7 +154,6 @@ def test_shadow_label_train_reload_changes_the_routing(tmp_path: Path, capsys: p
                 _wait("120 shadow pairs", lambda: _pairs(pairs) == 120)
                 assert large_calls.count("answer") == 120  # every shadow call, none for the callers
 
-                outcomes = tmp_path / "outcomes.jsonl"
                 assert main(["label", "--pairs", str(pairs), "--config", str(cfg), "--out", str(outcomes)]) == 0
                 said = capsys.readouterr().out
                 assert "labelled 120 pairs" in said and "judge: 240 calls" in said
@@ -187,6 +187,10 @@ def test_shadow_label_train_reload_changes_the_routing(tmp_path: Path, capsys: p
                 assert summary["quality"]["kept"] == pytest.approx(1 / 3)
                 assert main(["analytics", "quality", "--ledger", str(ledger), "--outcomes", str(outcomes)]) == 0
                 assert "quality kept 33.3% of the large model's" in capsys.readouterr().out
+                scrape = httpx.get(gw.url + "/metrics").text
+                assert "triage_quality_pairs 120.0" in scrape
+                assert "triage_quality_kept_ratio 0.333" in scrape
+                assert 'triage_cost_usd_total{model="tiny-large",basis="shadow"}' in scrape
 
                 trained = tmp_path / "trained.json"
                 assert main(["classifier", "train", "--outcomes", str(outcomes), "--out", str(trained)]) == 0

@@ -14,6 +14,7 @@ from pathlib import Path
 __all__ = ["OWN_TRAFFIC", "add_commands"]
 
 OWN_TRAFFIC = "own traffic"  # the learning-curve protocol of `triage classifier eval`
+TURN_TWO = "turn 2"  # MT-Bench's second turns: context-aware scoring and conversation policies
 
 
 def _progress() -> Callable[[str], None]:
@@ -174,6 +175,34 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
         print(f"| {share:.0%} | {apgr:.3f} | {_pct(share95)} |")
 
 
+def _eval_turn_two(args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    from classifiers.families import load_families
+    from classifiers.features import FeatureSpec, Featurizer
+    from classifiers.lodo import PRIOR, RECIPES, fit_recipe, row_index
+    from classifiers.turns import load_second_turns, turn_two
+
+    families = [f for f in load_families(args.data).values() if f.name != "mt_bench"]
+    spec = FeatureSpec()
+    say("training the prior without MT-Bench")
+    X = Featurizer(spec).transform([p for f in families for p in f.prompts])
+    coef, intercept = fit_recipe(X, spec, families, row_index(families), RECIPES[PRIOR])
+    featurizer = Featurizer(spec)
+
+    def raw(text: str) -> float:
+        idx, val = featurizer.row(text)
+        return float(val @ coef[idx]) + intercept
+
+    conversations = load_second_turns(args.data)
+    results, (mean, spread) = turn_two(conversations, raw)
+    print(f"\n## MT-Bench second turns ({len(conversations)} conversations; prior trained without MT-Bench)\n")
+    print("| router | APGR | large share at 95% quality | APGR minus last-turn-only (paired bootstrap, 95%) |")
+    print("|---|---:|---:|---:|")
+    for r in results:
+        diff = "-" if r.minus_last_turn is None else "{:+.3f} [{:+.3f}, {:+.3f}]".format(*r.minus_last_turn)
+        print(f"| {r.router} | {r.apgr:.3f} | {_pct(r.share_at_95)} | {diff} |")
+    print(f"| random (200 permutations) | {mean:.3f} ±{spread:.3f} | | |")
+
+
 def _eval(args: argparse.Namespace) -> int:
     _need_training_libraries()
     from classifiers.evaluate import PROTOCOLS, ROUTELLM_PUBLISHED, run_protocols
@@ -187,7 +216,8 @@ def _eval(args: argparse.Namespace) -> int:
     protocols = tuple(args.protocol) if args.protocol else (*PROTOCOLS, "lodo")
     lodo_too = "lodo" in protocols
     own_too = OWN_TRAFFIC in protocols
-    protocols = tuple(p for p in protocols if p not in ("lodo", OWN_TRAFFIC))
+    turn_two_too = TURN_TWO in protocols
+    protocols = tuple(p for p in protocols if p not in ("lodo", OWN_TRAFFIC, TURN_TWO))
     results = run_protocols(
         root=args.data,
         alpha=args.alpha or DEFAULT_ALPHA,
@@ -221,6 +251,8 @@ def _eval(args: argparse.Namespace) -> int:
                 )
     if lodo_too:
         _eval_lodo(args, say)
+    if turn_two_too:
+        _eval_turn_two(args, say)
     if own_too:
         from classifiers.cli_outcomes import eval_own_traffic
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BENCHMARKS", "Benchmark", "Item", "data_root", "load_benchmark"]
+__all__ = ["BENCHMARKS", "LARGE", "SMALL", "Benchmark", "Item", "data_root", "load_benchmark"]
 
 SMALL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 LARGE = "gpt-4-1106-preview"

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from router.core.cascade import EscalationRule
+from router.core.conversation import ConversationPolicy
 from router.core.limits import Admission
 from router.core.ports import AnswerScorer, Scorer, UpstreamReply, UpstreamStream
 from router.core.tiers import Caller, Tier
@@ -32,9 +33,13 @@ class RoutingPolicy:
     alias: str = "auto"
     rule: EscalationRule = field(default_factory=EscalationRule)
     answer_scorer: AnswerScorer | None = None
+    conversation: ConversationPolicy = ConversationPolicy.PER_TURN  # a tier's own policy overrides it
 
     def threshold_for(self, tier: Tier) -> float:
         return self.threshold if tier.threshold is None else tier.threshold
+
+    def conversation_for(self, tier: Tier) -> ConversationPolicy:
+        return self.conversation if tier.conversation is None else tier.conversation
 
 
 @dataclass(frozen=True, slots=True)

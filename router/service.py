@@ -17,11 +17,12 @@ from typing import Any
 from router.admission import AdmissionControl
 from router.cascading import Cascade
 from router.context import Endpoint, Outcome, RequestContext, RequestOptions, Routed, RoutingPolicy
+from router.conversing import Conversations, Turn
 from router.core.balance import Balancer
 from router.core.caching import cache_key
 from router.core.limits import headers
 from router.core.policy import decide
-from router.core.ports import Backend, PairSink, ResponseCache, UpstreamReply
+from router.core.ports import Backend, ConversationMemory, PairSink, ResponseCache, UpstreamReply
 from router.core.shadow import ShadowGate
 from router.core.tiers import Caller, Tier, allowed_role
 from router.core.types import Decision, Reason, Worker
@@ -59,6 +60,8 @@ class Ports:
     cache_ttl: float = 300.0
     pairs: PairSink | None = None  # where shadow pairs go; shadowing is off without one
     shadow: ShadowGate | None = None  # which routed requests get a shadow call (routing.shadow)
+    conversations: ConversationMemory | None = None  # where conversations' routing is remembered
+    conversation_ttl: float = 3600.0
 
 
 class RoutingService:
@@ -77,6 +80,9 @@ class RoutingService:
         self._shadow: Shadow | None = None
         if ports.pairs is not None and ports.shadow is not None and ports.shadow.policy.enabled:
             self._shadow = Shadow(self._dispatch, ports.shadow, ports.pairs, recorder, self._admission.busy)
+        self._conversations = (
+            Conversations(ports.conversations, ports.conversation_ttl) if ports.conversations is not None else None
+        )
         self._by_name = {w.name: w for w in self.workers}
 
     def use_policy(self, policy: RoutingPolicy) -> None:
@@ -179,7 +185,10 @@ class RoutingService:
             if caller.tier.cascade and named is None and not request.stream and (request.n or 1) == 1:
                 outcome = await self._cascade.run(ctx)
             else:
-                outcome = await self._dispatch.serve(ctx, self.route(request, caller.tier, named))
+                routed, turn = await self._steered(ctx, self.route(request, caller.tier, named), named is None)
+                outcome = await self._dispatch.serve(ctx, routed)
+                if turn is not None and self._conversations is not None:
+                    await self._conversations.remember(turn, outcome.routed.worker.role)
                 if self._shadow is not None and not request.stream:
                     self._shadow.after(ctx, outcome)
             settled = True  # by the attempt or the cascade, or by the stream when it ends
@@ -190,6 +199,14 @@ class RoutingService:
         finally:
             if not settled:  # failed or cancelled: the reservation stands, the slot is freed
                 await self._admission.settle(caller, ctx.admission, None)
+
+    async def _steered(self, ctx: RequestContext, routed: Routed, auto: bool) -> tuple[Routed, Turn | None]:
+        """A routed turn under its tier's conversation policy (unchanged without a conversation memory)."""
+        if self._conversations is None or not auto:
+            return routed, None
+        policy = self._policy.conversation_for(ctx.caller.tier)
+        by_role, request = self._dispatch.by_role, ctx.request
+        return await self._conversations.steer(ctx, routed, policy, lambda r: self._dispatch.pick(by_role[r], request))
 
     # -- the response cache ----------------------------------------------------------------------------
 

@@ -114,6 +114,11 @@ class RoutingSettings(_Strict):
     classifier_path: Path | None = None  # unset: the classifier shipped with llm-triage
     length_midpoint: int = Field(default=400, gt=0)  # length scorer: characters that score 0.5
     shadow: ShadowSettings = ShadowSettings()
+    # A later turn of a conversation: escalate_only keeps it on the large model once a turn was answered there;
+    # sticky keeps the first turn's model; per_turn routes every turn by its own score.
+    conversation: Literal["per_turn", "sticky", "escalate_only"] = "escalate_only"
+    conversation_ttl: float = Field(default=3600, gt=0)  # seconds a conversation is remembered after its last write
+    conversation_max: int = Field(default=100_000, gt=0)  # conversations remembered in process (without Redis)
 
 
 class BalancingSettings(_Strict):
@@ -156,6 +161,7 @@ class TierSettings(_Strict):
     max_tokens: int = Field(default=0, ge=0)  # caps a request's max_tokens (and sets it when absent)
     max_n: int = Field(default=16, ge=1, le=MAX_N)  # most choices (`n`) one request may ask for; more is a 400
     max_body_bytes: int = Field(default=0, ge=0)  # 0: server.max_body_bytes
+    conversation: Literal["per_turn", "sticky", "escalate_only"] | None = None  # None: routing.conversation
     models: list[Role] = Field(default=[Role.SMALL, Role.LARGE], min_length=1)  # model sizes it may reach
     threshold: float | None = Field(default=None, ge=0, le=1)  # unset: routing.threshold
     on_limiter_error: Literal["open", "closed"] = "open"  # Redis unreachable: admit, or refuse with 503

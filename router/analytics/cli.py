@@ -70,6 +70,11 @@ def render(s: Summary, ledger: Path) -> str:
     else:
         lines.append("saving unknown: no prices were configured (set workers' price_input and price_output)")
     lines.append(f"served {s.served}, escalated {s.escalations}, cache hits {s.cache_hits}")
+    if s.conversation_moves:
+        lines.append(
+            f"conversation policy moved {s.conversation_moves} turns ({s.conversation_moves / s.requests:.1%} of "
+            "requests) to the model their conversation had"
+        )
     if s.shadow_calls:
         lines.append(
             f"shadow pairs: {s.shadow_calls} second answers for ${s.shadow_cost:.6f} (not in the cost paid above; "

@@ -29,6 +29,7 @@ class Summary:
     served: int = 0  # answered 200 by a worker
     share: dict[str, float] = field(default_factory=dict)  # model -> share of served requests
     escalations: int = 0
+    conversation_moves: int = 0  # turns the conversation policy moved to their conversation's model
     cache_hits: int = 0
     rate_limited: dict[str, int] = field(default_factory=dict)  # tier -> 429s
     errors: dict[int, int] = field(default_factory=dict)  # status -> count, for status >= 400 but 429
@@ -51,6 +52,7 @@ class Summary:
             "served": self.served,
             "share": self.share,
             "escalations": self.escalations,
+            "conversation_moves": self.conversation_moves,
             "cache_hits": self.cache_hits,
             "rate_limited": self.rate_limited,
             "errors": {str(k): v for k, v in self.errors.items()},
@@ -80,6 +82,7 @@ def summarize(records: Iterable[DecisionRecord]) -> Summary:
         s.first_ts = r.ts if s.first_ts is None else min(s.first_ts, r.ts)
         s.last_ts = r.ts if s.last_ts is None else max(s.last_ts, r.ts)
         s.escalations += r.escalated
+        s.conversation_moves += r.reason == "conversation"
         s.cache_hits += r.cache_hit
         s.cost_large += r.cost_large
         if r.status == 429:

@@ -19,6 +19,7 @@ from router.adapters.backend import AiohttpBackend, BackendByProvider
 from router.adapters.backend_litellm import LitellmBackend, litellm_prices
 from router.adapters.cache_memory import MemoryCache
 from router.adapters.cache_redis import RedisCache
+from router.adapters.conversations import MemoryConversations, RedisConversations
 from router.adapters.discovery import discover_model
 from router.adapters.identity_secret import identity_secret
 from router.adapters.ledger_queue import QueuedLedger
@@ -37,6 +38,7 @@ from router.api.policy_files import PolicyFiles, build_cascade, build_policy, bu
 from router.api.routes import build_router
 from router.api.state import GatewayState
 from router.core.balance import BalancePolicy, Balancer
+from router.core.conversation import ConversationPolicy
 from router.core.limits import TierLimits
 from router.core.ports import Scorer
 from router.core.records import DecisionRecord
@@ -92,6 +94,7 @@ def build_tiers(settings: Settings) -> dict[str, Tier]:
             fail_open=t.on_limiter_error == "open",
             cache=t.cache,
             cascade=t.mode == "cascade",
+            conversation=ConversationPolicy(t.conversation) if t.conversation else None,
         )
         for name, t in settings.tiers.items()
     }
@@ -153,6 +156,19 @@ def _ledger(settings: Settings) -> QueuedLedger[DecisionRecord] | None:
     except ConfigError as exc:
         raise ConfigError(f"ledger.path: {exc}") from None
     return SqliteLedger(cfg.path)
+
+
+def _conversations(settings: Settings) -> MemoryConversations | RedisConversations | None:
+    """Where conversations' routing is remembered: Redis when limits use it (replicas agree), else in process."""
+    routing = settings.routing
+    if routing.conversation == "per_turn" and all(
+        t.conversation in (None, "per_turn") for t in settings.tiers.values()
+    ):
+        return None
+    url = _redis_url(settings)
+    if url:
+        return RedisConversations(url, prefix=settings.limits.key_prefix, timeout=settings.limits.redis_timeout)
+    return MemoryConversations(max_entries=routing.conversation_max)
 
 
 def _pairs(settings: Settings) -> QueuedLedger[ShadowPair] | None:
@@ -271,6 +287,7 @@ def create_app(
     redis_limiter = _redis_limiter(settings)
     ledger = _ledger(settings)
     pairs = _pairs(settings)
+    conversations = _conversations(settings)
     shadow = settings.routing.shadow
     cache = _cache(settings)
     metrics = Metrics()
@@ -287,6 +304,8 @@ def create_app(
             cache=cache,
             cache_ttl=settings.cache.ttl,
             pairs=pairs,
+            conversations=conversations,
+            conversation_ttl=settings.routing.conversation_ttl,
             shadow=ShadowGate(
                 ShadowPolicy(shadow.rate, frozenset(shadow.tiers), shadow.max_per_minute, shadow.max_in_flight)
             ),
@@ -341,6 +360,8 @@ def create_app(
                 await redis_limiter.close()
             if isinstance(cache, RedisCache):
                 await cache.close()
+            if isinstance(conversations, RedisConversations):
+                await conversations.close()
 
     # No slash redirects: a 307 built from the Host header is an open redirect, and SDKs never add the slash.
     app = FastAPI(

@@ -16,6 +16,7 @@ import classifiers
 from router.adapters.scorers import LengthScorer
 from router.context import RoutingPolicy
 from router.core.cascade import EscalationRule
+from router.core.conversation import ConversationPolicy
 from router.core.ports import AnswerScorer, Scorer
 from router.errors import ConfigError
 from router.service import RoutingService
@@ -91,7 +92,8 @@ def build_policy(settings: Settings, scorer: Scorer | None = None) -> tuple[Rout
     name = str(settings.routing.classifier_path or classifiers.default_path()) if digest else settings.routing.scorer
     answer_digest = answer_scorer.model.digest if isinstance(answer_scorer, _ClassifierAnswerScorer) else ""
     source = PolicySource(name, digest, answer_digest, time.time())
-    return RoutingPolicy(scorer, threshold, settings.routing.alias, rule, answer_scorer), source
+    conversation = ConversationPolicy(settings.routing.conversation)
+    return RoutingPolicy(scorer, threshold, settings.routing.alias, rule, answer_scorer, conversation), source
 
 
 class PolicyFiles:

@@ -10,11 +10,12 @@ from router.core.limits import Admission
 from router.core.records import DecisionRecord
 from router.core.shadow import ShadowPair
 from router.core.tiers import Caller
-from router.core.types import Worker
+from router.core.types import Role, Worker
 
 __all__ = [
     "AnswerScorer",
     "Backend",
+    "ConversationMemory",
     "DecisionSink",
     "PairSink",
     "RateLimiter",
@@ -97,3 +98,12 @@ class PairSink(Protocol):
     """Takes shadow pairs off the request path, like DecisionSink: emit() never blocks and never raises."""
 
     def emit(self, pair: ShadowPair) -> None: ...
+
+
+class ConversationMemory(Protocol):
+    """Which model a conversation's earlier turns got, by conversation key, with a time to live. A store that
+    fails answers None (an unknown conversation), never an error."""
+
+    async def get(self, key: str) -> Role | None: ...
+
+    async def put(self, key: str, role: Role, ttl: float) -> None: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from router.core.conversation import ConversationPolicy
 from router.core.limits import TierLimits
 from router.core.types import Role
 
@@ -21,6 +22,7 @@ class Tier:
     max_body_bytes: int = 0  # 0: the server's limit
     fail_open: bool = True  # when the limiter's store is unreachable: admit (True) or refuse (False)
     cache: bool = True  # deterministic requests may be answered from the response cache (scoped to the tier)
+    conversation: ConversationPolicy | None = None  # None: the gateway's routing.conversation
     cascade: bool = False  # the small model drafts routed non-streamed requests; unreliable drafts escalate
 
 

@@ -27,6 +27,7 @@ class Reason(StrEnum):
     CASCADE_ACCEPTED = "cascade_accepted"  # cascade tier: the small model's draft was kept
     ESCALATED = "escalated"  # cascade tier: the draft looked unreliable; the large model answered
     CACHED = "cached"  # an identical deterministic request was answered before: no worker was called
+    CONVERSATION = "conversation"  # routed, then moved to the model its conversation's earlier turns got
     SHADOW = "shadow"  # the other model answering a sampled routed request too (a shadow pair), not a request
     # How a request ended when no routing reason describes it
     RATE_LIMITED = "rate_limited"  # 429: a limit of the caller's tier

@@ -180,3 +180,16 @@ async def test_export_plot_timeline_and_tiers_commands(tmp_path: Path, capsys: p
     assert main(["analytics", "plot", "--ledger", str(path), "--out", str(plots), "--step", "2s"]) == 0
     for name in ("share_and_saving.png", "latency_by_model.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_shadow_calls_and_conversation_moves_are_counted_apart() -> None:
+    records = [
+        rec(1, "small", cost=0.1, cost_large=1.0),
+        rec(2, "large", cost=1.0, cost_large=1.0, reason="conversation"),
+        rec(3, "large", cost=1.0, reason="shadow"),  # the second answer of a shadow pair: not a request
+        rec(4, "small", cost=0.1, reason="draft:low_confidence"),
+    ]
+    s = summarize(records)
+    assert (s.requests, s.conversation_moves, s.shadow_calls) == (2, 1, 1)
+    assert s.cost == pytest.approx(1.2) and s.shadow_cost == pytest.approx(1.0)  # routing's cost; learning's apart
+    assert s.saving == pytest.approx(1 - 1.2 / 2.0)

@@ -11,13 +11,15 @@ from typing import Any
 import orjson
 
 from router.adapters.cache_memory import MemoryCache
+from router.adapters.conversations import MemoryConversations
 from router.adapters.limiter_memory import MemoryLimiter
 from router.admission import AdmissionControl
 from router.context import Endpoint, Outcome, RequestOptions, RoutingPolicy
 from router.core.balance import Balancer
 from router.core.cascade import EscalationRule
+from router.core.conversation import ConversationPolicy
 from router.core.limits import Admission, TierLimits
-from router.core.ports import DecisionSink, UpstreamReply, UpstreamStream
+from router.core.ports import ConversationMemory, DecisionSink, UpstreamReply, UpstreamStream
 from router.core.records import DecisionRecord
 from router.core.shadow import ShadowGate, ShadowPair, ShadowPolicy
 from router.core.tiers import Caller, Tier
@@ -225,6 +227,8 @@ def stack(
     breaker_failures: int = 3,
     ledger: DecisionSink | None = None,
     shadow: ShadowPolicy | None = None,
+    conversation: ConversationPolicy = ConversationPolicy.PER_TURN,
+    memory: ConversationMemory | None = None,
 ) -> Stack:
     """A service over fake ports: two small replicas and one large worker unless told otherwise, the routing
     threshold at 0.5, and one clock for the limiter, the breakers and the cache. Records go to `sink` (a list)
@@ -235,10 +239,11 @@ def stack(
     admission = AdmissionControl(limiter)
     balancer = Balancer(workers, affinity=False, failures_to_open=breaker_failures, cooldown=5.0, clock=clock)
     response_cache = MemoryCache(clock=clock) if cache else None
-    policy = RoutingPolicy(scorer, 0.5, rule=rule or EscalationRule())
+    policy = RoutingPolicy(scorer, 0.5, rule=rule or EscalationRule(), conversation=conversation)
+    memory = memory or MemoryConversations(clock=clock)
     pairs = ListPairs()
     gate = ShadowGate(shadow, sample=lambda: 0.0, clock=clock) if shadow else None
-    ports = Ports(backend, admission, balancer, response_cache, pairs=pairs, shadow=gate)
+    ports = Ports(backend, admission, balancer, response_cache, pairs=pairs, shadow=gate, conversations=memory)
     service = RoutingService(workers, policy, ports, Recorder(ledger or sink, LARGE_PRICES))
     return Stack(service, backend, limiter, admission, balancer, sink, clock, response_cache, scorer, pairs, gate)
 

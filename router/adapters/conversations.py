@@ -1,0 +1,80 @@
+"""Where conversations' earlier routing is remembered: in process (bounded, with a time to live), or in Redis
+when limits use Redis, so that every replica agrees. A store that fails is a conversation it does not know,
+never an error: routing falls back to the turn's own score."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from router.core.types import Role
+
+__all__ = ["MemoryConversations", "RedisConversations"]
+
+log = logging.getLogger("triage.conversations")
+
+
+class MemoryConversations:
+    def __init__(self, *, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._entries: OrderedDict[str, tuple[float, Role]] = OrderedDict()
+        self._max = max_entries
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: str) -> Role | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, role = entry
+        if expires <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return role
+
+    async def put(self, key: str, role: Role, ttl: float) -> None:
+        self._entries[key] = (self._clock() + ttl, role)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)  # the least recently used conversation is forgotten
+
+
+class RedisConversations:
+    def __init__(self, url: str, *, prefix: str = "triage", timeout: float = 0.1) -> None:
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=max(1.0, timeout))
+        self._prefix = f"{prefix}:conv:"
+        self.errors = 0
+
+    async def get(self, key: str) -> Role | None:
+        try:
+            value = await self._redis.get(self._prefix + key)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return None
+        if value is None:
+            return None
+        try:
+            return Role(value.decode() if isinstance(value, bytes) else str(value))
+        except ValueError:
+            return None
+
+    async def put(self, key: str, role: Role, ttl: float) -> None:
+        try:
+            await self._redis.set(self._prefix + key, role.value, px=max(1, int(ttl * 1000)))
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.errors += 1
+        if self.errors == 1 or self.errors % 1000 == 0:
+            log.warning("conversation memory unavailable (%s): turns are routed by their own score", exc)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

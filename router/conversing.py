@@ -1,0 +1,64 @@
+"""The conversation flow: before a routed turn is sent, the tier's conversation policy may move it to the model
+its conversation's earlier turns got (reason `conversation`); after it is answered, what the policy needs is
+remembered. A conversation is its caller plus what prefix affinity keys on (the system turns and the first user
+turn, which every later turn repeats)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from router.context import RequestContext, Routed
+from router.core.conversation import ConversationPolicy, remembered_role, steer
+from router.core.ports import ConversationMemory
+from router.core.types import Decision, Reason, Role, Worker
+from router.protocol import ChatCompletionRequest, GenerationRequest, affinity_key
+
+__all__ = ["Conversations", "Turn"]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What the flow learnt before sending a turn, for remembering after it."""
+
+    key: str
+    policy: ConversationPolicy
+    first: bool  # no assistant turn yet: the conversation starts here
+    known: Role | None  # what was remembered for it
+
+
+class Conversations:
+    def __init__(self, memory: ConversationMemory, ttl: float) -> None:
+        self._memory = memory
+        self._ttl = ttl
+
+    async def steer(
+        self,
+        ctx: RequestContext,
+        routed: Routed,
+        policy: ConversationPolicy,
+        pick: Callable[[Role], Worker],
+    ) -> tuple[Routed, Turn | None]:
+        """The turn's routing under the policy, and what to remember it by (None: nothing to remember)."""
+        request = ctx.request
+        if policy is ConversationPolicy.PER_TURN or not isinstance(request, ChatCompletionRequest):
+            return routed, None
+        first = not any(m.role == "assistant" for m in request.messages)
+        key = _key(ctx.caller.identity, request)
+        known = None if first else await self._memory.get(key)
+        role = steer(policy, known, routed.worker.role, ctx.caller.tier.roles)
+        if role is not None:
+            d = routed.decision
+            routed = Routed(pick(role), Decision(role, Reason.CONVERSATION, d.score, d.threshold))
+        return routed, Turn(key, policy, first, known)
+
+    async def remember(self, turn: Turn, answered: Role) -> None:
+        role = remembered_role(turn.policy, turn.first, answered, turn.known)
+        if role is not None:
+            await self._memory.put(turn.key, role, self._ttl)
+
+
+def _key(identity: str, request: GenerationRequest) -> str:
+    digest = hashlib.sha256(identity.encode() + b"\0" + affinity_key(request))
+    return digest.hexdigest()[:32]

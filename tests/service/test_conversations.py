@@ -1,0 +1,126 @@
+"""Conversation policies at the service's ports: a multi-turn conversation under per_turn, sticky and
+escalate_only, the tier's restriction respected, callers kept apart, and the memory bounded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from router.adapters.conversations import MemoryConversations
+from router.core.conversation import ConversationPolicy, remembered_role, steer
+from router.core.types import Role
+from tests.service.fakes import Stack, ask, caller, stack
+
+SMALL_ONLY = frozenset({Role.SMALL})
+BOTH = frozenset({Role.SMALL, Role.LARGE})
+
+
+def test_the_policies_as_rules() -> None:
+    E, S, P = ConversationPolicy.ESCALATE_ONLY, ConversationPolicy.STICKY, ConversationPolicy.PER_TURN
+    assert steer(E, Role.LARGE, Role.SMALL, BOTH) is Role.LARGE
+    assert steer(E, Role.SMALL, Role.LARGE, BOTH) is None  # escalate only: never moved down
+    assert steer(E, Role.LARGE, Role.SMALL, SMALL_ONLY) is None  # never to a model the tier may not use
+    assert steer(S, Role.SMALL, Role.LARGE, BOTH) is Role.SMALL
+    assert steer(S, None, Role.LARGE, BOTH) is None
+    assert steer(P, Role.LARGE, Role.SMALL, BOTH) is None
+    assert remembered_role(E, True, Role.LARGE, None) is Role.LARGE
+    assert remembered_role(E, False, Role.SMALL, None) is None
+    assert remembered_role(E, False, Role.LARGE, Role.LARGE) is None  # already known: no write
+    assert remembered_role(S, True, Role.SMALL, None) is Role.SMALL
+    assert remembered_role(S, False, Role.LARGE, Role.SMALL) is None  # sticky keeps the first turn's model
+    assert remembered_role(S, False, Role.LARGE, None) is Role.LARGE  # forgotten: the next turn re-anchors
+
+
+def conversation(*turns: str) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": "You are terse."}]
+    for i, text in enumerate(turns):
+        if i:
+            messages.append({"role": "assistant", "content": f"answer {i}"})
+        messages.append({"role": "user", "content": text})
+    return messages
+
+
+async def turn(s: Stack, score: float, *turns: str, **tier: Any) -> tuple[str, str]:
+    s.scorer.value = score
+    out = await ask(s, caller(**tier), {"messages": conversation(*turns)})
+    return out.routed.worker.role.value, out.routed.decision.reason.value
+
+
+async def test_escalate_only_keeps_a_conversation_on_the_large_model_once_it_got_there() -> None:
+    s = stack(conversation=ConversationPolicy.ESCALATE_ONLY)
+    assert await turn(s, 0.1, "hi") == ("small", "below_threshold")
+    assert await turn(s, 0.9, "hi", "prove the theorem") == ("large", "at_or_above_threshold")
+    assert await turn(s, 0.1, "hi", "prove the theorem", "and the second case?") == ("large", "conversation")
+    assert await turn(s, 0.1, "hi", "prove the theorem", "and the second case?", "thanks") == ("large", "conversation")
+    assert await turn(s, 0.1, "another conversation", "and?") == ("small", "below_threshold")
+    records = [r.reason for r in s.sink.records]
+    assert records.count("conversation") == 2
+
+
+async def test_sticky_keeps_the_first_turn_s_model_both_ways() -> None:
+    s = stack(conversation=ConversationPolicy.STICKY)
+    assert await turn(s, 0.1, "hi") == ("small", "below_threshold")
+    assert await turn(s, 0.9, "hi", "prove it") == ("small", "conversation")
+    assert await turn(s, 0.9, "hard one") == ("large", "at_or_above_threshold")
+    assert await turn(s, 0.1, "hard one", "ok") == ("large", "conversation")
+
+
+async def test_per_turn_routes_every_turn_by_its_own_score() -> None:
+    s = stack(conversation=ConversationPolicy.PER_TURN)
+    assert await turn(s, 0.9, "hi") == ("large", "at_or_above_threshold")
+    assert await turn(s, 0.1, "hi", "and?") == ("small", "below_threshold")
+
+
+async def test_a_tier_policy_per_tier_and_a_tier_that_may_not_use_the_large_model() -> None:
+    s = stack(conversation=ConversationPolicy.ESCALATE_ONLY)
+    assert await turn(s, 0.9, "hi") == ("large", "at_or_above_threshold")
+    # The same conversation from a tier limited to the small model: never moved to the large one.
+    assert await turn(s, 0.1, "hi", "and?", roles=SMALL_ONLY) == ("small", "below_threshold")
+    # A tier that says per_turn overrides the gateway's escalate_only.
+    assert await turn(s, 0.1, "hi", "and?", conversation=ConversationPolicy.PER_TURN) == ("small", "below_threshold")
+
+
+async def test_callers_with_the_same_opening_are_different_conversations() -> None:
+    s = stack(conversation=ConversationPolicy.ESCALATE_ONLY)
+    s.scorer.value = 0.9
+    await ask(s, caller(), {"messages": conversation("hi")})
+    s.scorer.value = 0.1
+    other = caller()
+    other = type(other)(other.tier, "client:2")
+    out = await ask(s, other, {"messages": conversation("hi", "and?")})
+    assert out.routed.decision.reason == "below_threshold"
+
+
+async def test_named_models_cascades_and_completions_are_left_alone() -> None:
+    s = stack(conversation=ConversationPolicy.ESCALATE_ONLY)
+    assert await turn(s, 0.9, "hi") == ("large", "at_or_above_threshold")
+    s.scorer.value = 0.1
+    out = await ask(s, caller(), {"model": "small-model", "messages": conversation("hi", "and?")})
+    assert out.routed.decision.reason == "requested"
+
+
+async def test_the_memory_is_bounded_and_forgets_after_its_ttl() -> None:
+    now = [0.0]
+    memory = MemoryConversations(max_entries=100, clock=lambda: now[0])
+    for i in range(1000):
+        await memory.put(f"c{i}", Role.LARGE, ttl=60)
+    assert len(memory) == 100
+    assert await memory.get("c0") is None and await memory.get("c999") is Role.LARGE
+    now[0] = 61
+    assert await memory.get("c999") is None
+    assert len(memory) == 99
+
+
+@pytest.mark.parametrize("policy", list(ConversationPolicy))
+async def test_a_failed_memory_routes_by_the_turn_s_own_score(policy: ConversationPolicy) -> None:
+    class Broken:
+        async def get(self, key: str) -> Role | None:
+            return None
+
+        async def put(self, key: str, role: Role, ttl: float) -> None:
+            return None
+
+    s = stack(conversation=policy, memory=Broken())
+    assert await turn(s, 0.9, "hi") == ("large", "at_or_above_threshold")
+    assert await turn(s, 0.1, "hi", "and?") == ("small", "below_threshold")

@@ -180,6 +180,9 @@ class KeySettings(_Strict):
 
 class AuthSettings(_Strict):
     keys: list[KeySettings] = []
+    # A YAML file with more keys (a list of {sha256, tier, name}), read at start and added to `keys`: a
+    # Kubernetes Secret mounted as a file keeps the key hashes out of the ConfigMap. Relative to the config.
+    keys_file: Path | None = None
     anonymous_tier: str = "anonymous"  # callers without a key
     trusted_proxies: list[str] = []  # CIDRs whose X-Forwarded-For is believed
     # Key for the HMAC that stands in for client addresses in Redis key names and the ledger. Unset: env
@@ -312,6 +315,7 @@ def load_settings(path: Path) -> Settings:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: the config must be a mapping of sections (server, routing, workers)")
+    _add_keys_file(path, data)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
@@ -321,6 +325,25 @@ def load_settings(path: Path) -> Settings:
             key = ".".join(str(p) for p in loc) or "(top level)"
             lines.append(f"{path}:{_line_of(root, loc)}: {key}: {err['msg']}")
         raise ConfigError("invalid config\n  " + "\n  ".join(lines)) from None
+
+
+def _add_keys_file(config: Path, data: dict[str, Any]) -> None:
+    auth = data.get("auth")
+    name = auth.get("keys_file") if isinstance(auth, dict) else None
+    if not isinstance(auth, dict) or not name:
+        return
+    keys_path = config.parent / str(name)
+    try:
+        keys = yaml.safe_load(keys_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{config}: auth.keys_file: cannot read {keys_path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{keys_path}: not valid YAML: {exc}") from None
+    if keys is None:
+        keys = []
+    if not isinstance(keys, list):
+        raise ConfigError(f"{keys_path}: a list of keys ({{sha256, tier, name}}) is expected")
+    auth["keys"] = [*(auth.get("keys") or []), *keys]
 
 
 def _line_of(node: Any, loc: tuple[int | str, ...]) -> int:

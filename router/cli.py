@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from classifiers import ClassifierFileError
 from router.errors import ConfigError
+from router.processes import CHILD_ENV, reuse_port_socket, supervise
 from router.settings import RoutingSettings, ServerSettings, Settings, WorkerSettings, load_settings
 
 __all__ = ["build_settings", "main", "parser"]
@@ -32,6 +34,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--redis", metavar="URL", help="Redis for limits shared by replicas (or env TRIAGE_REDIS_URL)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", default=None, help="log every request line")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes on the port (SO_REUSEPORT); more than 1 needs Redis (limits.redis_url or --redis)",
+    )
     p.set_defaults(run=_serve)
 
 
@@ -82,6 +90,19 @@ def _serve(args: argparse.Namespace) -> int:
     from router.api.http_guard import guarded_protocol
 
     settings = build_settings(args)
+    child = bool(os.environ.get(CHILD_ENV))
+    if args.workers < 1:
+        raise ConfigError("--workers: at least 1")
+    if args.workers > 1 and not child:
+        if not (settings.limits.redis_url or os.environ.get("TRIAGE_REDIS_URL")):
+            raise ConfigError(
+                "--workers > 1 needs Redis (limits.redis_url, --redis or TRIAGE_REDIS_URL): the processes share "
+                "limits, the ledger, the cache and conversation memory through it"
+            )
+        logging.basicConfig(
+            level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        return supervise(args.workers, sys.argv[1:])
     logging.basicConfig(
         level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -90,7 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
     workers = app.state.triage.service.workers
     for w in workers:
         logging.getLogger("triage").info("worker %s (%s): %s at %s", w.name, w.role.value, w.model, w.base_url)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.server.host,
         port=settings.server.port,
@@ -106,6 +127,11 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.server.graceful_shutdown_timeout,
         proxy_headers=False,  # X-Forwarded-For is trusted by auth.trusted_proxies alone, never by uvicorn
     )
+    server = uvicorn.Server(config)
+    if child:  # one of --workers N: the port is shared, the kernel spreads connections
+        server.run(sockets=[reuse_port_socket(settings.server.host, settings.server.port)])
+    else:
+        server.run()
     return 0
 
 

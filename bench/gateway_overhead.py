@@ -1,11 +1,15 @@
-"""What the gateway costs: req/s and latency direct to an instant upstream, through llm-triage, and through
-the LiteLLM proxy, all in the same run, one server process each, JSON and SSE, concurrency 1, 16 and 64.
+"""What the gateway costs, against peers measured in the same run: req/s and latency direct to an instant
+upstream, through a bare Starlette + aiohttp pass-through (bench/bare_proxy.py: the ceiling for a gateway built
+on the same stack), through llm-triage (every `auto` request scored and routed, the ledger on, and off), through
+the Portkey gateway (Node.js, installed with npm into the cache folder on first use; skipped where npm is
+missing) and through the LiteLLM proxy (its own venv, on first use). One server process each, JSON and SSE,
+concurrency 1, 16 and 64; every cell repeated (--repeats) with the arms interleaved, so that drift falls on all.
 
-    ./dev bench gateway_overhead [--duration 8] [--skip-litellm] [--record]
+    ./dev bench gateway_overhead [--duration 5] [--repeats 3] [--skip-litellm] [--skip-portkey]
 
 Load comes from wrk (installed from Debian's packages if missing) pinned to CPU 1 with the upstream; the
-proxy under test gets CPU 0. LiteLLM is installed into its own venv under the cache folder on first use.
-Prints the table and the ratios; writes bench/results/gateway_overhead.json.
+proxy under test gets CPU 0. Prints medians with the spread of the repeats, llm-triage as a fraction of the
+ceiling, and the ratios; writes bench/results/gateway_overhead.json.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("TRIAGE_CACHE", Path.home() / ".cache" / "llm-triage"))
 LITELLM_VENV = CACHE / "litellm-venv"
+PORTKEY_DIR = CACHE / "portkey"
+PORTKEY_VERSION = "1.15.2"
 CONCURRENCY = (1, 16, 64)
 MODES = ("json", "sse")
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 16}
@@ -43,6 +49,17 @@ class Cell:
     p50_ms: float
     p99_ms: float
     errors: int
+    repeat: int = 0
+
+
+@dataclass(frozen=True)
+class Arm:
+    target: str
+    url: str
+    pid: int | None
+    model: str
+    headers: tuple[tuple[str, str], ...] = ()
+    modes: tuple[str, ...] = MODES
 
 
 def free_port() -> int:
@@ -135,7 +152,7 @@ def litellm_version() -> str:
     return match.group(1) if match else "?"
 
 
-def wrk_script(tmp: Path, body: dict[str, object], auth: str | None) -> Path:
+def wrk_script(tmp: Path, body: dict[str, object], auth: str | None, headers: tuple[tuple[str, str], ...] = ()) -> Path:
     lines = [
         'wrk.method = "POST"',
         'wrk.headers["Content-Type"] = "application/json"',
@@ -143,7 +160,8 @@ def wrk_script(tmp: Path, body: dict[str, object], auth: str | None) -> Path:
     ]
     if auth:
         lines.append(f'wrk.headers["Authorization"] = "Bearer {auth}"')
-    path = tmp / f"wrk-{abs(hash((json.dumps(body), auth)))}.lua"
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers]
+    path = tmp / f"wrk-{abs(hash((json.dumps(body), auth, headers)))}.lua"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -182,69 +200,85 @@ def run_wrk(wrk: str, url: str, script: Path, concurrency: int, duration: float)
     return rps, p50, p99, errors
 
 
-def measure(
-    arms: list[tuple[str, str, int | None]],
-    wrk: str,
-    tmp: Path,
-    model: str,
-    duration: float,
-    rss: dict[str, float],
-    auth: str | None = None,
-) -> list[Cell]:
-    """Every mode and concurrency for each arm (target, url, server pid or None); with several arms, each
-    cell is measured for all of them in turn, so that drift over the run falls on all alike."""
+def measure(arms: list[Arm], wrk: str, tmp: Path, duration: float, repeats: int, rss: dict[str, float]) -> list[Cell]:
+    """Every mode and concurrency for each arm, `repeats` times, the arms taking turns within each repeat of
+    each cell, so that drift over the run falls on all of them alike."""
     cells = []
     for mode in MODES:
-        body = {**BODY, "model": model, **({"stream": True} if mode == "sse" else {})}
-        script = wrk_script(tmp, body, auth)
-        for _, url, _ in arms:
-            run_wrk(wrk, url, script, 16, min(2.0, duration))  # warm-up: connections, caches
+        live = [a for a in arms if mode in a.modes]
+        scripts = {
+            a.target: wrk_script(
+                tmp, {**BODY, "model": a.model, **({"stream": True} if mode == "sse" else {})}, None, a.headers
+            )
+            for a in live
+        }
+        for a in live:
+            run_wrk(wrk, a.url, scripts[a.target], 16, min(2.0, duration))  # warm-up: connections, caches
         for c in CONCURRENCY:
-            for target, url, pid in arms:
-                rps, p50, p99, errors = run_wrk(wrk, url, script, c, duration)
-                cells.append(Cell(target, mode, c, rps, p50, p99, errors))
-                print(
-                    f"  {target:<11} {mode:<4} c={c:<3} {rps:9.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms"
-                    + (f"  ERRORS {errors}" if errors else ""),
-                    file=sys.stderr,
-                    flush=True,
-                )
-                if pid is not None:
-                    rss[target] = max(rss.get(target, 0.0), rss_mb(pid))
+            for r in range(repeats):
+                for a in live:
+                    rps, p50, p99, errors = run_wrk(wrk, a.url, scripts[a.target], c, duration)
+                    cells.append(Cell(a.target, mode, c, rps, p50, p99, errors, r))
+                    print(
+                        f"  {a.target:<20} {mode:<4} c={c:<3} #{r} {rps:9.0f} req/s  p50 {p50:7.2f} ms"
+                        f"  p99 {p99:7.2f} ms" + (f"  ERRORS {errors}" if errors else ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    if a.pid is not None:
+                        rss[a.target] = max(rss.get(a.target, 0.0), rss_mb(a.pid))
     return cells
+
+
+def ensure_portkey() -> Path | None:
+    """The Portkey gateway's start script, installed with npm on first use; None where npm is missing."""
+    script = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    if script.exists():
+        return script
+    if not shutil.which("npm") or not shutil.which("node"):
+        print("npm or node missing: the Portkey arm is skipped", file=sys.stderr)
+        return None
+    print(f"installing @portkey-ai/gateway {PORTKEY_VERSION} into {PORTKEY_DIR} with npm", file=sys.stderr)
+    PORTKEY_DIR.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["npm", "install", "--silent", "--no-audit", "--no-fund", f"@portkey-ai/gateway@{PORTKEY_VERSION}"],
+        cwd=PORTKEY_DIR,
+        check=False,
+    )
+    return script if done.returncode == 0 and script.exists() else None
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds per cell (default 8)")
-    ap.add_argument("--skip-litellm", action="store_true", help="measure direct and llm-triage only")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per cell and repeat (default 5)")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of every cell, arms interleaved (default 3)")
+    ap.add_argument("--skip-litellm", action="store_true", help="leave the LiteLLM proxy out")
+    ap.add_argument("--skip-portkey", action="store_true", help="leave the Portkey gateway out")
     ap.add_argument("--skip-ledger-off", action="store_true", help="skip llm-triage with the decision ledger off")
     args = ap.parse_args()
     wrk = ensure_wrk()
     litellm = None if args.skip_litellm else ensure_litellm()
+    portkey = None if args.skip_portkey else ensure_portkey()
     tmp = Path(tempfile.mkdtemp(prefix="triage-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
-    cells: list[Cell] = []
     rss: dict[str, float] = {}
+    arms: list[Arm] = []
     try:
         up_port = free_port()
         procs.append(
-            start(
-                [sys.executable, str(ROOT / "bench" / "instant_upstream.py"), str(up_port)],
-                1,
-                tmp / "upstream.log",
-            )
+            start([sys.executable, str(ROOT / "bench" / "instant_upstream.py"), str(up_port)], 1, tmp / "upstream.log")
         )
         upstream = f"http://127.0.0.1:{up_port}/v1"
         wait_http(f"{upstream}/models", 10)
-        print("direct to the upstream", file=sys.stderr)
-        cells += measure(
-            [("direct", f"{upstream}/chat/completions", None)], wrk, tmp, "bench-model", args.duration, rss
+        arms.append(Arm("direct", f"{upstream}/chat/completions", None, "bench-model"))
+        bare_port = free_port()
+        bare = start(
+            [sys.executable, str(ROOT / "bench" / "bare_proxy.py"), str(bare_port), upstream], 0, tmp / "bare.log"
         )
-
-        # Both llm-triage gateways run at once (idle while the other is measured) and are measured cell by
-        # cell in turn, so that machine noise over the run falls on both alike: that is the ledger's cost.
-        arms: list[tuple[str, str, int | None]] = []
+        procs.append(bare)
+        arms.append(
+            Arm("bare pass-through", f"http://127.0.0.1:{bare_port}/v1/chat/completions", bare.pid, "bench-model")
+        )
         for target, ledger in (("llm-triage", True), ("llm-triage no-ledger", False)):
             if ledger is False and args.skip_ledger_off:
                 continue
@@ -266,16 +300,29 @@ def main() -> int:
             gw = start([sys.executable, "-m", "router", "serve", "--config", str(config)], 0, tmp / f"{target}.log")
             procs.append(gw)
             wait_http(f"http://127.0.0.1:{gw_port}/health", 30)
-            rss[target] = rss_mb(gw.pid)
-            arms.append((target, f"http://127.0.0.1:{gw_port}/v1/chat/completions", gw.pid))
-        print(
-            "through llm-triage (model auto: scored by the classifier and routed), ledger on and off in turn",
-            file=sys.stderr,
-        )
-        cells += measure(arms, wrk, tmp, "auto", args.duration, rss)
-        for gw in procs[1:]:
-            stop(gw)
-
+            arms.append(Arm(target, f"http://127.0.0.1:{gw_port}/v1/chat/completions", gw.pid, "auto"))
+        if portkey is not None:
+            pk_port = free_port()
+            pk = start(["node", str(portkey), f"--port={pk_port}", "--headless"], 0, tmp / "portkey.log")
+            procs.append(pk)
+            time.sleep(3)
+            headers = (
+                ("x-portkey-provider", "openai"),
+                ("x-portkey-custom-host", upstream),
+                ("Authorization", "Bearer x"),
+            )
+            # Portkey 1.15.2 answers every streamed request against this upstream with a 500 ("TypeError:
+            # immutable" in its log): it is measured on JSON only.
+            arms.append(
+                Arm(
+                    "portkey",
+                    f"http://127.0.0.1:{pk_port}/v1/chat/completions",
+                    pk.pid,
+                    "bench-model",
+                    headers,
+                    ("json",),
+                )
+            )
         if litellm is not None:
             ll_port = free_port()
             ll_config = tmp / "litellm.yaml"
@@ -310,10 +357,23 @@ def main() -> int:
             )
             procs.append(ll)
             wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", 180)
-            rss["litellm"] = rss_mb(ll.pid)
-            print(f"through the LiteLLM proxy {litellm_version()}", file=sys.stderr)
-            arm = ("litellm", f"http://127.0.0.1:{ll_port}/v1/chat/completions", ll.pid)
-            cells += measure([arm], wrk, tmp, "bench", args.duration, rss, auth="sk-bench")
+            arms.append(
+                Arm(
+                    "litellm",
+                    f"http://127.0.0.1:{ll_port}/v1/chat/completions",
+                    ll.pid,
+                    "bench",
+                    (("Authorization", "Bearer sk-bench"),),
+                )
+            )
+        for a in arms:
+            if a.pid is not None:
+                rss[a.target] = rss_mb(a.pid)
+        print(
+            f"arms: {', '.join(a.target for a in arms)}; {args.repeats} x {args.duration:.0f} s per cell",
+            file=sys.stderr,
+        )
+        cells = measure(arms, wrk, tmp, args.duration, args.repeats, rss)
     finally:
         for proc in procs:
             stop(proc)
@@ -326,6 +386,7 @@ def main() -> int:
                 "cells": [asdict(c) for c in cells],
                 "rss_mb": rss,
                 "litellm": None if litellm is None else litellm_version(),
+                "portkey": None if portkey is None else PORTKEY_VERSION,
             },
             indent=2,
         )
@@ -333,46 +394,53 @@ def main() -> int:
     return 0
 
 
+def _median(cells: list[Cell], target: str, mode: str, c: int, field: str = "rps") -> float | None:
+    values = [getattr(x, field) for x in cells if (x.target, x.mode, x.concurrency) == (target, mode, c)]
+    return statistics.median(values) if values else None
+
+
+def _spread(cells: list[Cell], target: str, mode: str, c: int) -> str:
+    values = [x.rps for x in cells if (x.target, x.mode, x.concurrency) == (target, mode, c)]
+    if len(values) < 2:
+        return ""
+    mid = statistics.median(values)
+    return f" ±{(max(values) - min(values)) / 2 / mid:.0%}" if mid else ""
+
+
 def report(cells: list[Cell], rss: dict[str, float]) -> None:
-    by = {(c.target, c.mode, c.concurrency): c for c in cells}
     targets = list(dict.fromkeys(c.target for c in cells))
-    print("\n| target | mode | c | req/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---:|---:|---:|---:|")
-    for c in cells:
-        row = (c.target, c.mode, c.concurrency, f"{c.rps:,.0f}", f"{c.p50_ms:.2f}", f"{c.p99_ms:.2f}")
-        print("| " + " | ".join(str(v) for v in row) + f" | {c.errors} |")
-    print("\nratios (same run):")
+    columns = [(m, c) for m in MODES for c in CONCURRENCY]
+    print("\nreq/s, median of the repeats (± half their range, relative)\n")
+    print("| | " + " | ".join(f"{m.upper()} c={c}" for m, c in columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for t in targets:
+        cells_t = []
+        for m, c in columns:
+            v = _median(cells, t, m, c)
+            cells_t.append("-" if v is None else f"{v:,.0f}{_spread(cells, t, m, c)}")
+        print(f"| {t} | " + " | ".join(cells_t) + " |")
+    for label, num, den in (
+        ("llm-triage / bare pass-through", "llm-triage", "bare pass-through"),
+        ("llm-triage / portkey", "llm-triage", "portkey"),
+        ("llm-triage / litellm", "llm-triage", "litellm"),
+        ("ledger on / off", "llm-triage", "llm-triage no-ledger"),
+    ):
+        row = []
+        for m, c in columns:
+            a, b = _median(cells, num, m, c), _median(cells, den, m, c)
+            row.append("-" if not a or not b else f"{a / b:.2f}")
+        if any(v != "-" for v in row):
+            print(f"| {label} | " + " | ".join(row) + " |")
+    errors = {t: sum(x.errors for x in cells if x.target == t) for t in targets}
+    print("\nerrors per arm: " + ", ".join(f"{t} {n}" for t, n in errors.items()))
     for mode in MODES:
-        for conc in CONCURRENCY:
-            tri = by.get(("llm-triage", mode, conc))
-            parts = []
-            if tri and ("litellm", mode, conc) in by:
-                parts.append(f"llm-triage/litellm req/s = {tri.rps / by[('litellm', mode, conc)].rps:.1f}x")
-            if tri and ("direct", mode, conc) in by:
-                parts.append(f"llm-triage/direct = {tri.rps / by[('direct', mode, conc)].rps:.2f}")
-            if parts:
-                print(f"  {mode} c={conc}: " + ", ".join(parts))
-    for mode in MODES:
-        for conc in CONCURRENCY:
-            on, off = by.get(("llm-triage", mode, conc)), by.get(("llm-triage no-ledger", mode, conc))
-            if on and off:
-                print(f"  {mode} c={conc}: ledger on / off req/s = {on.rps / off.rps:.3f}")
-    for mode in MODES:
-        tri, direct = by.get(("llm-triage", mode, 1)), by.get(("direct", mode, 1))
-        if tri and direct:
-            print(f"  {mode} p50 added at c=1: {tri.p50_ms - direct.p50_ms:.2f} ms")
+        for t in ("llm-triage", "bare pass-through"):
+            p50, direct = _median(cells, t, mode, 1, "p50_ms"), _median(cells, "direct", mode, 1, "p50_ms")
+            if p50 is not None and direct is not None:
+                print(f"  {mode} p50 added at c=1, {t}: {p50 - direct:.2f} ms (median of the repeats)")
     for target in targets:
         if target in rss:
             print(f"  RSS {target}: {rss[target]:.0f} MB (peak sampled under load)")
-    geo = {
-        mode: statistics.geometric_mean(
-            [by[("llm-triage", mode, c)].rps / by[("litellm", mode, c)].rps for c in CONCURRENCY]
-        )
-        for mode in MODES
-        if all(("litellm", mode, c) in by and ("llm-triage", mode, c) in by for c in CONCURRENCY)
-    }
-    for mode, g in geo.items():
-        print(f"  {mode}: llm-triage/litellm geometric mean over c = {g:.1f}x")
 
 
 if __name__ == "__main__":

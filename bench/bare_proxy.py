@@ -1,0 +1,61 @@
+"""The ceiling for a gateway in Python: a bare pass-through (Starlette + aiohttp, what llm-triage is built on)
+that forwards a chat completion to one upstream and its answer back, JSON or streamed, and does nothing else.
+
+    python bench/bare_proxy.py PORT UPSTREAM_BASE_URL
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+
+def build(upstream: str) -> Starlette:
+    session: list[aiohttp.ClientSession] = []
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        session.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+        yield
+        await session[0].close()
+
+    async def chat(request: Request) -> Response:
+        body = await request.body()
+        reply = await session[0].post(
+            upstream + "/chat/completions", data=body, headers={"content-type": "application/json"}
+        )
+        if reply.content_type == "text/event-stream":
+
+            async def relay() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in reply.content.iter_any():
+                        yield chunk
+                finally:
+                    reply.release()
+
+            return StreamingResponse(relay(), status_code=reply.status, media_type="text/event-stream")
+        data = await reply.read()
+        reply.release()
+        return Response(data, status_code=reply.status, media_type="application/json")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])], lifespan=lifespan)
+
+
+if __name__ == "__main__":
+    uvicorn.run(
+        build(sys.argv[2]),
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )

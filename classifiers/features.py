@@ -191,6 +191,39 @@ def _char_columns(lowered: str, lo: int, hi: int, buckets: int) -> np.ndarray:
     return (mixed & np.uint64(buckets - 1)).astype(np.int64)
 
 
+_SMALL = 256  # below this many characters the features are computed in Python: numpy's per-call cost dominates
+
+
+def _char_columns_small(lowered: str, lo: int, hi: int, buckets: int) -> list[int]:
+    """_char_columns in plain Python, hash for hash the same: for short texts, where a few dozen grams cost less
+    than numpy's per-call overhead on a dozen small arrays."""
+    data = (" " + " ".join(lowered.split()) + " ").encode("utf-8")
+    size, mask, prime, mix, top = len(data), _MASK64, int(_PRIME), int(_MIX), buckets - 1
+    out: list[int] = []
+    for n in range(lo, min(hi, size) + 1):
+        salt = (n * mix) & mask
+        for start in range(size - n + 1):
+            gram = data[start : start + n]
+            if 32 in gram[1:-1]:  # a space strictly inside: the gram crosses words
+                continue
+            h = gram[0]
+            for b in gram[1:]:
+                h = (h * prime + b) & mask
+            x = h ^ salt
+            x ^= x >> 33
+            x = (x * mix) & mask
+            x ^= x >> 33
+            out.append(x & top)
+    return out
+
+
+def _block_small(cols: list[int], offset: int) -> tuple[list[int], list[float]]:
+    if not cols:
+        return [], []
+    norm = math.sqrt(sum(c * c for c in Counter(cols).values()))
+    return [c + offset for c in cols], [1.0 / norm] * len(cols)
+
+
 class Featurizer:
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
@@ -210,6 +243,8 @@ class Featurizer:
         spec = self.spec
         text = text[: spec.max_chars]
         lowered = text.lower()
+        if len(text) < _SMALL:
+            return self._small_row(text, lowered)
         parts = [_block(_word_columns(_TOKEN.findall(lowered), 1 << spec.word_bits), 0)]
         if spec.char_bits:
             lo, hi = spec.char_ngrams
@@ -218,6 +253,24 @@ class Featurizer:
             values = np.asarray(structure(text), np.float32) * np.float32(spec.structure_weight)
             parts.append((np.arange(len(values), dtype=np.int64) + spec.structure_offset, values))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _small_row(self, text: str, lowered: str) -> tuple[np.ndarray, np.ndarray]:
+        """_text_row for a short text: the same columns and values, built as lists and converted once."""
+        spec = self.spec
+        words = _TOKEN.findall(lowered)
+        grams = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
+        word_top = (1 << spec.word_bits) - 1
+        idx, val = _block_small([zlib.crc32(g.encode("utf-8")) & word_top for g in grams], 0)
+        if spec.char_bits:
+            lo, hi = spec.char_ngrams
+            i2, v2 = _block_small(_char_columns_small(lowered, lo, hi, 1 << spec.char_bits), spec.char_offset)
+            idx += i2
+            val += v2
+        if spec.structure:  # multiplied in float32, as _text_row does: the same bits
+            weighted = np.asarray(structure(text), np.float32) * np.float32(spec.structure_weight)
+            idx += range(spec.structure_offset, spec.structure_offset + len(STRUCTURE))
+            val += weighted.tolist()
+        return np.array(idx, dtype=np.int64), np.array(val, dtype=np.float32)
 
     def transform(self, texts: list[str]) -> Any:
         """A scipy CSR matrix of all texts (training and evaluation; serving uses row())."""

@@ -18,14 +18,21 @@ from router.protocol import ChatCompletionRequest, GenerationRequest, affinity_k
 __all__ = ["Conversations", "Turn"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Turn:
     """What the flow learnt before sending a turn, for remembering after it."""
 
-    key: str
+    identity: str
+    request: GenerationRequest
     policy: ConversationPolicy
     first: bool  # no assistant turn yet: the conversation starts here
     known: Role | None  # what was remembered for it
+    key: str | None = None  # computed when first needed: most first turns never need it
+
+    def conversation(self) -> str:
+        if self.key is None:
+            self.key = _key(self.identity, self.request)
+        return self.key
 
 
 class Conversations:
@@ -45,18 +52,20 @@ class Conversations:
         if policy is ConversationPolicy.PER_TURN or not isinstance(request, ChatCompletionRequest):
             return routed, None
         first = not any(m.role == "assistant" for m in request.messages)
-        key = _key(ctx.caller.identity, request)
-        known = None if first else await self._memory.get(key)
+        turn = Turn(ctx.caller.identity, request, policy, first, None)
+        if not first:
+            turn.known = await self._memory.get(turn.conversation())
+        known = turn.known
         role = steer(policy, known, routed.worker.role, ctx.caller.tier.roles)
         if role is not None:
             d = routed.decision
             routed = Routed(pick(role), Decision(role, Reason.CONVERSATION, d.score, d.threshold))
-        return routed, Turn(key, policy, first, known)
+        return routed, turn
 
     async def remember(self, turn: Turn, answered: Role) -> None:
         role = remembered_role(turn.policy, turn.first, answered, turn.known)
         if role is not None:
-            await self._memory.put(turn.key, role, self._ttl)
+            await self._memory.put(turn.conversation(), role, self._ttl)
 
 
 def _key(identity: str, request: GenerationRequest) -> str:

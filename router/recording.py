@@ -4,6 +4,7 @@ prompts are kept). Nothing here knows the service."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ class Trace:
                 ts=self.started,
                 request_id=self.request_id,
                 tier=self.caller.tier.name,
-                caller=hashlib.sha256(self.caller.identity.encode()).hexdigest()[:16],
+                caller=_caller_hash(self.caller.identity),
                 model_requested=self.request.model,
                 model=routed.worker.model if routed else "",
                 worker=routed.worker.name if routed else "",
@@ -97,6 +98,13 @@ class Trace:
                 prompt=prompt_text(self.request) if rec.store_prompts else None,
             )
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _caller_hash(identity: str) -> str:
+    """What the ledger keeps of a caller: a short hash of its identity (itself a key hash or an HMAC), cached
+    because the same callers come back request after request."""
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def usage_of(body: bytes) -> tuple[int, int] | None:

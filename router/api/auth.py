@@ -58,6 +58,7 @@ class Authenticator:
         self._anonymous = self._tiers[anonymous_tier]
         self._trusted: list[Network] = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
         self._key_store = key_store
+        self._identities: dict[str, str] = {}  # client network -> its HMAC identity (computed once per address)
         # With no key anywhere, keys mean nothing: SDKs must send one, so it is ignored rather than refused.
         self._keys_in_use = bool(self._keys) or key_store is not None
 
@@ -74,8 +75,14 @@ class Authenticator:
                 raise AuthenticationFailed("Incorrect API key provided.")
             return Caller(tier, "key:" + digest[:32])
         client = self.client_network(request)
-        digest = hmac.new(self._secret, client.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
-        return Caller(self._anonymous, "ip:" + digest[:32])
+        identity = self._identities.get(client)
+        if identity is None:
+            digest = hmac.new(self._secret, client.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+            identity = "ip:" + digest[:32]
+            if len(self._identities) >= 65_536:  # bounded: a flood of new addresses only costs the HMAC again
+                self._identities.clear()
+            self._identities[client] = identity
+        return Caller(self._anonymous, identity)
 
     def _trusted_peer(self, ip: IPAddress | None) -> bool:
         return ip is not None and any(ip in net for net in self._trusted)

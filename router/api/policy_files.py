@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import classifiers
@@ -110,11 +110,11 @@ class PolicyFiles:
             try:
                 policy, source = await asyncio.to_thread(build_policy, self._settings)
             except ConfigError as exc:
-                self.source = _replace(self.source, failed_reloads=self.source.failed_reloads + 1)
+                self.source = replace(self.source, failed_reloads=self.source.failed_reloads + 1)
                 log.error("reload refused, the policy in use keeps serving: %s", exc)
                 return False
             self._service.use_policy(policy)
-            self.source = _replace(source, reloads=self.source.reloads + 1, failed_reloads=self.source.failed_reloads)
+            self.source = replace(source, reloads=self.source.reloads + 1, failed_reloads=self.source.failed_reloads)
             log.info(
                 "reloaded the routing policy: %s (sha256 %s), threshold %s",
                 source.classifier,
@@ -123,8 +123,3 @@ class PolicyFiles:
             )
             return True
 
-
-def _replace(source: PolicySource, **changes: object) -> PolicySource:
-    from dataclasses import replace
-
-    return replace(source, **changes)  # type: ignore[arg-type]

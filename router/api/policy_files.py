@@ -122,4 +122,3 @@ class PolicyFiles:
                 policy.threshold,
             )
             return True
-

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from prefix_affinity import WORDS, counters, free_port, post, wait_http
+from prefix_affinity import WORDS, counters, free_port, post, start_worker, stop_workers, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ("per_turn", "sticky", "escalate_only")
@@ -122,21 +122,9 @@ def main() -> int:
     workers: list[str] = []
     try:
         for i, name in enumerate(("triage-small", "triage-large")):
-            port = free_port()
-            cmd = [
-                "bash",
-                str(ROOT / "deploy/cpu/start_worker.sh"),
-                f"{models}/{name}",
-                name,
-                str(port),
-                "--enable-prefix-caching",
-                "--block-size",
-                str(args.block_size),
-            ]
-            log = (scratch / f"{name}.log").open("wb")
-            bound = {**env, "VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1))}
-            procs.append(subprocess.Popen(cmd, env=bound, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-            workers.append(f"http://127.0.0.1:{port}")
+            proc, url = start_worker(name, i, args.block_size, env)
+            procs.append(proc)
+            workers.append(url)
         for url, proc in zip(workers, procs, strict=True):
             wait_http(url + "/health", 300, proc)
         print(f"small and large vLLM workers up; {args.conversations} conversations x {args.turns} turns per policy")
@@ -149,14 +137,7 @@ def main() -> int:
                 f"large share {r['large_share']:.1%}  {r['seconds']:.1f} s"
             )
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_workers(procs)
     base = results[0]["hit_tokens"] or 1.0
     print("\n| policy | prefix-cache hit tokens (both workers) | hit rate | large-model share | vs per_turn |")
     print("|---|---:|---:|---:|---:|")

@@ -97,6 +97,39 @@ def conversation(gateway: str, rng: random.Random, turns: int) -> None:
         messages.append({"role": "assistant", "content": str(content)})
 
 
+def start_worker(served: str, index: int, block_size: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """One vLLM CPU worker serving the tiny model `served` (from TRIAGE_MODELS) with prefix caching, bound to its
+    own core (two on one core would make one of them the slow one by chance), logging into TRIAGE_RUN_DIR;
+    (process, base URL without /v1)."""
+    port = free_port()
+    model_dir = f"{env['TRIAGE_MODELS']}/{served}"
+    cmd = [
+        "bash",
+        str(ROOT / "deploy/cpu/start_worker.sh"),
+        model_dir,
+        served,
+        str(port),
+        "--enable-prefix-caching",
+        "--block-size",
+        str(block_size),
+    ]
+    bound = {**env, "VLLM_CPU_OMP_THREADS_BIND": str(index % (os.cpu_count() or 1))}
+    with (Path(env["TRIAGE_RUN_DIR"]) / f"worker-{index}.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, env=bound, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
 def start_gateway(
     workers: list[str], balancing: dict[str, object], scratch: Path
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -148,22 +181,9 @@ def main() -> int:
     workers = []
     try:
         for i in range(2):
-            port = free_port()
-            cmd = [
-                "bash",
-                str(ROOT / "deploy/cpu/start_worker.sh"),
-                f"{models}/triage-large",
-                "triage-large",
-                str(port),
-                "--enable-prefix-caching",
-                "--block-size",
-                str(args.block_size),
-            ]
-            log = (scratch / f"worker-{i}.log").open("wb")
-            # One core each: two replicas on one core would make one of them the slow one by chance.
-            bound = {**env, "VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1))}
-            procs.append(subprocess.Popen(cmd, env=bound, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-            workers.append(f"http://127.0.0.1:{port}")
+            proc, url = start_worker("triage-large", i, args.block_size, env)
+            procs.append(proc)
+            workers.append(url)
         for url, proc in zip(workers, procs, strict=True):
             wait_http(url + "/health", 300, proc)
         print(f"two vLLM replicas up; {args.conversations} conversations x {args.turns} turns per policy")
@@ -208,14 +228,7 @@ def main() -> int:
                 f"  {label:18s} hit rate {results[-1]['hit_rate']:.1%}  requests per replica {split}  {elapsed:.1f} s"
             )
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_workers(procs)
     by = {r["policy"]: r for r in results}
     base = by["round robin"]["hit_rate"]
     print("\n| policy | prefix-cache hit rate | requests per replica | vs round robin |")

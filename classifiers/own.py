@@ -21,6 +21,7 @@ from classifiers.calibrate import threshold_for_quality
 from classifiers.features import FeatureSpec, Featurizer
 from classifiers.model import Classifier
 from classifiers.outcomes import Outcome
+from classifiers.train import platt
 
 __all__ = ["OWN_ALPHA", "OWN_HALF", "blend", "fit_own", "learning_curve", "own_weight"]
 
@@ -51,16 +52,6 @@ def _ridge(X: Any, gap: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
 
     model = Ridge(alpha=alpha, solver="sparse_cg", tol=1e-6, max_iter=3000).fit(X, gap)
     return np.asarray(model.coef_, dtype=np.float64), float(model.intercept_)
-
-
-def _platt(raw: np.ndarray, small: np.ndarray, large: np.ndarray) -> tuple[float, float]:
-    from sklearn.linear_model import LogisticRegression
-
-    y = (large > small).astype(int)
-    if y.min() == y.max():
-        return 1.0, 0.0
-    lr = LogisticRegression(C=1e4, max_iter=1000).fit(raw.reshape(-1, 1), y)
-    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
 
 
 def fit_own(
@@ -99,7 +90,7 @@ def fit_own(
     coef, intercept = blend(X, base, _ridge(X, large - small, alpha), weight)
     if not oof.any():
         oof = X @ coef + intercept
-    a, b = _platt(oof, small, large)
+    a, b = platt(oof, small, large)
     calibrated = 1.0 / (1.0 + np.exp(-(a * oof + b)))
     info: dict[str, object] = dict(prior.meta if prior is not None else {}) | dict(meta or {})
     info |= {

@@ -18,7 +18,7 @@ from classifiers.families import Family
 from classifiers.features import FeatureSpec, Featurizer
 from classifiers.model import Classifier
 
-__all__ = ["DEFAULT_ALPHA", "fit", "fit_prior", "fit_raw"]
+__all__ = ["DEFAULT_ALPHA", "fit", "fit_prior", "fit_raw", "platt"]
 
 DEFAULT_ALPHA = 10.0
 
@@ -36,7 +36,8 @@ def fit_raw(X: Any, small: np.ndarray, large: np.ndarray, alpha: float) -> tuple
     return np.asarray(ridge.coef_, dtype=np.float32), float(ridge.intercept_)
 
 
-def _platt(raw: np.ndarray, small: np.ndarray, large: np.ndarray) -> tuple[float, float]:
+def platt(raw: np.ndarray, small: np.ndarray, large: np.ndarray) -> tuple[float, float]:
+    """(a, b) of sigmoid(a * raw + b) fitted to whether the large model did strictly better."""
     from sklearn.linear_model import LogisticRegression
 
     y = (np.asarray(large) > np.asarray(small)).astype(int)
@@ -73,7 +74,7 @@ def fit(
     coef, intercept = fit_raw(X, small_a, large_a, alpha)
     if not oof.any():
         oof = X @ coef + intercept
-    a, b = _platt(oof, small_a, large_a)
+    a, b = platt(oof, small_a, large_a)
     calibrated = 1.0 / (1.0 + np.exp(-(a * oof + b)))
     info = dict(meta or {})
     # The threshold that kept 95% of the large model's quality on held-out folds of the training data.
@@ -118,7 +119,7 @@ def fit_prior(
     graded = np.array([i.source == "routellm" for f in families for i in f.items])
     small = np.array([i.small for f in families for i in f.items])
     large = np.array([i.large for f in families for i in f.items])
-    a, b = _platt(oof[graded], small[graded], large[graded])
+    a, b = platt(oof[graded], small[graded], large[graded])
     calibrated = 1.0 / (1.0 + np.exp(-(a * oof + b)))
     groups = [r[graded[r]] for r in rows if graded[r].any()]
     info = dict(meta or {})

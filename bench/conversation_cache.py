@@ -17,14 +17,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from prefix_affinity import WORDS, counters, free_port, post, start_worker, stop_workers, wait_http
+from prefix_affinity import WORDS, counters, free_port, post, serve_config, start_worker, stop_workers, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ("per_turn", "sticky", "escalate_only")
@@ -62,16 +61,7 @@ def start_gateway(small: str, large: str, policy: str, scratch: Path) -> tuple[s
             {"name": "large", "role": "large", "base_url": large + "/v1", "model": "triage-large"},
         ],
     }
-    path = scratch / f"gateway-{port}.json"
-    path.write_text(json.dumps(config))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "router", "serve", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=(scratch / f"gateway-{port}.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health", 60, proc)
-    return proc, url
+    return serve_config(config, port, scratch)
 
 
 def run_policy(policy: str, workers: list[str], args: argparse.Namespace, scratch: Path) -> dict[str, Any]:

@@ -150,13 +150,17 @@ def start_gateway(
             ),
         ],
     }
+    return serve_config(config, port, scratch)
+
+
+def serve_config(config: dict[str, Any], port: int, scratch: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`triage serve` with this config (its server.port is `port`), once it answers /health; (process, URL)."""
     path = scratch / f"gateway-{port}.json"  # JSON is YAML
     path.write_text(json.dumps(config))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "router", "serve", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=(scratch / f"gateway-{port}.log").open("wb"),
-    )
+    with (scratch / f"gateway-{port}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "router", "serve", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=log
+        )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health", 60, proc)
     return proc, url

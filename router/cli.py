@@ -93,19 +93,16 @@ def _serve(args: argparse.Namespace) -> int:
     child = bool(os.environ.get(CHILD_ENV))
     if args.workers < 1:
         raise ConfigError("--workers: at least 1")
+    logging.basicConfig(
+        level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.workers > 1 and not child:
         if not (settings.limits.redis_url or os.environ.get("TRIAGE_REDIS_URL")):
             raise ConfigError(
                 "--workers > 1 needs Redis (limits.redis_url, --redis or TRIAGE_REDIS_URL): the processes share "
                 "limits, the ledger, the cache and conversation memory through it"
             )
-        logging.basicConfig(
-            level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        return supervise(args.workers, sys.argv[1:])
-    logging.basicConfig(
-        level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+        return supervise(args.workers, args.argv)  # the children run the same command, as it was given
     logging.getLogger("httpx").setLevel(logging.WARNING)
     app = create_app(settings)
     workers = app.state.triage.service.workers
@@ -174,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code: int = args.run(args)
     except (ConfigError, ClassifierFileError, FileNotFoundError, ValueError) as exc:

@@ -214,9 +214,14 @@ def _references(path: str) -> dict[str, str]:
 
 
 async def _one(
-    pair: ShadowPair, client: httpx.AsyncClient, judge: Judge | None, refs: dict[str, str] | None, scorer: Any
+    pair: ShadowPair,
+    client: httpx.AsyncClient,
+    judge: Judge | None,
+    refs: dict[str, str] | None,
+    scorer: ReferenceScorer | None,
 ) -> tuple[float, float] | None:
     if refs is not None:
+        assert scorer is not None  # references come with their scorer
         ref = refs.get(pair.prompt)
         if ref is None:
             return None

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.limits.conftest import REDIS_URL, require_redis
 from tests.servers import ThreadedServer, free_port
@@ -107,3 +108,23 @@ def _ask(url: str) -> int:
         return client.post(
             "/v1/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
         ).status_code
+
+
+def test_the_processes_run_the_command_as_given_not_the_interpreter_s_argv(
+    tmp_path: Path, upstreams: tuple[ThreadedServer, ThreadedServer, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the supervisor started its processes from sys.argv, which is not the command when `main()` is
+    called with arguments (an embedding program, a test)."""
+    import router.cli
+
+    seen: list[list[str]] = []
+
+    def supervise(count: int, argv: list[str]) -> int:
+        seen.append(list(argv))
+        return 0
+
+    monkeypatch.setattr(router.cli, "supervise", supervise)
+    cfg = _config(tmp_path, upstreams[0].url, upstreams[1].url, REDIS_URL)
+    argv = ["serve", "--config", str(cfg), "--workers", "2"]
+    assert router.cli.main(argv) == 0
+    assert seen == [argv]

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BENCHMARKS", "LARGE", "SMALL", "Benchmark", "Item", "data_root", "load_benchmark"]
+from classifiers.fetch import cache_folder
+
+__all__ = ["BENCHMARKS", "LARGE", "SMALL", "Benchmark", "Item", "data_folder", "data_root", "load_benchmark"]
 
 SMALL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 LARGE = "gpt-4-1106-preview"
@@ -39,11 +41,20 @@ class Benchmark:
         return [i.prompt for i in self.items]
 
 
+def data_folder() -> Path:
+    """TRIAGE_DATA if set; else ../shared/data where it exists; else the folder `triage data fetch` fills."""
+    if env := os.environ.get("TRIAGE_DATA"):
+        return Path(env)
+    shared = Path("../shared/data")
+    return shared if (shared / "routellm" / "PROVENANCE.md").exists() else cache_folder()
+
+
 def data_root(path: str | Path | None = None) -> Path:
-    root = Path(path or os.environ.get("TRIAGE_DATA") or "../shared/data") / "routellm"
+    root = Path(path or data_folder()) / "routellm"
     if not (root / "PROVENANCE.md").exists():
         raise FileNotFoundError(
-            f"no routing data at {root}: set TRIAGE_DATA to the folder that holds routellm/PROVENANCE.md"
+            f"no routing data at {root}: run `triage data fetch`, or set TRIAGE_DATA to the folder that holds "
+            "routellm/ and llmrouter/"
         )
     return root
 

@@ -115,7 +115,10 @@ def load_families(root: str | Path | None = None) -> dict[str, Family]:
     routellm_root = data_root(root)
     folder = routellm_root.parent / "llmrouter"
     if not (folder / "PROVENANCE.md").exists():
-        raise FileNotFoundError(f"no routing data at {folder}: set TRIAGE_DATA to the folder that holds llmrouter/")
+        raise FileNotFoundError(
+            f"no routing data at {folder}: run `triage data fetch`, or set TRIAGE_DATA to the folder that holds "
+            "routellm/ and llmrouter/"
+        )
     merged = _routellm(root)
     for name, items in _llmrouter(folder).items():
         merged.setdefault(name, []).extend(items)

@@ -166,6 +166,9 @@ def parser() -> argparse.ArgumentParser:
 
     label_command(sub)
     classifier_commands(sub)
+    from classifiers.cli_data import add_commands as data_commands
+
+    data_commands(sub)
     return p
 
 

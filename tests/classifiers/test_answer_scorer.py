@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import classifiers
 from classifiers.answer import ANSWER_STRUCTURE, answer_structure
 
@@ -33,6 +35,7 @@ def test_shipped_answer_scorer_loads_with_the_same_api_and_prefers_right_arithme
     assert not classifiers.load().spec.answer  # the difficulty classifier is unchanged
 
 
+@pytest.mark.usefixtures("routing_data")
 def test_cascade_protocol_on_recorded_gsm8k_answers_beats_prompt_only_routing() -> None:
     """The README's cascade table, recomputed: same items, same folds, the small model's real answers."""
     from classifiers.evaluate import run_protocols

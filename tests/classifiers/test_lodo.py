@@ -49,7 +49,7 @@ def test_a_held_out_family_never_reaches_training() -> None:
 
 
 @pytest.fixture(scope="module")
-def real() -> tuple[list[Family], object]:
+def real(routing_data: Path) -> tuple[list[Family], object]:
     families = list(load_families().values())
     spec = FeatureSpec()
     return families, Featurizer(spec).transform([p for f in families for p in f.prompts])
@@ -76,6 +76,7 @@ def test_the_readme_lodo_figures_recompute(real: tuple[list[Family], object]) ->
     assert scored["mmlu"] == pytest.approx(0.606, abs=0.001)
 
 
+@pytest.mark.usefixtures("routing_data")
 def test_the_shipped_prior_is_its_recipe_retrained(tmp_path: Path) -> None:
     """Retraining gives the shipped weights: byte for byte with the library builds and CPU it was trained on;
     elsewhere the ridge's conjugate-gradient stops a few ulps apart (BLAS kernels differ by CPU), measured at

@@ -8,6 +8,8 @@ import pytest
 
 from classifiers.turns import load_second_turns, paired_difference, turn_two
 
+pytestmark = pytest.mark.usefixtures("routing_data")
+
 
 def test_eighty_conversations_graded_on_their_second_turn() -> None:
     conversations = load_second_turns()

@@ -1,0 +1,238 @@
+"""`triage data fetch` against a mirror on loopback: pinned sums, the unseen families dropped, a bad or slow
+mirror refused with nothing changed; and the pins are those of the data the shipped prior was trained on."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from classifiers import fetch as fetching
+from classifiers.data import data_folder, load_benchmark
+from classifiers.families import load_families
+from classifiers.fetch import SOURCES, FetchError, Pinned, Remote, Source, fetch, row_digest, verify
+from router.cli import main
+from tests.servers import ThreadedServer, serving
+
+
+class Mirror:
+    """Serves `files` at their URL paths; `slow` paths answer after `delay` seconds. Counts requests."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.slow: set[str] = set()
+        self.delay = 0.0
+        self.requests = 0
+
+    async def handle(self, request: Request) -> Response:
+        self.requests += 1
+        path = request.url.path.lstrip("/")
+        if path in self.slow:
+            await asyncio.sleep(self.delay)
+        if path not in self.files:
+            return Response("not found", status_code=404)
+        return Response(self.files[path])
+
+
+@pytest.fixture
+def mirror() -> Iterator[tuple[Mirror, ThreadedServer]]:
+    m = Mirror({})
+    with serving(Starlette(routes=[Route("/{path:path}", m.handle)])) as server:
+        yield m, server
+
+
+def _lines(rows: Sequence[Mapping[str, object]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+QUERIES = [
+    {"task_name": "gsm8k", "query": "What is 2 + 2?"},
+    {"task_name": "held_out_family", "query": "A question no training may see"},
+    {"task_name": "mmlu", "query": "Which planet is largest?"},
+]
+SCORES = [
+    {"question": "What is 2 + 2?", "scores": {"a": 1.0}},
+    {"question": "A question no training may see", "scores": {"a": 0.0}},
+    {"question": "Which planet is largest?", "scores": {"a": 1}},
+]
+PLAIN = b"prompt,small,large\nhello,True,False\n"
+
+
+def _sources() -> tuple[Source, Source]:
+    kept_q = [q for q in QUERIES if q["task_name"] != "held_out_family"]
+    kept_s = [s for s in SCORES if s["question"] != "A question no training may see"]
+    plain = Source(
+        "plain",
+        "owner/plain",
+        "c" * 40,
+        "MIT",
+        (Pinned("sub/file.csv", "evals/sub/file.csv", hashlib.sha256(PLAIN).hexdigest()),),
+        filtered=False,
+    )
+    filtered = Source(
+        "filtered",
+        "owner/filtered",
+        "d" * 40,
+        "MIT",
+        (
+            Pinned("query_train.jsonl", "q/train.jsonl", row_digest(kept_q)),
+            Pinned("query_test.jsonl", "q/test.jsonl", row_digest([])),
+            Pinned("dcrouter_train.json", "d/train.json", row_digest(kept_s)),
+            Pinned("dcrouter_test.json", "d/test.json", row_digest([])),
+        ),
+        filtered=True,
+    )
+    return plain, filtered
+
+
+def _serve(m: Mirror, plain: bytes = PLAIN) -> None:
+    m.files.update(
+        {
+            f"owner/plain/{'c' * 40}/evals/sub/file.csv": plain,
+            f"owner/filtered/{'d' * 40}/q/train.jsonl": _lines(QUERIES),
+            f"owner/filtered/{'d' * 40}/q/test.jsonl": b"",
+            # written the way another serialiser would: indented, keys reordered, 1 for 1.0
+            f"owner/filtered/{'d' * 40}/d/train.json": json.dumps(SCORES, indent=2, sort_keys=True).encode(),
+            f"owner/filtered/{'d' * 40}/d/test.json": b"[]",
+        }
+    )
+
+
+def test_fetch_keeps_the_pinned_files_and_drops_the_unseen_families(
+    tmp_path: Path, mirror: tuple[Mirror, ThreadedServer]
+) -> None:
+    m, server = mirror
+    _serve(m)
+    sources = _sources()
+    said: list[str] = []
+    fetch(tmp_path, Remote(server.url, 5), say=said.append, sources=sources)
+    assert (tmp_path / "plain" / "sub" / "file.csv").read_bytes() == PLAIN
+    queries = (tmp_path / "filtered" / "query_train.jsonl").read_text().splitlines()
+    assert [json.loads(q)["task_name"] for q in queries] == ["gsm8k", "mmlu"]
+    scores = json.loads((tmp_path / "filtered" / "dcrouter_train.json").read_text())
+    assert "A question no training may see" not in {s["question"] for s in scores} and len(scores) == 2
+    assert all(verify(tmp_path / s.folder, s) == [] for s in sources)
+    one, two = {"q": "x", "n": 1}, {"q": "y", "n": 0.5}
+    assert row_digest([one, two]) == row_digest([{"n": 1.0, "q": "x"}, two]) != row_digest([two, one])
+    assert "c" * 40 in (tmp_path / "plain" / "PROVENANCE.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["filtered", "plain"]  # no scratch folders left
+    # A second fetch finds everything matching its pin and downloads nothing.
+    before = m.requests
+    fetch(tmp_path, Remote(server.url, 5), say=said.append, sources=sources)
+    assert m.requests == before and said[-1].endswith("every file matches its pin")
+    # A file changed by hand no longer matches: the next fetch replaces it.
+    (tmp_path / "plain" / "sub" / "file.csv").write_bytes(PLAIN + b"x,True,True\n")
+    assert verify(tmp_path / "plain", sources[0]) != []
+    fetch(tmp_path, Remote(server.url, 5), sources=sources)
+    assert (tmp_path / "plain" / "sub" / "file.csv").read_bytes() == PLAIN
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fault", ["one byte changed", "missing file", "not JSON", "too slow", "too large"])
+def test_a_bad_mirror_changes_nothing(
+    tmp_path: Path, mirror: tuple[Mirror, ThreadedServer], fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m, server = mirror
+    _serve(m)
+    sources = _sources()
+    fetch(tmp_path, Remote(server.url, 5), sources=sources)
+    (tmp_path / "filtered" / "query_test.jsonl").unlink()  # so that the filtered source is fetched again
+    before = _snapshot(tmp_path)
+    train = f"owner/filtered/{'d' * 40}/q/train.jsonl"
+    expected = {
+        "one byte changed": "the kept rows' digest",
+        "missing file": "HTTP 404",
+        "not JSON": "not JSON",
+        "too slow": "timed out",
+        "too large": "more than",
+    }[fault]
+    if fault == "one byte changed":
+        m.files[train] = m.files[train].replace(b"2 + 2", b"2 + 3")
+    elif fault == "missing file":
+        del m.files[train]
+    elif fault == "not JSON":
+        m.files[train] = b'{"task_name": "gsm8k", \n'
+    elif fault == "too slow":
+        m.slow, m.delay = {train}, 3.0
+    else:
+        monkeypatch.setattr(fetching, "MAX_FILE_BYTES", 16)
+    with pytest.raises(FetchError, match=expected):
+        fetch(tmp_path, Remote(server.url, 0.5), force=True, sources=sources)
+    assert _snapshot(tmp_path) == before  # the plain source, fetched first and fine, was not swapped in either
+
+
+def test_the_command_names_what_failed_and_exits_1(
+    tmp_path: Path, mirror: tuple[Mirror, ThreadedServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, server = mirror
+    assert main(["data", "fetch", "--to", str(tmp_path / "d"), "--mirror", server.url, "--timeout", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 404" in err and "lm-sys/RouteLLM/0b64fdafe049e596a3f5657c219329f24af24198/" in err
+    assert "nothing was changed" in err and not (tmp_path / "d" / "routellm").exists()
+    assert main(["data", "fetch", "--to", str(tmp_path / "d"), "--mirror", "file:///etc"]) == 1
+    assert "http(s) URL" in capsys.readouterr().err
+
+
+def _upstream_copy(data: Path) -> dict[str, bytes]:
+    """What the two repositories serve at their pinned commits, rebuilt from the copies here: RouteLLM's files
+    as they are, LLMRouter's with a row of a family that must stay unseen put back among them, serialised anew."""
+    files = {}
+    for source in SOURCES:
+        for f in source.files:
+            body = (data / source.folder / f.path).read_bytes()
+            if source.filtered:
+                lines = f.path.endswith(".jsonl")
+                rows = [json.loads(x) for x in body.splitlines() if x.strip()] if lines else json.loads(body)
+                if f.path.startswith("query"):
+                    rows.append({"task_name": "unseen", "query": "held out", "ground_truth": "", "metric": "em"})
+                else:
+                    rows.append({"question": "held out", "scores": dict.fromkeys(rows[0]["scores"], 1)})
+                rows.insert(random.Random(f.path).randrange(len(rows)), rows.pop())  # among the others
+                body = _lines(rows) if lines else json.dumps(rows, indent=1).encode()
+            files[f"{source.repo}/{source.commit}/{f.upstream}"] = body
+    return files
+
+
+def test_a_fetch_of_the_pinned_sources_gives_the_data_here(
+    tmp_path: Path, routing_data: Path, mirror: tuple[Mirror, ThreadedServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for source in SOURCES:  # the pins are the sums of the copies the shipped prior was trained on
+        assert verify(routing_data / source.folder, source) == []
+    m, server = mirror
+    m.files.update(_upstream_copy(routing_data))
+    assert main(["data", "fetch", "--to", str(tmp_path), "--mirror", server.url]) == 0
+    assert "every file matches its pin" in capsys.readouterr().out
+    fetched, here = load_families(tmp_path), load_families(routing_data)
+    assert list(fetched) == list(here)
+    for name in here:
+        assert sorted(fetched[name].items, key=repr) == sorted(here[name].items, key=repr), name
+    assert load_benchmark("mt_bench", tmp_path) == load_benchmark("mt_bench", routing_data)
+
+
+def test_triage_data_defaults_to_the_fetch_folder_where_shared_data_is_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TRIAGE_DATA", raising=False)
+    monkeypatch.setenv("TRIAGE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert data_folder() == tmp_path / "cache" / "data"
+    with pytest.raises(FileNotFoundError, match="run `triage data fetch`"):
+        load_benchmark("gsm8k")
+    (tmp_path / "shared" / "data" / "routellm").mkdir(parents=True)
+    (tmp_path / "shared" / "data" / "routellm" / "PROVENANCE.md").write_text("x")
+    assert data_folder() == Path("../shared/data")
+    monkeypatch.setenv("TRIAGE_DATA", str(tmp_path / "elsewhere"))
+    assert data_folder() == tmp_path / "elsewhere"

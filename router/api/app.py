@@ -32,10 +32,11 @@ from router.adapters.pairs import RedisPairs, SqlitePairs, pairs_path
 from router.admission import AdmissionControl
 from router.analytics.quality import QualityGauge
 from router.api.auth import Authenticator
+from router.api.edge import Edge
 from router.api.errors import install_error_handlers
 from router.api.openapi import install_openapi
 from router.api.policy_files import PolicyFiles, build_cascade, build_policy, build_scorer
-from router.api.routes import build_router
+from router.api.routes import build_router, generation_routes
 from router.api.state import GatewayState
 from router.core.balance import BalancePolicy, Balancer
 from router.core.conversation import ConversationPolicy
@@ -364,7 +365,8 @@ def create_app(
                 await conversations.close()
 
     # No slash redirects: a 307 built from the Host header is an open redirect, and SDKs never add the slash.
-    app = FastAPI(
+    app = Edge(
+        direct=generation_routes(),
         title="llm-triage",
         version=router.__version__,
         lifespan=lifespan,

@@ -1,0 +1,54 @@
+"""The gateway's ASGI application: FastAPI, with the two generation routes dispatched straight from the ASGI
+call. FastAPI 0.165 runs a request through eleven layers before a handler (error, telemetry, exception,
+body-limit and exit-stack middleware, then three routers); a routed request needs none of them, since its
+handler answers every error in OpenAI's envelope itself. Everything else (GET/HEAD, other methods on these
+paths, unknown paths, the OpenAPI document) still goes through FastAPI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from router.api.errors import internal_error_response
+
+__all__ = ["Edge", "Handler"]
+
+log = logging.getLogger("triage.api")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Edge(FastAPI):
+    def __init__(self, *, direct: dict[str, Handler] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._direct = direct or {}  # POST path -> handler
+
+    def post_directly(self, path: str, handler: Handler) -> None:
+        self._direct[path] = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self._direct.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if handler is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self  # what Starlette sets, and what the routes read their state from
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            response = await handler(Request(scope, receive))
+            await response(scope, receive, sending)
+        except Exception:  # the handler answers its own errors: this is a defect, still never a bare 500
+            log.exception("unhandled error on %s", scope["path"])
+            if not started:
+                await internal_error_response()(scope, receive, send)

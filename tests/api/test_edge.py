@@ -1,0 +1,63 @@
+"""The direct dispatch of the generation routes (router.api.edge): what it serves, what it leaves to FastAPI,
+and a defect in a directly served handler still answered in OpenAI's envelope, under uvicorn."""
+
+from __future__ import annotations
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from router.api.edge import Edge
+from tests.api.conftest import Stack
+from tests.servers import serving
+
+
+def test_the_gateway_serves_generation_directly_and_the_rest_through_fastapi(stack: Stack) -> None:
+    ok = stack.client.post(
+        "/v1/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert ok.status_code == 200 and ok.headers["x-triage-model"]
+    assert stack.client.post("/v1/completions", json={"model": "auto", "prompt": "hi"}).status_code == 200
+    assert stack.client.get("/v1/chat/completions").json()["error"]["code"] == "method_not_allowed"
+    slash = stack.client.post("/v1/chat/completions/", json={"model": "auto", "messages": []})
+    assert slash.status_code == 404 and slash.json()["error"]["code"] == "not_found"
+    assert stack.client.get("/v1/models").status_code == 200
+
+
+class _Breaks(Response):
+    """A response that fails while being sent, before or after its start."""
+
+    def __init__(self, after_start: bool) -> None:
+        super().__init__(b"")
+        self.after_start = after_start
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.after_start:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+            await send({"type": "http.response.body", "body": b"12345", "more_body": True})
+        raise RuntimeError("a defect")
+
+
+def test_a_defect_on_the_direct_path_is_an_envelope_not_a_bare_500() -> None:
+    async def raises(_: Request) -> Response:
+        raise ValueError("a defect in the handler")
+
+    async def breaks_before(_: Request) -> Response:
+        return _Breaks(after_start=False)
+
+    async def breaks_after(_: Request) -> Response:
+        return _Breaks(after_start=True)
+
+    app = Edge(direct={"/raises": raises, "/before": breaks_before, "/after": breaks_after})
+    with serving(app) as server, httpx.Client(base_url=server.url) as client:
+        for path in ("/raises", "/before"):
+            r = client.post(path)
+            assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error", path
+        try:  # the status was sent: the connection is cut short, never followed by a second response
+            r = client.post("/after")
+            cut = r.status_code == 200 and len(r.content) < 10
+        except httpx.RemoteProtocolError:
+            cut = True
+        assert cut
+        assert client.post("/raises").status_code == 500  # the server still serves

@@ -195,25 +195,32 @@ _SMALL = 256  # below this many characters the features are computed in Python: 
 
 
 def _char_columns_small(lowered: str, lo: int, hi: int, buckets: int) -> list[int]:
-    """_char_columns in plain Python, hash for hash the same: for short texts, where a few dozen grams cost less
-    than numpy's per-call overhead on a dozen small arrays."""
-    data = (" " + " ".join(lowered.split()) + " ").encode("utf-8")
-    size, mask, prime, mix, top = len(data), _MASK64, int(_PRIME), int(_MIX), buckets - 1
+    """_char_columns in plain Python, the same hashes (in another order): for short texts, where a few dozen
+    grams cost less than numpy's per-call overhead on a dozen small arrays. The grams within padded words are
+    those of each word padded on its own, and each length extends the hash of the one before."""
+    mask, prime, mix, top = _MASK64, int(_PRIME), int(_MIX), buckets - 1
+    salts = [(n * mix) & mask for n in range(hi + 1)]
     out: list[int] = []
-    for n in range(lo, min(hi, size) + 1):
-        salt = (n * mix) & mask
-        for start in range(size - n + 1):
-            gram = data[start : start + n]
-            if 32 in gram[1:-1]:  # a space strictly inside: the gram crosses words
-                continue
-            h = gram[0]
-            for b in gram[1:]:
-                h = (h * prime + b) & mask
-            x = h ^ salt
-            x ^= x >> 33
-            x = (x * mix) & mask
-            x ^= x >> 33
-            out.append(x & top)
+    append = out.append
+    for word in lowered.split():
+        data = b" " + word.encode("utf-8") + b" "
+        size = len(data)
+        for start in range(size - lo + 1):
+            h = data[start]
+            for k in range(start + 1, start + lo):
+                h = (h * prime + data[k]) & mask
+            end = min(start + hi, size)
+            n = lo
+            while True:
+                x = h ^ salts[n]
+                x ^= x >> 33
+                x = (x * mix) & mask
+                x ^= x >> 33
+                append(x & top)
+                if start + n >= end:
+                    break
+                h = (h * prime + data[start + n]) & mask
+                n += 1
     return out
 
 
@@ -245,6 +252,10 @@ class Featurizer:
         lowered = text.lower()
         if len(text) < _SMALL:
             return self._small_row(text, lowered)
+        return self._numpy_row(text, lowered)
+
+    def _numpy_row(self, text: str, lowered: str) -> tuple[np.ndarray, np.ndarray]:
+        spec = self.spec
         parts = [_block(_word_columns(_TOKEN.findall(lowered), 1 << spec.word_bits), 0)]
         if spec.char_bits:
             lo, hi = spec.char_ngrams

@@ -17,7 +17,9 @@ from router.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, Upstre
 
 __all__ = ["AiohttpBackend", "AiohttpStream", "BackendByProvider"]
 
-_JSON = {"Content-Type": "application/json"}
+# The User-Agent is given, not skipped: aiohttp's skip_auto_headers builds and sorts a header dict on every
+# request (5% of a routed request's CPU in a profile), while a given one takes its fast path.
+_HEADERS = {"Content-Type": "application/json", "User-Agent": "llm-triage"}
 
 
 def _translate(worker: Worker, exc: BaseException) -> UpstreamError:
@@ -89,9 +91,7 @@ class AiohttpBackend:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-        )
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -110,7 +110,7 @@ class AiohttpBackend:
             whole = aiohttp.ClientTimeout(total=worker.timeout, sock_connect=worker.connect_timeout)
             stream = aiohttp.ClientTimeout(total=None, sock_connect=worker.connect_timeout, sock_read=worker.timeout)
             timeouts = self._timeouts[worker.name] = (whole, stream)
-            headers = dict(_JSON)
+            headers = dict(_HEADERS)
             if worker.api_key:
                 headers["Authorization"] = f"Bearer {worker.api_key}"
             self._headers[worker.name] = headers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import zlib
 from pathlib import Path
 
@@ -188,6 +189,24 @@ def test_featurizer_is_stable_across_calls() -> None:
     assert a[0].tolist() == b[0].tolist()
     assert a[1].tolist() == b[1].tolist()
     assert f.transform(["Hello World 42", ""]).shape == (2, SPEC.width)
+
+
+def test_short_and_long_texts_get_the_same_features_either_way() -> None:
+    """Texts under 256 characters are featurized in plain Python, longer ones with numpy: the same columns and
+    values for the same text, whichever path (words of any script, spacing, one-letter words)."""
+    rng = random.Random(0)
+    alphabet = "ab c\td\n√é漢 ?1+=xyZ"
+    texts = ["", "a", "What is 2+2?", "  spaced   out  ", "ü", "x" * 40, "a b c d e"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 250))) for _ in range(500)]
+    for spec in (SPEC, classifiers.load().spec):
+        f = Featurizer(spec)
+        for text in texts:
+            lowered = text.lower()
+            small, numpy_path = f._small_row(text, lowered), f._numpy_row(text, lowered)
+            dense_small, dense_numpy = np.zeros(spec.width), np.zeros(spec.width)
+            np.add.at(dense_small, small[0], small[1])
+            np.add.at(dense_numpy, numpy_path[0], numpy_path[1])
+            assert np.allclose(dense_small, dense_numpy, rtol=1e-6, atol=0), text
 
 
 def test_thresholds_for_share_budget_and_quality() -> None:

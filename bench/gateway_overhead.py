@@ -1,15 +1,16 @@
 """What the gateway costs, against peers measured in the same run: req/s and latency direct to an instant
 upstream, through a bare Starlette + aiohttp pass-through (bench/bare_proxy.py: the ceiling for a gateway built
-on the same stack), through llm-triage (every `auto` request scored and routed, the ledger on, and off), through
-the Portkey gateway (Node.js, installed with npm into the cache folder on first use; skipped where npm is
-missing) and through the LiteLLM proxy (its own venv, on first use). One server process each, JSON and SSE,
-concurrency 1, 16 and 64; every cell repeated (--repeats) with the arms interleaved, so that drift falls on all.
+on the same stack), through llm-triage (every `auto` request scored and routed, the ledger on, and off; and a
+model named, so not scored), through the Portkey gateway (Node.js, installed with npm into the cache folder on
+first use; skipped where npm is missing) and through the LiteLLM proxy (its own venv, on first use). One server
+process each, JSON and SSE, concurrency 1, 16 and 64; every cell repeated (--repeats) with the arms
+interleaved, so that drift falls on all.
 
     ./dev bench gateway_overhead [--duration 5] [--repeats 3] [--skip-litellm] [--skip-portkey]
 
 Load comes from wrk (installed from Debian's packages if missing) pinned to CPU 1 with the upstream; the
 proxy under test gets CPU 0. Prints medians with the spread of the repeats, llm-triage as a fraction of the
-ceiling, and the ratios; writes bench/results/gateway_overhead.json.
+ceiling, the ratios, and each server's CPU time per request; writes bench/results/gateway_overhead.json.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Cell:
     p99_ms: float
     errors: int
     repeat: int = 0
+    cpu_us: float | None = None  # the server process's CPU time per request served (None: not ours to read)
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,15 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(wrk: str, url: str, script: Path, concurrency: int, duration: float) -> tuple[float, float, float, int]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children that were waited for, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    wrk: str, url: str, script: Path, concurrency: int, duration: float
+) -> tuple[float, float, float, int, int]:
     cmd = [
         "taskset",
         "-c",
@@ -197,7 +207,8 @@ def run_wrk(wrk: str, url: str, script: Path, concurrency: int, duration: float)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(bad.group(1)) if bad else 0) + (sum(int(g) for g in errs.groups()) if errs else 0)
-    return rps, p50, p99, errors
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return rps, p50, p99, errors, done
 
 
 def measure(arms: list[Arm], wrk: str, tmp: Path, duration: float, repeats: int, rss: dict[str, float]) -> list[Cell]:
@@ -217,8 +228,10 @@ def measure(arms: list[Arm], wrk: str, tmp: Path, duration: float, repeats: int,
         for c in CONCURRENCY:
             for r in range(repeats):
                 for a in live:
-                    rps, p50, p99, errors = run_wrk(wrk, a.url, scripts[a.target], c, duration)
-                    cells.append(Cell(a.target, mode, c, rps, p50, p99, errors, r))
+                    cpu0 = cpu_seconds(a.pid) if a.pid is not None else 0.0
+                    rps, p50, p99, errors, done = run_wrk(wrk, a.url, scripts[a.target], c, duration)
+                    cpu = (cpu_seconds(a.pid) - cpu0) / done * 1e6 if a.pid is not None and done else None
+                    cells.append(Cell(a.target, mode, c, rps, p50, p99, errors, r, cpu))
                     print(
                         f"  {a.target:<20} {mode:<4} c={c:<3} #{r} {rps:9.0f} req/s  p50 {p50:7.2f} ms"
                         f"  p99 {p99:7.2f} ms" + (f"  ERRORS {errors}" if errors else ""),
@@ -279,7 +292,11 @@ def main() -> int:
         arms.append(
             Arm("bare pass-through", f"http://127.0.0.1:{bare_port}/v1/chat/completions", bare.pid, "bench-model")
         )
-        for target, ledger in (("llm-triage", True), ("llm-triage no-ledger", False)):
+        for target, ledger, model in (
+            ("llm-triage", True, "auto"),
+            ("llm-triage no-ledger", False, "auto"),
+            ("llm-triage model named", True, "bench-model"),  # no scoring: what routing itself costs
+        ):
             if ledger is False and args.skip_ledger_off:
                 continue
             gw_port = free_port()
@@ -300,7 +317,7 @@ def main() -> int:
             gw = start([sys.executable, "-m", "router", "serve", "--config", str(config)], 0, tmp / f"{target}.log")
             procs.append(gw)
             wait_http(f"http://127.0.0.1:{gw_port}/health", 30)
-            arms.append(Arm(target, f"http://127.0.0.1:{gw_port}/v1/chat/completions", gw.pid, "auto"))
+            arms.append(Arm(target, f"http://127.0.0.1:{gw_port}/v1/chat/completions", gw.pid, model))
         if portkey is not None:
             pk_port = free_port()
             pk = start(["node", str(portkey), f"--port={pk_port}", "--headless"], 0, tmp / "portkey.log")
@@ -431,6 +448,17 @@ def report(cells: list[Cell], rss: dict[str, float]) -> None:
             row.append("-" if not a or not b else f"{a / b:.2f}")
         if any(v != "-" for v in row):
             print(f"| {label} | " + " | ".join(row) + " |")
+    print("\nserver CPU time per request served (µs), median of the repeats: less noisy than req/s where the")
+    print("server is CPU-bound (c=16 and 64); at c=1 it also counts the idle loop's wake-ups\n")
+    print("| | " + " | ".join(f"{m.upper()} c={c}" for m, c in columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for t in targets:
+        row = []
+        for m, c in columns:
+            values = [x.cpu_us for x in cells if (x.target, x.mode, x.concurrency) == (t, m, c) and x.cpu_us]
+            row.append(f"{statistics.median(values):.0f}" if values else "-")
+        if any(v != "-" for v in row):
+            print(f"| {t} | " + " | ".join(row) + " |")
     errors = {t: sum(x.errors for x in cells if x.target == t) for t in targets}
     print("\nerrors per arm: " + ", ".join(f"{t} {n}" for t, n in errors.items()))
     for mode in MODES:

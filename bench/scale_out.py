@@ -88,7 +88,7 @@ def main() -> int:
         got: dict[int, list[float]] = {1: [], 2: []}
         for _ in range(args.repeats):
             for n, url in urls.items():
-                rps, _p50, _p99, errors = run_wrk(wrk, url, script, args.concurrency, args.duration)
+                rps, _p50, _p99, errors, _done = run_wrk(wrk, url, script, args.concurrency, args.duration)
                 if errors:
                     print(f"N={n}: {errors} errors in a repeat", file=sys.stderr)
                 got[n].append(rps)

@@ -413,7 +413,18 @@ def main() -> int:
 
 def _median(cells: list[Cell], target: str, mode: str, c: int, field: str = "rps") -> float | None:
     values = [getattr(x, field) for x in cells if (x.target, x.mode, x.concurrency) == (target, mode, c)]
+    values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
+
+
+def _table_head(columns: list[tuple[str, int]]) -> None:
+    print("| | " + " | ".join(f"{m.upper()} c={c}" for m, c in columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+
+
+def _table_row(label: str, row: list[str]) -> None:
+    if any(v != "-" for v in row):
+        print(f"| {label} | " + " | ".join(row) + " |")
 
 
 def _spread(cells: list[Cell], target: str, mode: str, c: int) -> str:
@@ -428,37 +439,24 @@ def report(cells: list[Cell], rss: dict[str, float]) -> None:
     targets = list(dict.fromkeys(c.target for c in cells))
     columns = [(m, c) for m in MODES for c in CONCURRENCY]
     print("\nreq/s, median of the repeats (± half their range, relative)\n")
-    print("| | " + " | ".join(f"{m.upper()} c={c}" for m, c in columns) + " |")
-    print("|---|" + "---:|" * len(columns))
+    _table_head(columns)
     for t in targets:
-        cells_t = []
-        for m, c in columns:
-            v = _median(cells, t, m, c)
-            cells_t.append("-" if v is None else f"{v:,.0f}{_spread(cells, t, m, c)}")
-        print(f"| {t} | " + " | ".join(cells_t) + " |")
+        rps = [(_median(cells, t, m, c), _spread(cells, t, m, c)) for m, c in columns]
+        _table_row(t, ["-" if v is None else f"{v:,.0f}{spread}" for v, spread in rps])
     for label, num, den in (
         ("llm-triage / bare pass-through", "llm-triage", "bare pass-through"),
         ("llm-triage / portkey", "llm-triage", "portkey"),
         ("llm-triage / litellm", "llm-triage", "litellm"),
         ("ledger on / off", "llm-triage", "llm-triage no-ledger"),
     ):
-        row = []
-        for m, c in columns:
-            a, b = _median(cells, num, m, c), _median(cells, den, m, c)
-            row.append("-" if not a or not b else f"{a / b:.2f}")
-        if any(v != "-" for v in row):
-            print(f"| {label} | " + " | ".join(row) + " |")
+        pairs = [(_median(cells, num, m, c), _median(cells, den, m, c)) for m, c in columns]
+        _table_row(label, ["-" if not a or not b else f"{a / b:.2f}" for a, b in pairs])
     print("\nserver CPU time per request served (µs), median of the repeats: less noisy than req/s where the")
     print("server is CPU-bound (c=16 and 64); at c=1 it also counts the idle loop's wake-ups\n")
-    print("| | " + " | ".join(f"{m.upper()} c={c}" for m, c in columns) + " |")
-    print("|---|" + "---:|" * len(columns))
+    _table_head(columns)
     for t in targets:
-        row = []
-        for m, c in columns:
-            values = [x.cpu_us for x in cells if (x.target, x.mode, x.concurrency) == (t, m, c) and x.cpu_us]
-            row.append(f"{statistics.median(values):.0f}" if values else "-")
-        if any(v != "-" for v in row):
-            print(f"| {t} | " + " | ".join(row) + " |")
+        cpu = [_median(cells, t, m, c, "cpu_us") for m, c in columns]
+        _table_row(t, ["-" if v is None else f"{v:.0f}" for v in cpu])
     errors = {t: sum(x.errors for x in cells if x.target == t) for t in targets}
     print("\nerrors per arm: " + ", ".join(f"{t} {n}" for t, n in errors.items()))
     for mode in MODES:

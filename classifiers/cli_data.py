@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from classifiers.fetch import GITHUB_RAW, FetchError, Remote, cache_folder, fetch
+from classifiers.data import cache_folder
+from classifiers.fetch import GITHUB_RAW, FetchError, Remote, fetch
 
 __all__ = ["add_commands"]
 

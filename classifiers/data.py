@@ -13,9 +13,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from classifiers.fetch import cache_folder
-
-__all__ = ["BENCHMARKS", "LARGE", "SMALL", "Benchmark", "Item", "data_folder", "data_root", "load_benchmark"]
+__all__ = [
+    "BENCHMARKS",
+    "LARGE",
+    "SMALL",
+    "Benchmark",
+    "Item",
+    "cache_folder",
+    "data_folder",
+    "data_root",
+    "load_benchmark",
+]
 
 SMALL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 LARGE = "gpt-4-1106-preview"
@@ -39,6 +47,12 @@ class Benchmark:
     @property
     def prompts(self) -> list[str]:
         return [i.prompt for i in self.items]
+
+
+def cache_folder() -> Path:
+    """Where `triage data fetch` puts the data by default, and where TRIAGE_DATA falls back to."""
+    base = os.environ.get("TRIAGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "llm-triage")
+    return Path(base) / "data"
 
 
 def data_folder() -> Path:

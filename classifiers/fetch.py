@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from classifiers.families import FAMILIES
+
 __all__ = [
     "GITHUB_RAW",
     "SOURCES",
@@ -27,7 +29,6 @@ __all__ = [
     "Pinned",
     "Remote",
     "Source",
-    "cache_folder",
     "fetch",
     "row_digest",
     "verify",
@@ -35,22 +36,8 @@ __all__ = [
 
 GITHUB_RAW = "https://raw.githubusercontent.com"
 MAX_FILE_BYTES = 64 << 20  # the largest pinned file is 3.3 MB; a mirror answering more is not serving it
-KEPT_FAMILIES = frozenset(
-    {
-        "math",
-        "gsm8k",
-        "agentverse-mgsm",
-        "agentverse-logicgrid",
-        "mmlu",
-        "gpqa",
-        "commonsense_qa",
-        "openbook_qa",
-        "natural_qa",
-        "trivia_qa",
-        "human_eval",
-        "commongen",
-    }
-)
+# LLMRouter's families the project trains on (all of FAMILIES but MT-Bench, which is RouteLLM's alone).
+KEPT_FAMILIES = frozenset(FAMILIES) - {"mt_bench"}
 
 
 class FetchError(Exception):
@@ -235,12 +222,6 @@ SOURCES = (
         filtered=True,
     ),
 )
-
-
-def cache_folder() -> Path:
-    """Where `triage data fetch` puts the data by default, and where TRIAGE_DATA falls back to."""
-    base = os.environ.get("TRIAGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "llm-triage")
-    return Path(base) / "data"
 
 
 def _numbers_as_floats(value: Any) -> Any:

@@ -193,11 +193,13 @@ def test_featurizer_is_stable_across_calls() -> None:
 
 def test_short_and_long_texts_get_the_same_features_either_way() -> None:
     """Texts under 256 characters are featurized in plain Python, longer ones with numpy: the same columns and
-    values for the same text, whichever path (words of any script, spacing, one-letter words)."""
+    values for the same text, whichever path (words of any script, spacing, one-letter words; long texts, whose
+    char n-grams numpy counts another way)."""
     rng = random.Random(0)
     alphabet = "ab c\td\n√é漢 ?1+=xyZ"
     texts = ["", "a", "What is 2+2?", "  spaced   out  ", "ü", "x" * 40, "a b c d e"]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 250))) for _ in range(500)]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1500, 2500))) for _ in range(5)]
     for spec in (SPEC, classifiers.load().spec):
         f = Featurizer(spec)
         for text in texts:

@@ -357,7 +357,12 @@ def _install(root: Path, source: Source, contents: dict[str, bytes]) -> None:
         target = root / source.folder
         if target.exists():
             target.rename(old)
-        scratch.rename(target)
+        try:
+            scratch.rename(target)
+        except OSError:
+            if old.exists():  # put the previous folder back rather than lose it
+                old.rename(target)
+            raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
@@ -384,6 +389,9 @@ def fetch(
         say(f"{source.folder}: {len(source.files)} files from {source.repo}@{source.commit[:12]}")
         arrived.append((source, _contents(source, remote)))
     for source, contents in arrived:
-        _install(root, source, contents)
+        try:
+            _install(root, source, contents)
+        except OSError as e:
+            raise FetchError(f"cannot write {root / source.folder}: {e.strerror or e}") from None
         size = sum(len(b) for b in contents.values())
         say(f"{source.folder}: {size / 1e6:.1f} MB in {root / source.folder}, every file matches its pin")

@@ -29,9 +29,6 @@ class Edge(FastAPI):
         super().__init__(**kwargs)
         self._direct = direct or {}  # POST path -> handler
 
-    def post_directly(self, path: str, handler: Handler) -> None:
-        self._direct[path] = handler
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self._direct.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         if handler is None:

@@ -236,3 +236,13 @@ def test_triage_data_defaults_to_the_fetch_folder_where_shared_data_is_absent(
     assert data_folder() == Path("../shared/data")
     monkeypatch.setenv("TRIAGE_DATA", str(tmp_path / "elsewhere"))
     assert data_folder() == tmp_path / "elsewhere"
+
+
+def test_a_folder_that_cannot_be_written_is_a_clear_error(
+    tmp_path: Path, mirror: tuple[Mirror, ThreadedServer]
+) -> None:
+    m, server = mirror
+    _serve(m)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(FetchError, match="cannot write"):
+        fetch(tmp_path / "file", Remote(server.url, 5), sources=_sources())

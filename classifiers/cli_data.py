@@ -17,7 +17,8 @@ def _fetch(args: argparse.Namespace) -> int:
     try:
         fetch(root, Remote(args.mirror, args.timeout), force=args.force, say=print)
     except FetchError as e:
-        print(f"error: {e}; nothing was changed in {root}", file=sys.stderr)
+        changed = f"{', '.join(e.updated)} already updated" if e.updated else "nothing was changed"
+        print(f"error: {e}; {changed} in {root}", file=sys.stderr)
         return 1
     if args.to is None:
         print(f"TRIAGE_DATA defaults to {root} where ../shared/data is absent")

@@ -41,7 +41,12 @@ KEPT_FAMILIES = frozenset(FAMILIES) - {"mt_bench"}
 
 
 class FetchError(Exception):
-    """A file could not be downloaded, or what arrived is not what was pinned."""
+    """A file could not be downloaded, or what arrived is not what was pinned, or the folder could not be
+    written. `updated` names the sources already swapped in before it (none, unless writing failed)."""
+
+    def __init__(self, message: str, updated: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.updated = updated
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,10 +393,12 @@ def fetch(
             continue
         say(f"{source.folder}: {len(source.files)} files from {source.repo}@{source.commit[:12]}")
         arrived.append((source, _contents(source, remote)))
+    updated: list[str] = []
     for source, contents in arrived:
         try:
             _install(root, source, contents)
         except OSError as e:
-            raise FetchError(f"cannot write {root / source.folder}: {e.strerror or e}") from None
+            raise FetchError(f"cannot write {root / source.folder}: {e.strerror or e}", tuple(updated)) from None
+        updated.append(source.folder)
         size = sum(len(b) for b in contents.values())
         say(f"{source.folder}: {size / 1e6:.1f} MB in {root / source.folder}, every file matches its pin")

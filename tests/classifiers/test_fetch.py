@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -244,5 +245,12 @@ def test_a_folder_that_cannot_be_written_is_a_clear_error(
     m, server = mirror
     _serve(m)
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(FetchError, match="cannot write"):
+    with pytest.raises(FetchError, match="cannot write") as refused:
         fetch(tmp_path / "file", Remote(server.url, 5), sources=_sources())
+    assert refused.value.updated == ()
+    # The second source's scratch folder is taken by a file: the first was swapped in, and the error says so.
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / f".filtered.partial-{os.getpid()}").write_text("in the way")
+    with pytest.raises(FetchError, match="cannot write") as partly:
+        fetch(tmp_path / "root", Remote(server.url, 5), sources=_sources())
+    assert partly.value.updated == ("plain",) and (tmp_path / "root" / "plain" / "sub" / "file.csv").exists()

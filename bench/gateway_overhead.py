@@ -179,7 +179,7 @@ def _ms(text: str) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its children that were waited for, in seconds."""
+    """User + system CPU time of a process (all its threads), in seconds: /proc/PID/stat utime + stime."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(v) for v in fields[11:13]) / os.sysconf("SC_CLK_TCK")
 

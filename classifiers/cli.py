@@ -104,8 +104,8 @@ def _train_prior(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     meta: dict[str, object] = {
         "recipe": args.recipe,
         "trained_on": {f.name: len(f.items) for f in families},
-        "label": "blend of hashed n-grams fitted to the RouteLLM pair's outcome gap and structure counts fitted to "
-        "open small models' failure rate (classifiers/lodo.py), Platt-scaled to P(large better)",
+        "label": "blend of hashed word n-grams fitted to the RouteLLM pair's outcome gap and structure counts fitted "
+        "to open small models' failure rate (classifiers/lodo.py), Platt-scaled to P(large better)",
     }
     model = fit_prior(families, args.recipe, meta=meta, progress=say)
     out = Path(args.out or default_path())

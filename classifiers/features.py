@@ -119,14 +119,14 @@ def structure(text: str) -> list[float]:
         math.log1p(len(words)) / 3,
         _count(data, _DIGITS) / chars * 10,
         math.log1p(len(_NUMBER.findall(text))) / 2,
-        math.log1p(_count(data, _MATH_BYTES) + sum(lowered.count(w) for w in _MATH_WORDS)) / 2,
-        math.log1p(sum(lowered.count(m) for m in _CODE_MARKS)) / 2,
+        math.log1p(_count(data, _MATH_BYTES) + sum(map(lowered.count, _MATH_WORDS))) / 2,
+        math.log1p(sum(map(lowered.count, _CODE_MARKS))) / 2,
         min(text.count("?"), 5) / 2,
         min(len(_CHOICE.findall(text)), 6) / 4,
         math.log1p(len(_SENTENCE.findall(text))) / 2,
         math.log1p(text.count("\n")) / 2,
         (upper / letters * 5) if letters else 0.0,
-        sum(len(w) >= 10 for w in words) / (len(words) or 1) * 5,
+        len([w for w in words if len(w) >= 10]) / (len(words) or 1) * 5,
     ]
 
 
@@ -152,10 +152,14 @@ def _block(cols: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
     return ordered + offset, np.full(n, 1.0 / norm, np.float32)
 
 
-def _word_columns(words: list[str], buckets: int) -> np.ndarray:
-    crc = zlib.crc32
+def _word_hashes(words: list[str]) -> map[int]:
+    """CRC-32 of each word 1- and 2-gram, in UTF-8; map() over C functions keeps Python frames out of the loop."""
     grams = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
-    return np.fromiter((crc(g.encode("utf-8")) % buckets for g in grams), np.int64, len(grams))
+    return map(zlib.crc32, map(str.encode, grams))
+
+
+def _word_columns(words: list[str], buckets: int) -> np.ndarray:
+    return np.fromiter(_word_hashes(words), np.int64) & (buckets - 1)
 
 
 def _char_columns(lowered: str, lo: int, hi: int, buckets: int) -> np.ndarray:
@@ -268,10 +272,8 @@ class Featurizer:
     def _small_row(self, text: str, lowered: str) -> tuple[np.ndarray, np.ndarray]:
         """_text_row for a short text: the same columns and values, built as lists and converted once."""
         spec = self.spec
-        words = _TOKEN.findall(lowered)
-        grams = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
         word_top = (1 << spec.word_bits) - 1
-        idx, val = _block_small([zlib.crc32(g.encode("utf-8")) & word_top for g in grams], 0)
+        idx, val = _block_small([h & word_top for h in _word_hashes(_TOKEN.findall(lowered))], 0)
         if spec.char_bits:
             lo, hi = spec.char_ngrams
             i2, v2 = _block_small(_char_columns_small(lowered, lo, hi, 1 << spec.char_bits), spec.char_offset)

@@ -98,7 +98,7 @@ def fit_prior(
     from classifiers.lodo import RECIPES, fit_recipe, row_index
 
     recipe = RECIPES[recipe_name]
-    spec = spec or FeatureSpec()
+    spec = spec or recipe.serving_spec(FeatureSpec())
     progress(f"featurizing {sum(len(f.items) for f in families)} prompts from {len(families)} families")
     X = Featurizer(spec).transform([p for f in families for p in f.prompts])
     rows = row_index(families)

@@ -59,6 +59,7 @@ class Authenticator:
         self._trusted: list[Network] = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
         self._key_store = key_store
         self._identities: dict[str, str] = {}  # client network -> its HMAC identity (computed once per address)
+        self._peers: dict[str, str] = {}  # socket peer -> its network, for peers that are not trusted proxies
         # With no key anywhere, keys mean nothing: SDKs must send one, so it is ignored rather than refused.
         self._keys_in_use = bool(self._keys) or key_store is not None
 
@@ -90,19 +91,34 @@ class Authenticator:
     def client_network(self, request: Request) -> str:
         """The caller's network in clear (only for keying): a masked address, or `hop:<text>` for an
         unparseable X-Forwarded-For hop."""
-        peer = _address(request.client.host) if request.client else None
+        client = request.scope.get("client")
+        host: str | None = client[0] if client else None
+        known = self._peers.get(host) if host is not None else None
+        if known is not None:  # a peer seen before and not a trusted proxy: no parsing on the hot path
+            return known
+        peer = _address(host) if host is not None else None
+        if not self._trusted_peer(peer):
+            network = _network(peer)
+            if host is not None:
+                if len(self._peers) >= 65_536:  # bounded like the identities
+                    self._peers.clear()
+                self._peers[host] = network
+            return network
         ip = peer
-        if self._trusted_peer(peer):
-            hops = [h.strip() for line in request.headers.getlist("x-forwarded-for") for h in line.split(",")]
-            for hop in reversed([h for h in hops if h]):  # from the nearest proxy outwards
-                parsed = _address(hop)
-                if parsed is None:
-                    return "hop:" + hop[:128]
-                ip = parsed
-                if not self._trusted_peer(parsed):
-                    break
-        if ip is None:
-            return "unknown"
-        if isinstance(ip, ipaddress.IPv6Address):
-            return str(ipaddress.IPv6Network((ip, 64), strict=False))
-        return str(ip)
+        hops = [h.strip() for line in request.headers.getlist("x-forwarded-for") for h in line.split(",")]
+        for hop in reversed([h for h in hops if h]):  # from the nearest proxy outwards
+            parsed = _address(hop)
+            if parsed is None:
+                return "hop:" + hop[:128]
+            ip = parsed
+            if not self._trusted_peer(parsed):
+                break
+        return _network(ip)
+
+
+def _network(ip: IPAddress | None) -> str:
+    if ip is None:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from router.api.errors import error_response, internal_error_response
@@ -37,20 +36,23 @@ _CLIENT_CLOSED = 499  # nginx's convention; the client never sees it, logs do
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, read straight from the ASGI messages (Starlette's stream() is an async generator per request)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     parts: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-            parts.append(chunk)
-    except ClientDisconnect:
-        raise ClientGone from None  # hung up, or cut off by server.body_timeout
-    return b"".join(parts)
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":  # http.disconnect: hung up, or cut off by server.body_timeout
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _headers(routed: Routed, request_id: str) -> dict[str, str]:

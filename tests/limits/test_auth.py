@@ -68,6 +68,18 @@ async def test_forwarded_for_only_from_trusted_proxies() -> None:
     assert (await trusted.identify(request("192.0.2.1", **xff))).identity == ip("192.0.2.1")
 
 
+async def test_peers_remembered_between_requests_never_mix_trusted_and_untrusted() -> None:
+    """Untrusted peers' networks are kept between requests (parsed once); a trusted proxy's never are, since
+    each of its requests names another client."""
+    a = auth(trusted=("10.0.0.0/8",))
+    for _ in range(2):
+        assert a.client_network(request("192.0.2.1", x_forwarded_for="203.0.113.1")) == "192.0.2.1"
+        assert a.client_network(request("2001:db8:1:2::1")) == "2001:db8:1:2::/64"
+        assert a.client_network(request("10.0.0.1", x_forwarded_for="203.0.113.2")) == "203.0.113.2"
+        assert a.client_network(request("10.0.0.1", x_forwarded_for="203.0.113.3")) == "203.0.113.3"
+        assert a.client_network(request("10.0.0.1")) == "10.0.0.1"
+
+
 async def test_forwarded_for_lines_are_joined_before_the_right_most_untrusted_hop_is_taken() -> None:
     """HAProxy's `option forwardfor` appends a line of its own: reading only the first line let a client pick
     its identity (regression: 6 of 6 admitted at 3 rpm)."""

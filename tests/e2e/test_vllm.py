@@ -17,12 +17,14 @@ pytestmark = pytest.mark.vllm
 
 SHORT_TEXT = "hello"
 SHORT: list[ChatCompletionMessageParam] = [{"role": "user", "content": SHORT_TEXT}]
-# The prompt `./dev run` sends as its hard example: an open problem in number theory.
+# The prompt `./dev run` sends as its hard example: a physics question with answer choices, the kind of item
+# where GPT-4 gains most over Mixtral in the training data (the prior scores it well above its threshold).
 LONG = [
     {
         "role": "user",
-        "content": "Prove that there are infinitely many primes p for which p+2 is also prime, or explain precisely "
-        "why this is still open, citing the strongest known partial results.",
+        "content": "A uniform rod of length 2 m pivots about one end and is released from rest in a horizontal "
+        "position. What is the angular speed of the rod as it passes through the vertical? (g = 9.8 m/s^2)\n"
+        "A. 2.7 rad/s\nB. 3.8 rad/s\nC. 4.4 rad/s\nD. 5.4 rad/s\nAnswer:",
     }
 ]
 

@@ -182,7 +182,7 @@ def _eval_turn_two(args: argparse.Namespace, say: Callable[[str], None]) -> None
     from classifiers.turns import load_second_turns, turn_two
 
     families = [f for f in load_families(args.data).values() if f.name != "mt_bench"]
-    spec = FeatureSpec()
+    spec = RECIPES[PRIOR].serving_spec(FeatureSpec())
     say("training the prior without MT-Bench")
     X = Featurizer(spec).transform([p for f in families for p in f.prompts])
     coef, intercept = fit_recipe(X, spec, families, row_index(families), RECIPES[PRIOR])

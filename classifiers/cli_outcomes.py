@@ -152,7 +152,7 @@ def eval_own_traffic(args: argparse.Namespace, say: Callable[[str], None]) -> No
     from classifiers.own import OWN_ALPHA, OWN_HALF, learning_curve
 
     families = list(load_families(args.data).values())
-    spec = FeatureSpec()
+    spec = RECIPES[PRIOR].serving_spec(FeatureSpec())  # the prior's features: what `train --outcomes` fits on
     say(f"featurizing {sum(len(f.items) for f in families)} prompts from {len(families)} families")
     X = Featurizer(spec).transform([p for f in families for p in f.prompts])
     prior = held_out_scores(X, spec, families, RECIPES[PRIOR], say)

@@ -12,7 +12,7 @@ import pytest
 import classifiers
 from classifiers.families import FAMILIES, Family, FamilyItem, load_families
 from classifiers.features import FeatureSpec, Featurizer
-from classifiers.lodo import PRIOR, RECIPES, Recipe, kfold_within, lodo
+from classifiers.lodo import PRIOR, RECIPES, Recipe, fit_recipe, kfold_within, lodo, row_index
 from classifiers.train import fit_prior
 
 SPEC = FeatureSpec(word_bits=12, char_bits=10)
@@ -46,6 +46,25 @@ def test_a_held_out_family_never_reaches_training() -> None:
     # ... and unknown when they never were: chance level (200 items: a random router's APGR varies by ~0.05)
     assert max(r.apgr for r in held_out) < within.apgr - 0.1
     assert abs(float(np.mean([r.apgr for r in held_out])) - 0.5) < 0.1
+
+
+def test_a_recipe_without_byte_ngrams_ships_without_them_and_scores_the_same() -> None:
+    """`features="words"` reads word n-grams and counts only: fitted on the full feature space it has no weight on
+    a byte n-gram, and fitted on the serving spec (no byte n-grams computed) it gives the same scores."""
+    families = [_family("alpha", ("zorgle", "wibble"), 1), _family("beta", ("quimby", "snarfy"), 2)]
+    prompts = [p for f in families for p in f.prompts]
+    structure = Recipe("s", label="gap", alpha=1.0, features="structure")
+    words = Recipe("w", label="gap", alpha=1.0, features="words", blend=(structure, 0.5))
+    assert words.serving_spec(SPEC) == FeatureSpec(word_bits=12, char_bits=0)
+    assert Recipe("f", blend=(structure, 0.5)).serving_spec(SPEC) == SPEC  # byte n-grams read: kept
+    full_X = Featurizer(SPEC).transform(prompts)
+    coef, intercept = fit_recipe(full_X, SPEC, families, row_index(families), words)
+    assert not coef[SPEC.char_offset : SPEC.structure_offset].any()
+    small = words.serving_spec(SPEC)
+    small_X = Featurizer(small).transform(prompts)
+    coef2, intercept2 = fit_recipe(small_X, small, families, row_index(families), words)
+    assert small_X.shape[1] < full_X.shape[1]
+    np.testing.assert_allclose(small_X @ coef2 + intercept2, full_X @ coef + intercept, rtol=1e-6, atol=1e-9)
 
 
 @pytest.fixture(scope="module")

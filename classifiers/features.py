@@ -8,6 +8,7 @@ validation alone, and a Python loop over character n-grams ~2 ms on a long promp
 
 from __future__ import annotations
 
+import array
 import itertools
 import math
 import re
@@ -269,8 +270,22 @@ class Featurizer:
             parts.append((np.arange(len(values), dtype=np.int64) + spec.structure_offset, values))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
+    def short_row(self, text: str) -> tuple[list[int], array.array[float]] | None:
+        """row() as plain Python lists (the values rounded to float32, as row() gives them) for a text short
+        enough to take the plain-Python path, else None. Scoring one short prompt needs no numpy call then:
+        under load each numpy call costs several µs more than in a tight loop (its code is cold in the CPU's
+        caches), and a short prompt made a dozen of them."""
+        if self.spec.answer or len(text) >= _SMALL:
+            return None
+        idx, val = self._small_lists(text, text.lower())
+        return idx, array.array("f", val)
+
     def _small_row(self, text: str, lowered: str) -> tuple[np.ndarray, np.ndarray]:
         """_text_row for a short text: the same columns and values, built as lists and converted once."""
+        idx, val = self._small_lists(text, lowered)
+        return np.array(idx, dtype=np.int64), np.array(val, dtype=np.float32)
+
+    def _small_lists(self, text: str, lowered: str) -> tuple[list[int], list[float]]:
         spec = self.spec
         word_top = (1 << spec.word_bits) - 1
         idx, val = _block_small([h & word_top for h in _word_hashes(_TOKEN.findall(lowered))], 0)
@@ -279,11 +294,14 @@ class Featurizer:
             i2, v2 = _block_small(_char_columns_small(lowered, lo, hi, 1 << spec.char_bits), spec.char_offset)
             idx += i2
             val += v2
-        if spec.structure:  # multiplied in float32, as _text_row does: the same bits
-            weighted = np.asarray(structure(text), np.float32) * np.float32(spec.structure_weight)
+        if spec.structure:
+            counts = structure(text)
             idx += range(spec.structure_offset, spec.structure_offset + len(STRUCTURE))
-            val += weighted.tolist()
-        return np.array(idx, dtype=np.int64), np.array(val, dtype=np.float32)
+            if spec.structure_weight == 1.0:  # x * 1 is exact in float32: skip numpy
+                val += counts
+            else:  # multiplied in float32, as _text_row does: the same bits
+                val += (np.asarray(counts, np.float32) * np.float32(spec.structure_weight)).tolist()
+        return idx, val
 
     def transform(self, texts: list[str]) -> Any:
         """A scipy CSR matrix of all texts (training and evaluation; serving uses row())."""

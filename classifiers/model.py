@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import math
+import operator
 import zlib
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -65,8 +66,13 @@ class Classifier:
 
     def score(self, text: str) -> float:
         """Probability-like difficulty in [0, 1]: higher means the large model is needed."""
-        indices, values = self._featurizer.row(text)
-        raw = float(values @ self.coef[indices]) + self.intercept
+        short = self._featurizer.short_row(text)
+        if short is not None:  # plain Python: a float32 memoryview gathers the weights, no numpy call
+            cols, vals = short
+            raw = sum(map(operator.mul, map(self.coef.data.__getitem__, cols), vals)) + self.intercept
+        else:
+            indices, values = self._featurizer.row(text)
+            raw = float(values @ self.coef[indices]) + self.intercept
         a, b = self.platt
         return 1.0 / (1.0 + math.exp(-(a * raw + b)))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import random
 import zlib
 from pathlib import Path
@@ -19,7 +20,7 @@ from classifiers.calibrate import (
     threshold_for_share,
 )
 from classifiers.features import FeatureSpec, Featurizer
-from classifiers.model import Classifier, ClassifierFileError
+from classifiers.model import PROBES, Classifier, ClassifierFileError
 from classifiers.train import fit
 
 SPEC = FeatureSpec(word_bits=12, char_bits=10)
@@ -209,6 +210,36 @@ def test_short_and_long_texts_get_the_same_features_either_way() -> None:
             np.add.at(dense_small, small[0], small[1])
             np.add.at(dense_numpy, numpy_path[0], numpy_path[1])
             assert np.allclose(dense_small, dense_numpy, rtol=1e-6, atol=0), text
+
+
+def test_a_short_prompts_score_without_numpy_is_the_numpy_score(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short prompts are scored in plain Python (Featurizer.short_row): the same score as the numpy dot product,
+    up to float32 summation order; long texts and answer scorers keep the numpy path. A structure weight other
+    than 1 is applied in float32 on both paths."""
+    rng = random.Random(1)
+    alphabet = "ab c\td\n√é漢 ?1+=xyZ"
+    texts = ["", "a", "What is 2+2?", "Prove that √2 is irrational", *PROBES]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 255))) for _ in range(200)]
+    shipped = classifiers.load()
+    weighted = Classifier(
+        FeatureSpec(word_bits=10, char_bits=8, structure_weight=3.0),
+        np.random.default_rng(0).normal(size=FeatureSpec(word_bits=10, char_bits=8).width).astype(np.float32),
+        0.1,
+        (1.5, -0.2),
+    )
+    for model in (shipped, weighted):
+        for text in texts:
+            idx, val = model._featurizer.row(text)
+            raw = float(val @ model.coef[idx]) + model.intercept
+            expected = 1.0 / (1.0 + math.exp(-(model.platt[0] * raw + model.platt[1])))
+            assert model._featurizer.short_row(text) is not None or len(text) >= 256
+            assert model.score(text) == pytest.approx(expected, rel=1e-6, abs=1e-9), text
+    assert shipped._featurizer.short_row("word " * 60) is None  # 300 characters: numpy
+    assert Featurizer(FeatureSpec(answer=True)).short_row("hi") is None
+    expected = shipped.score("What is 2+2?")
+    monkeypatch.setattr("classifiers.features.np", None)  # any numpy call on the short path now fails
+    monkeypatch.setattr("classifiers.model.np", None)
+    assert shipped.score("What is 2+2?") == expected
 
 
 def test_thresholds_for_share_budget_and_quality() -> None:

@@ -56,8 +56,8 @@ class Recipe:
         return self.features == "full" or (self.blend is not None and self.blend[0].reads_bytes())
 
     def serving_spec(self, spec: FeatureSpec) -> FeatureSpec:
-        """`spec` without the byte n-grams when no part of the recipe reads them: the same columns otherwise, and
-        scoring costs a third as much (byte n-grams are most of a prompt's hashing)."""
+        """`spec` without the byte n-grams when no part of the recipe reads them: the scores are the same, and
+        scoring costs half to a third as much (byte n-grams are most of a prompt's hashing)."""
         return spec if self.reads_bytes() else replace(spec, char_bits=0)
 
 
@@ -101,7 +101,7 @@ _register(
         for w in (0.5, 0.6, 0.7, 0.85)
     )
 )
-# The same blend without byte n-grams: a tie under LODO (0.537 against 0.535) that scores a prompt 2.5-6x faster.
+# The same blend without byte n-grams: a tie under LODO (0.537 against 0.535) that scores a prompt 2-6x faster.
 _register(
     Recipe(
         "words-gap+structure-proxy-open-0.5",

@@ -275,6 +275,7 @@ class Featurizer:
         enough to take the plain-Python path, else None. Scoring one short prompt needs no numpy call then:
         under load each numpy call costs several µs more than in a tight loop (its code is cold in the CPU's
         caches), and a short prompt made a dozen of them."""
+        text = text[: self.spec.max_chars]
         if self.spec.answer or len(text) >= _SMALL:
             return None
         idx, val = self._small_lists(text, text.lower())

@@ -221,8 +221,8 @@ def test_a_short_prompts_score_without_numpy_is_the_numpy_score(monkeypatch: pyt
     texts = ["", "a", "What is 2+2?", "Prove that √2 is irrational", *PROBES]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 255))) for _ in range(200)]
     shipped = classifiers.load()
-    weighted = Classifier(
-        FeatureSpec(word_bits=10, char_bits=8, structure_weight=3.0),
+    weighted = Classifier(  # also read only up to max_chars, on both paths
+        FeatureSpec(word_bits=10, char_bits=8, structure_weight=3.0, max_chars=100),
         np.random.default_rng(0).normal(size=FeatureSpec(word_bits=10, char_bits=8).width).astype(np.float32),
         0.1,
         (1.5, -0.2),
@@ -232,8 +232,8 @@ def test_a_short_prompts_score_without_numpy_is_the_numpy_score(monkeypatch: pyt
             idx, val = model._featurizer.row(text)
             raw = float(val @ model.coef[idx]) + model.intercept
             expected = 1.0 / (1.0 + math.exp(-(model.platt[0] * raw + model.platt[1])))
-            assert model._featurizer.short_row(text) is not None or len(text) >= 256
-            assert model.score(text) == pytest.approx(expected, rel=1e-6, abs=1e-9), text
+            assert model._featurizer.short_row(text) is not None or len(text[: model.spec.max_chars]) >= 256
+            assert model.score(text) == pytest.approx(expected, rel=1e-5, abs=1e-9), text  # float32 sums
     assert shipped._featurizer.short_row("word " * 60) is None  # 300 characters: numpy
     assert Featurizer(FeatureSpec(answer=True)).short_row("hi") is None
     expected = shipped.score("What is 2+2?")

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 import router
 from router.adapters.backend import AiohttpBackend, BackendByProvider
+from router.adapters.backend_http1 import Http1Backend
 from router.adapters.backend_litellm import LitellmBackend, litellm_prices
 from router.adapters.cache_memory import MemoryCache
 from router.adapters.cache_redis import RedisCache
@@ -279,7 +280,7 @@ def create_app(
     scorer: Scorer | None = None,
 ) -> FastAPI:
     workers = list(workers) if workers is not None else resolve_workers(settings)
-    direct = AiohttpBackend()
+    direct = Http1Backend(tls=AiohttpBackend())  # plain-HTTP workers on the lean client, TLS ones on aiohttp
     # Only a fleet with hosted workers pays for the dispatch: vLLM workers keep the direct client.
     hosted = any(w.provider == "litellm" for w in workers)
     litellm_backend = LitellmBackend() if hosted else None

@@ -27,6 +27,7 @@ __all__ = ["Http1Backend", "Http1Stream"]
 
 MAX_IDLE_PER_WORKER = 256  # idle keep-alive connections kept per worker; more are closed when returned
 HIGH_WATER = 256 * 1024  # stream bytes held before reading from the worker pauses (its own backpressure)
+MAX_HEAD_BYTES = 64 * 1024  # an answer's status line and headers; past it the worker is misbehaving
 PROBE_TIMEOUT = 2.0
 
 
@@ -62,6 +63,7 @@ class _Connection(asyncio.Protocol):
         self._chunks: collections.deque[bytes] = collections.deque()
         self._held = 0  # bytes in _chunks
         self._size = 0  # body bytes received
+        self._head_bytes = 0  # bytes received before the head was complete
         self._limit: int | None = None  # body bytes allowed in a whole answer; None: a stream, unbounded
         self._paused = False
         self.status = 0
@@ -94,6 +96,12 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(_Closed(f"malformed answer: {exc}", True))
             self.abort()
+            return
+        if not self.headers_done and self.error is None:
+            self._head_bytes += len(data)  # a read that did not finish the head was all head
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(_Closed(f"malformed answer: its head exceeds {MAX_HEAD_BYTES} bytes", True))
+                self.abort()
 
     # -- httptools callbacks ---------------------------------------------------------------------------
 
@@ -138,7 +146,7 @@ class _Connection(asyncio.Protocol):
         if self.closed or self.transport is None or self.transport.is_closing():
             raise _Closed("connection closed", answered=False)
         self._chunks.clear()
-        self._held = self._size = 0
+        self._held = self._size = self._head_bytes = 0
         self._limit = limit
         self.status, self.content_type = 0, ""
         self.headers_done = self.complete = self.answered = self._length_known = False

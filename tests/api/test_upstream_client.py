@@ -84,6 +84,11 @@ class Worker1:
             writer.write(b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{"a"\r\n3\r\n:1}\r\n0\r\n\r\n')
         elif path.endswith(b"/big"):
             writer.write(_answer(b" " * 100_000))
+        elif path.endswith(b"/endless-head"):  # a header that never ends
+            writer.write(b"HTTP/1.1 200 OK\r\nx-long: ")
+            while True:
+                writer.write(b"x" * 65536)
+                await writer.drain()
         elif path.endswith(b"/garbage"):
             writer.write(b"NOT HTTP AT ALL\r\n\r\n")
         elif path.endswith(b"/silent"):  # reads the request, never answers; waits for the client to leave
@@ -184,10 +189,13 @@ async def test_an_answer_over_max_response_bytes_is_refused_and_its_connection_d
         assert server.connections == 2
 
 
-async def test_a_malformed_answer_is_an_upstream_failure(backend: Http1Backend) -> None:
+@pytest.mark.parametrize("path", ["/garbage", "/endless-head"])
+async def test_a_malformed_answer_is_an_upstream_failure(backend: Http1Backend, path: str) -> None:
     async with Worker1() as server:
         with pytest.raises(UpstreamFailed, match="malformed"):
-            await backend.post(_worker(server.port), "/garbage", b"{}")
+            await backend.post(_worker(server.port), path, b"{}")
+        if path == "/endless-head":
+            await asyncio.wait_for(server.closed_by_client.wait(), 2)
 
 
 async def test_a_silent_worker_times_out_and_sees_the_connection_dropped(backend: Http1Backend) -> None:

@@ -109,6 +109,20 @@ async def test_ledger_round_trip_and_cli(tmp_path: Path, capsys: pytest.CaptureF
     assert "anonymous 2" in table
 
 
+async def test_batches_wider_than_one_insert_keep_every_record_in_order(tmp_path: Path) -> None:
+    """A batch goes in by multi-row INSERTs of ROWS_PER_INSERT: 100 records in batches of 64 are written as
+    32 + 32 and 32 + 4 rows, and read back whole."""
+    path = tmp_path / "ledger.sqlite"
+    records = [rec(1000 + i, "small" if i % 3 else "large", latency=float(i), cost=i / 1e6) for i in range(100)]
+    ledger = SqliteLedger(path, batch=64, interval=0.01)
+    await ledger.start()
+    for r in records:
+        ledger.emit(r)
+    await ledger.close()
+    assert (ledger.written, ledger.dropped) == (100, 0)
+    assert list(read_records(path)) == records
+
+
 async def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
     ledger = SqliteLedger(tmp_path / "l.sqlite", max_queue=2)
     for r in HAND[:5]:

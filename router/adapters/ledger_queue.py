@@ -35,6 +35,7 @@ class QueuedLedger(Generic[Item]):
         self.written = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._unsettled = 0  # rows stored since the last _flushed(): lost with it if it fails
 
     @property
     def depth(self) -> int:
@@ -71,9 +72,18 @@ class QueuedLedger(Generic[Item]):
                 await self._store(rows)
                 self.written += len(rows)
             except Exception as exc:  # a store failure must never reach requests; it is counted and logged
-                self.dropped += len(rows)
-                log.error("decision ledger write failed (%s): %d records dropped", exc, len(rows))
+                self._lost(exc, len(rows))
             await asyncio.sleep(0)  # let requests run between batches
+        try:
+            await self._flushed()
+        except Exception as exc:
+            self.written -= self._unsettled
+            self._lost(exc, self._unsettled)
+        self._unsettled = 0
+
+    def _lost(self, exc: Exception, rows: int) -> None:
+        self.dropped += rows
+        log.error("decision ledger write failed (%s): %d records dropped", exc, rows)
 
     async def close(self) -> None:
         self._stopping = True
@@ -88,6 +98,9 @@ class QueuedLedger(Generic[Item]):
 
     async def _store(self, rows: list[tuple[Any, ...]]) -> None:
         raise NotImplementedError
+
+    async def _flushed(self) -> None:
+        """After the batches of one flush (a store may make them durable here, once)."""
 
     async def _tick(self) -> None: ...
 

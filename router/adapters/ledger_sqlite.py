@@ -128,14 +128,34 @@ class SqliteLedger(QueuedLedger[DecisionRecord]):
         self._next_checkpoint = asyncio.get_running_loop().time() + self._checkpoint_every
 
     async def _store(self, rows: list[tuple[Any, ...]]) -> None:
-        # Inline on the loop: a 64-row batch takes ~0.25 ms (see the module's docstring).
-        assert self._db is not None
-        with self._db:
-            self._db.execute("BEGIN")
+        # Inline on the loop: a 64-row batch takes ~0.5 ms under load (see the module's docstring). The
+        # flush's batches share one transaction, committed in _flushed: a commit (its WAL writes) cost about
+        # 3 us per row at one per 64-row batch, measured inside the gateway under load.
+        db = self._db
+        assert db is not None
+        if not db.in_transaction:
+            db.execute("BEGIN")
+        try:
             for start in range(0, len(rows), ROWS_PER_INSERT):
                 part = rows[start : start + ROWS_PER_INSERT]
                 sql = self._inserts.get(len(part)) or self._inserts.setdefault(len(part), _insert(len(part)))
-                self._db.execute(sql, list(chain.from_iterable(part)))
+                db.execute(sql, list(chain.from_iterable(part)))
+        except sqlite3.Error:
+            db.rollback()  # this batch and the flush's earlier ones: counted lost together
+            self.written -= self._unsettled
+            self.dropped += self._unsettled
+            self._unsettled = 0
+            raise
+        self._unsettled += len(rows)
+
+    async def _flushed(self) -> None:
+        db = self._db
+        if db is not None and db.in_transaction:
+            try:
+                db.commit()
+            except sqlite3.Error:
+                db.rollback()
+                raise
 
     async def _tick(self) -> None:
         now = asyncio.get_running_loop().time()

@@ -123,6 +123,21 @@ async def test_batches_wider_than_one_insert_keep_every_record_in_order(tmp_path
     assert list(read_records(path)) == records
 
 
+async def test_a_flush_is_one_transaction_a_failed_batch_loses_it_whole_and_says_so(tmp_path: Path) -> None:
+    """The batches of one flush share a transaction: a batch SQLite refuses (a value it cannot bind) rolls back
+    the flush's earlier batches too, and all of them are counted dropped; later batches start anew."""
+    path = tmp_path / "ledger.sqlite"
+    records = [rec(1000 + i, "small") for i in range(6)]
+    records[2] = rec(1002, "small", prompt={"not": "bindable"})
+    ledger = SqliteLedger(path, batch=2, interval=60)
+    for r in records:
+        ledger.emit(r)
+    await ledger.start()  # the writer first flushes after `interval`: close() flushes all six at once
+    await ledger.close()
+    assert (ledger.written, ledger.dropped) == (2, 4)
+    assert list(read_records(path)) == records[4:]
+
+
 async def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
     ledger = SqliteLedger(tmp_path / "l.sqlite", max_queue=2)
     for r in HAND[:5]:

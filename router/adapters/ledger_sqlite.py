@@ -1,6 +1,6 @@
 """Decision ledger in SQLite (WAL): records queue in memory and a background task writes them in small
-batches. A full queue drops the record and counts it; close() drains what is queued (the gateway calls it on
-SIGTERM, after in-flight requests finish).
+batches, one transaction per flush (every `interval`). A full queue drops the record and counts it; close()
+drains what is queued (the gateway calls it on SIGTERM, after in-flight requests finish).
 
 Why the writes run on the event loop and not in a thread: a batch of 64 rows takes ~0.25 ms, and the task
 yields between batches, so no request waits longer than that. A writer thread costs more: binding rows holds

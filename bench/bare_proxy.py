@@ -1,5 +1,6 @@
-"""The ceiling for a gateway in Python: a bare pass-through (Starlette + aiohttp, what llm-triage is built on)
-that forwards a chat completion to one upstream and its answer back, JSON or streamed, and does nothing else.
+"""The ceiling for a gateway in Python: a bare pass-through (Starlette + aiohttp; llm-triage serves on the same
+Starlette) that forwards a chat completion to one upstream and its answer back, JSON or streamed, and does
+nothing else.
 
     python bench/bare_proxy.py PORT UPSTREAM_BASE_URL
 """

@@ -15,6 +15,8 @@ __all__ = ["QueuedLedger", "row"]
 
 log = logging.getLogger("triage.ledger")
 
+SETTLE_EVERY = 16  # batches between _flushed() calls within one flush
+
 # attrgetter, not dataclasses.astuple: astuple deep-copies every field, on the event loop's thread.
 row = attrgetter(*COLUMNS)
 
@@ -65,6 +67,7 @@ class QueuedLedger(Generic[Item]):
             await self._tick()
 
     async def _flush(self) -> None:
+        batches = 0
         while self._queue:
             take = self._queue.popleft
             rows = [self._row(take()) for _ in range(min(self._batch, len(self._queue)))]
@@ -73,7 +76,13 @@ class QueuedLedger(Generic[Item]):
                 self.written += len(rows)
             except Exception as exc:  # a store failure must never reach requests; it is counted and logged
                 self._lost(exc, len(rows))
+            batches += 1
+            if batches % SETTLE_EVERY == 0:  # a queue that keeps filling still gets durable writes
+                await self._settle()
             await asyncio.sleep(0)  # let requests run between batches
+        await self._settle()
+
+    async def _settle(self) -> None:
         try:
             await self._flushed()
         except Exception as exc:

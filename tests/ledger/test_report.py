@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from router.adapters.ledger_queue import SETTLE_EVERY
 from router.adapters.ledger_sqlite import SqliteLedger, read_records
 from router.analytics.cli import parse_time
 from router.analytics.report import percentile, summarize
@@ -88,13 +89,19 @@ def test_times() -> None:
         parse_time("yesterday")
 
 
-async def test_ledger_round_trip_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "ledger.sqlite"
-    ledger = SqliteLedger(path, batch=3, interval=0.01)
+async def _written(path: Path, records: list[DecisionRecord], *, batch: int, interval: float) -> SqliteLedger:
+    """A ledger at `path` that was given `records` and closed (which flushes what is queued)."""
+    ledger = SqliteLedger(path, batch=batch, interval=interval)
     await ledger.start()
-    for r in HAND:
+    for r in records:
         ledger.emit(r)
     await ledger.close()
+    return ledger
+
+
+async def test_ledger_round_trip_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = await _written(path, HAND, batch=3, interval=0.01)
     assert (ledger.written, ledger.dropped) == (7, 0)
     assert list(read_records(path)) == HAND
     assert main(["analytics", "summary", "--ledger", str(path), "--format", "json"]) == 0
@@ -114,11 +121,7 @@ async def test_batches_wider_than_one_insert_keep_every_record_in_order(tmp_path
     32 + 32 and 32 + 4 rows, and read back whole."""
     path = tmp_path / "ledger.sqlite"
     records = [rec(1000 + i, "small" if i % 3 else "large", latency=float(i), cost=i / 1e6) for i in range(100)]
-    ledger = SqliteLedger(path, batch=64, interval=0.01)
-    await ledger.start()
-    for r in records:
-        ledger.emit(r)
-    await ledger.close()
+    ledger = await _written(path, records, batch=64, interval=0.01)
     assert (ledger.written, ledger.dropped) == (100, 0)
     assert list(read_records(path)) == records
 
@@ -129,13 +132,21 @@ async def test_a_flush_is_one_transaction_a_failed_batch_loses_it_whole_and_says
     path = tmp_path / "ledger.sqlite"
     records = [rec(1000 + i, "small") for i in range(6)]
     records[2] = rec(1002, "small", prompt={"not": "bindable"})
-    ledger = SqliteLedger(path, batch=2, interval=60)
-    for r in records:
-        ledger.emit(r)
-    await ledger.start()  # the writer first flushes after `interval`: close() flushes all six at once
-    await ledger.close()
+    ledger = await _written(path, records, batch=2, interval=60)  # one flush, by close(), of all six
     assert (ledger.written, ledger.dropped) == (2, 4)
     assert list(read_records(path)) == records[4:]
+
+
+async def test_a_long_flush_commits_every_settle_every_batches(tmp_path: Path) -> None:
+    """A flush of 40 one-row batches commits after batch 16 and 32: a refused batch (the 30th) rolls back only
+    what came after the last commit (batches 17-29)."""
+    path = tmp_path / "ledger.sqlite"
+    records = [rec(1000 + i, "small") for i in range(40)]
+    records[29] = rec(1029, "small", prompt={"not": "bindable"})
+    assert SETTLE_EVERY == 16
+    ledger = await _written(path, records, batch=1, interval=60)
+    assert (ledger.written, ledger.dropped) == (26, 14)
+    assert list(read_records(path)) == records[:16] + records[30:]
 
 
 async def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:

@@ -90,6 +90,10 @@ class _Connection(asyncio.Protocol):
         self._fail(_Closed(f"connection closed: {exc}" if exc else "connection closed", self.answered))
 
     def data_received(self, data: bytes) -> None:
+        if self.complete:  # bytes after the answer, before the next request: the worker is misbehaving
+            self._keep_alive = False
+            self.abort()
+            return
         self.answered = True
         try:
             self._parser.feed_data(data)
@@ -106,6 +110,8 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:  # a second message in the read that ended the answer: not ours
+            return
         key = name.lower()
         if key == b"content-type":
             self.content_type = value.split(b";", 1)[0].strip().lower().decode("latin-1")
@@ -113,6 +119,9 @@ class _Connection(asyncio.Protocol):
             self._length_known = True
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            self._keep_alive = False
+            return
         self.status = self._parser.get_status_code()
         self.headers_done = True
         if self.status in (204, 304) or 100 <= self.status < 200:
@@ -121,6 +130,8 @@ class _Connection(asyncio.Protocol):
             self._wake()  # a stream's head is in: its status is known
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
         self._size += len(body)
         if self._limit is not None and self._size > self._limit:
             self._fail(_TooLarge())
@@ -135,6 +146,9 @@ class _Connection(asyncio.Protocol):
             self._wake()
 
     def on_message_complete(self) -> None:
+        if self.complete:
+            self._keep_alive = False
+            return
         self.complete = True
         self._keep_alive = self._parser.should_keep_alive()  # read now: the parser forgets once the feed ends
         self._wake()

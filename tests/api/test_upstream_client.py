@@ -89,6 +89,8 @@ class Worker1:
             while True:
                 writer.write(b"x" * 65536)
                 await writer.drain()
+        elif path.endswith(b"/two-answers"):  # one request, two answers in one write: the second is not ours
+            writer.write(_answer(OK) + b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\n\r\n")
         elif path.endswith(b"/garbage"):
             writer.write(b"NOT HTTP AT ALL\r\n\r\n")
         elif path.endswith(b"/silent"):  # reads the request, never answers; waits for the client to leave
@@ -179,6 +181,17 @@ async def test_answers_without_a_length_are_read_whole(backend: Http1Backend, pa
         reply = await backend.post(_worker(server.port), path, b"{}")
         assert reply.status == 200
         assert reply.body == (OK if path == "/until-eof" else b'{"a":1}')
+
+
+async def test_bytes_after_an_answer_are_not_read_as_the_next_one(backend: Http1Backend) -> None:
+    """A worker that writes a second answer to one request: the first is the answer, and the connection is not
+    kept (its extra bytes would otherwise be read as the answer to the next request)."""
+    async with Worker1() as server:
+        w = _worker(server.port)
+        reply = await backend.post(w, "/two-answers", b"{}")
+        assert (reply.status, reply.body) == (200, OK)
+        assert (await backend.post(w, "/ok", b"{}")).status == 200
+        assert server.connections == 2
 
 
 async def test_an_answer_over_max_response_bytes_is_refused_and_its_connection_dropped(backend: Http1Backend) -> None:

@@ -422,12 +422,11 @@ class Http1Backend:
 
 
 def _plan_for(worker: Worker) -> _Plan:
-    # Checked on the raw settings: urlsplit silently drops line breaks, and a space would split the request line.
-    if any(c <= " " or c == "\x7f" for c in worker.base_url) or any(
-        c < " " or c == "\x7f" for c in worker.api_key or ""
-    ):
+    # Checked on the raw settings: urlsplit silently drops line breaks, a space would split the request line,
+    # and what is not ASCII cannot be encoded into the head (an error there would be a 500, not a 502).
+    if not all("!" <= c <= "~" for c in worker.base_url) or not all(" " <= c <= "~" for c in worker.api_key or ""):
         raise UpstreamFailed(
-            f"worker {worker.name!r}: its base_url or api_key holds a space or a control character",
+            f"worker {worker.name!r}: its base_url or api_key holds a space or a control character, or is not ASCII",
             worker=worker.name,
         )
     url = urlsplit(worker.base_url)

@@ -280,6 +280,8 @@ async def test_tls_workers_go_to_the_tls_backend(backend: Http1Backend) -> None:
         ("api_key", "k\r\nX-Evil: 1"),
         ("base_url", "http://127.0.0.1:{port}/v1\r\nX-Evil: 1"),
         ("base_url", "http://127.0.0.1:{port}/v 1"),
+        ("api_key", "k€y"),
+        ("base_url", "http://127.0.0.1:{port}/vé"),
     ],
 )
 async def test_a_line_break_or_space_in_a_worker_setting_never_reaches_the_wire(

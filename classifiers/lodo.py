@@ -19,6 +19,7 @@ from classifiers.features import STRUCTURE, FeatureSpec
 from classifiers.metrics import route_metrics, routing_curve
 
 __all__ = [
+    "IN_FAMILY",
     "MIN_GAP",
     "PRIOR",
     "RECIPES",
@@ -28,6 +29,7 @@ __all__ = [
     "familiarity_effect",
     "fit_recipe",
     "held_out_scores",
+    "in_family",
     "kfold_within",
     "lodo",
     "random_spread",
@@ -279,6 +281,31 @@ def kfold_within(
         coef, intercept = fit_recipe(X, spec, others, other_rows, recipe)
         scores[test] = X[fam_rows[test]] @ coef + intercept
     return score_family(fam, scores)
+
+
+# The in-family reference: word n-grams and counts fitted to the family's own pair outcomes (the best in-family
+# form measured: structure alone, or alpha 100, reached less).
+IN_FAMILY = Recipe("in-family", label="gap", alpha=10.0, features="words")
+
+
+def in_family(X: Any, spec: FeatureSpec, families: Sequence[Family], folds: int = 5) -> list[FamilyResult]:
+    """Each family scored by k-fold on its own graded items alone, fitted to the pair outcomes it is scored with:
+    what a prompt-only model of the shipped form learns about a family when that family's outcomes are at hand.
+    Not a LODO result (no deployment has them on day one): the reference a LODO figure is read against."""
+    from sklearn.model_selection import KFold
+
+    out = []
+    for fam, idx in zip(families, row_index(families), strict=True):
+        mask = np.array(fam.eval_mask())
+        items = tuple(i for i, keep in zip(fam.items, mask, strict=True) if keep)
+        own = idx[mask]
+        scores = np.zeros(len(items))
+        for train, test in KFold(folds, shuffle=True, random_state=0).split(own):
+            part = Family(fam.name, tuple(items[i] for i in train))
+            coef, intercept = fit_recipe(X, spec, [part], [own[train]], IN_FAMILY)
+            scores[test] = X[own[test]] @ coef + intercept
+        out.append(score_family(Family(fam.name, items), scores))
+    return out
 
 
 def score_family(fam: Family, scores: np.ndarray) -> FamilyResult:

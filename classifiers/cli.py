@@ -116,7 +116,7 @@ def _train_prior(args: argparse.Namespace, say: Callable[[str], None]) -> int:
 
 
 def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    from classifiers.families import load_families
+    from classifiers.families import PEER_LARGE, load_families
     from classifiers.features import FeatureSpec, Featurizer
     from classifiers.lodo import (
         MIN_GAP,
@@ -127,6 +127,7 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
         held_out_scores,
         in_family,
         kfold_within,
+        oracles,
         random_spread,
         score_family,
     )
@@ -176,6 +177,17 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     pair_means = " | ".join(f"{mean(rs, pair):.3f}" for rs in runs)
     print(f"| mean, families graded GPT-4 vs Mixtral | | | | | {pair_means} |")
     print("| MMLU 5-fold (in-family, for reference) | | | | | " + " | ".join(f"{mmlu[n]:.3f}" for n in names) + " | |")
+    last = {r.family: r.apgr for r in results[names[-1]]}
+    known = oracles(families)
+    print("\n## routing by what other models actually did on each item (families scored with the open pair)")
+    print("(what knowing difficulty outright earns there; a prompt-only prior can at best estimate it)\n")
+    print(f"| family | other small models' failure rate | {PEER_LARGE}'s outcome | {names[-1]} (LODO) |")
+    print("|---|---:|---:|---:|")
+    for name, by_failure, by_large in known:
+        print(f"| {name} | {by_failure:.3f} | {by_large:.3f} | {last[name]:.3f} |")
+    if known:
+        cols = list(zip(*[(a, b, last[n]) for n, a, b in known], strict=True))
+        print("| **mean** | " + " | ".join(f"**{sum(c) / len(c):.3f}**" for c in cols) + " |")
     say(f"familiarity under LODO ({names[-1]})")
     effect = familiarity_effect(X, spec, families, scores[names[-1]])
     print(f"\n## the least familiar prompts sent to the large model first, under LODO ({names[-1]})\n")

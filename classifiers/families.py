@@ -23,10 +23,11 @@ from pathlib import Path
 
 from classifiers.data import load_benchmark
 
-__all__ = ["FAMILIES", "Family", "FamilyItem", "load_families"]
+__all__ = ["FAMILIES", "PEER_LARGE", "Family", "FamilyItem", "load_families"]
 
 LLMROUTER_SMALL = "mistral-7b-instruct-v0.3"
 LLMROUTER_LARGE = "llama-3.1-nemotron-51b-instruct"
+PEER_LARGE = "llama-3.3-nemotron-super-49b-v1"  # the other large model scored on every family
 SMALL_OPEN_MODELS = (
     "qwen2.5-7b-instruct",
     "codegemma-7b",
@@ -59,6 +60,11 @@ class FamilyItem:
     large: float
     proxy: float  # difficulty for small models in general, in [0, 1]
     source: str  # routellm | llmrouter
+    # What other models actually did on the item (llmrouter only, else nan): for the oracle rows of the LODO
+    # report, never for training. The small open models' failure rate without the pair's small model, and
+    # another large model's outcome.
+    peer_failure: float = float("nan")
+    peer_large: float = float("nan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +107,18 @@ def _llmrouter(folder: Path) -> dict[str, list[FamilyItem]]:
         for row in json.loads((folder / name).read_text(encoding="utf-8")):
             seen.setdefault(row["question"], row["scores"])
     out: dict[str, list[FamilyItem]] = {}
+    peers = [m for m in SMALL_OPEN_MODELS if m != LLMROUTER_SMALL]
     for question, scores in seen.items():
         proxy = 1.0 - sum(float(scores[m]) for m in SMALL_OPEN_MODELS) / len(SMALL_OPEN_MODELS)
-        item = FamilyItem(question, float(scores[LLMROUTER_SMALL]), float(scores[LLMROUTER_LARGE]), proxy, "llmrouter")
+        item = FamilyItem(
+            question,
+            float(scores[LLMROUTER_SMALL]),
+            float(scores[LLMROUTER_LARGE]),
+            proxy,
+            "llmrouter",
+            peer_failure=1.0 - sum(float(scores[m]) for m in peers) / len(peers),
+            peer_large=float(scores[PEER_LARGE]),
+        )
         out.setdefault(tasks[question], []).append(item)
     return out
 

@@ -32,6 +32,7 @@ __all__ = [
     "in_family",
     "kfold_within",
     "lodo",
+    "oracles",
     "random_spread",
     "row_index",
     "score_family",
@@ -320,6 +321,32 @@ def score_family(fam: Family, scores: np.ndarray) -> FamilyResult:
         return FamilyResult(fam.name, len(items), q_small, q_large, float("nan"), float("nan"))
     m = route_metrics(routing_curve(s, small, large), q_small, q_large, 0.24, 24.7)
     return FamilyResult(fam.name, len(items), q_small, q_large, m.apgr, m.share_at_95)
+
+
+def oracles(families: Sequence[Family]) -> list[tuple[str, float, float]]:
+    """Per family scored with the open pair: the APGR of routing by what other models actually did on each item
+    (the other small models' failure rate; another large model's outcome). A prompt-only prior can at best
+    estimate such difficulty, so this is what knowing it outright earns there (a reference, not a strict bound:
+    a prior may fit one family's quirks by chance)."""
+    out = []
+    for fam in families:
+        items = [i for i, keep in zip(fam.items, fam.eval_mask(), strict=True) if keep]
+        if items[0].source != "llmrouter" or not score_family(fam, np.zeros(len(fam.items))).scored:
+            continue
+        graded = Family(fam.name, tuple(items))
+        failure = np.array([i.peer_failure for i in items])
+        large = np.array([i.peer_large for i in items])
+        # Outcomes are mostly binary: ties are broken at random, and the APGR averaged over 20 such draws.
+        rng = np.random.default_rng(0)
+        draws = [rng.random(len(items)) * 1e-6 for _ in range(20)]
+        out.append(
+            (
+                fam.name,
+                float(np.mean([score_family(graded, failure + d).apgr for d in draws])),
+                float(np.mean([score_family(graded, large + d).apgr for d in draws])),
+            )
+        )
+    return out
 
 
 def random_spread(families: Sequence[Family], draws: int = 200, seed: int = 0) -> tuple[dict[str, float], float]:

@@ -12,7 +12,17 @@ import pytest
 import classifiers
 from classifiers.families import FAMILIES, Family, FamilyItem, load_families
 from classifiers.features import FeatureSpec, Featurizer
-from classifiers.lodo import PRIOR, RECIPES, Recipe, fit_recipe, in_family, kfold_within, lodo, row_index
+from classifiers.lodo import (
+    PRIOR,
+    RECIPES,
+    Recipe,
+    fit_recipe,
+    in_family,
+    kfold_within,
+    lodo,
+    oracles,
+    row_index,
+)
 from classifiers.train import fit_prior
 
 SPEC = FeatureSpec(word_bits=12, char_bits=10)
@@ -69,6 +79,27 @@ def test_a_recipe_without_byte_ngrams_ships_without_them_and_scores_the_same() -
     np.testing.assert_allclose(small_X @ coef2 + intercept2, full_X @ coef + intercept, rtol=1e-6, atol=1e-9)
 
 
+def test_the_oracle_routes_by_what_the_peers_did() -> None:
+    """A peer large model that fails exactly where the pair's large one does routes like the pair itself; a
+    peer whose outcomes say nothing routes at chance. RouteLLM families (no peers) are left out."""
+    rng = np.random.default_rng(4)
+    items, blind = [], []
+    for i in range(400):
+        small, large = float(rng.random() < 0.3), float(rng.random() < 0.8)
+        items.append(FamilyItem(f"q{i}", small, large, 1.0 - small, "llmrouter", 1.0 - small, large))
+        blind.append(FamilyItem(f"q{i}", small, large, 1.0 - small, "llmrouter", 0.5, float(rng.random() < 0.8)))
+    routellm = Family("mmlu", tuple(FamilyItem(f"r{i}", 0.0, 1.0, 1.0, "routellm") for i in range(10)))
+    got = {
+        name: (by_failure, by_large)
+        for name, by_failure, by_large in oracles(
+            [Family("seen", tuple(items)), Family("blind", tuple(blind)), routellm]
+        )
+    }
+    assert set(got) == {"seen", "blind"}
+    assert got["seen"][0] > 0.6 and got["seen"][1] > 0.6
+    assert abs(got["blind"][0] - 0.5) < 0.06 and abs(got["blind"][1] - 0.5) < 0.06
+
+
 @pytest.fixture(scope="module")
 def real(routing_data: Path) -> tuple[list[Family], object]:
     families = list(load_families().values())
@@ -99,6 +130,11 @@ def test_the_readme_lodo_figures_recompute(real: tuple[list[Family], object]) ->
     own = {r.family: r.apgr for r in in_family(X, FeatureSpec(), families) if r.scored}
     assert set(own) == set(scored)
     assert np.mean(list(own.values())) == pytest.approx(0.577, abs=0.001)
+    # Routing by the other models' real outcomes, on the eight families the open pair scores.
+    known = oracles(families)
+    assert {name for name, _, _ in known} == set(scored) - {"mmlu", "gsm8k", "mt_bench"}
+    assert np.mean([a for _, a, _ in known]) == pytest.approx(0.495, abs=0.001)
+    assert np.mean([b for _, _, b in known]) == pytest.approx(0.545, abs=0.001)
 
 
 @pytest.mark.usefixtures("routing_data")

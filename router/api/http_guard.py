@@ -25,7 +25,10 @@ class _Guarded(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes of the head being received, counted by the chunks that did not finish it
+        self._chunk = 0  # the length of the chunk being parsed
+        self._heads_seen = 0  # heads completed on this connection
+        self._refused = False  # answered 431 or 408: the rest of what arrives is ignored
         self._timer: asyncio.TimerHandle | None = None
         self._arm(self.head_timeout, self._head_expired)  # a connection that never sends a byte is timed too
 
@@ -43,21 +46,45 @@ class _Guarded(HttpToolsProtocol):
             self._timer = None
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self._in_head and self._timer is None:  # the first bytes of a keep-alive connection's next request
             self._arm(self.head_timeout, self._head_expired)
+        self._chunk = len(data)
+        heads_before = self._heads_seen
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
-            self._head_bytes += len(data)  # every byte of a chunk that did not finish the head is head
+        # A chunk that did not finish a head is all head: this bounds a head that never ends. A chunk that
+        # finished one is not counted here, since its body (even the next request's start) follows the head in
+        # it: on_headers_complete measures that head itself.
+        if self._in_head and self._heads_seen == heads_before and not self._refused and not self.transport.is_closing():
+            self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
                 self._refuse(431, f"request line and headers exceed {self.max_header_bytes} bytes")
 
+    def _head_size(self) -> int:
+        """The finished head's size as parsed: its target and headers, each with its separators."""
+        return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        # Measured only when the bytes seen could hold an oversized head: one comparison on the common path.
+        if self._head_bytes + self._chunk > self.max_header_bytes and self._head_size() > self.max_header_bytes:
+            self._refuse(431, f"request line and headers exceed {self.max_header_bytes} bytes")
+            return  # never dispatched
         self._in_head = False
         self._head_bytes = 0
+        self._heads_seen += 1
         self._arm(self.body_timeout, self._body_expired)
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         self._disarm()
         self._in_head = True
         super().on_message_complete()
@@ -79,6 +106,8 @@ class _Guarded(HttpToolsProtocol):
             self.transport.close()  # the request sees a disconnect; there is no one to answer
 
     def _refuse(self, status: int, message: str) -> None:
+        self._refused = True
+        self._disarm()
         log.warning("refused a connection: %s", message)
         body = error_body(
             message, "invalid_request_error", "request_header_fields_too_large" if status == 431 else "request_timeout"

@@ -15,6 +15,7 @@ import pytest
 
 from tests.limits.gateways import Gateway
 from tests.servers import ThreadedServer
+from tests.upstream import Journal
 
 HEAD_TIMEOUT = 1.0
 
@@ -105,6 +106,60 @@ def test_headers_over_the_limit_get_431_in_the_envelope(gateway: Gateway) -> Non
     sock.close()
     assert data.startswith(b"HTTP/1.1 431")
     assert b'"request_header_fields_too_large"' in data
+
+
+@pytest.mark.parametrize("size", [9_000, 60_000])
+def test_a_body_larger_than_the_header_limit_that_arrives_with_its_head_is_served(gateway: Gateway, size: int) -> None:
+    """Regression: a whole request read in one chunk counted its body as head once the message completed, so a
+    request with 8 KiB of headers allowed and a 9 KB body (32 KiB and 33-64 KB by default) got a 431."""
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "a" * size}], "max_tokens": 2})
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    sock = _connect(gateway)
+    sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body.encode())  # one write: one read
+    data, _ = _read_until_closed(sock)
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 200"), data[:300]
+
+
+def test_headers_over_the_limit_are_refused_before_the_request_is_routed(
+    gateway: Gateway, upstreams: tuple[ThreadedServer, ThreadedServer, Journal]
+) -> None:
+    """A whole request with 9 KB of headers in one chunk: 431, and nothing reaches a worker (a head measured
+    only after parsing was dispatched first)."""
+    journal = upstreams[2]
+    before = len(journal.bodies)
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"X-Big: " + b"a" * 9000 + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+    sock = _connect(gateway)
+    sock.sendall(head + body)
+    data, _ = _read_until_closed(sock)
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 431")
+    time.sleep(0.3)
+    assert len(journal.bodies) == before
+
+
+def test_a_head_over_the_limit_finished_in_a_later_chunk_is_refused(gateway: Gateway) -> None:
+    """Regression: 6 KB of headers, then 4 KB more that finish the head with part of a body: the second chunk
+    finished the head, so it was never counted, and the request went on waiting for its body."""
+    sock = _connect(gateway)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-One: " + b"a" * 6000 + b"\r\n")
+    time.sleep(0.2)  # two reads
+    sock.sendall(b"X-Two: " + b"b" * 4000 + b"\r\nContent-Length: 100\r\n\r\n{")
+    data, took = _read_until_closed(sock)
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 431"), data[:200]
+    assert took < HEAD_TIMEOUT  # refused at once, not cut off by the body deadline
+
+
+def test_pipelined_requests_in_one_chunk_are_all_answered(gateway: Gateway) -> None:
+    one = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    sock = _connect(gateway)
+    sock.sendall(one * 3 + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data, _ = _read_until_closed(sock)
+    sock.close()
+    assert data.count(b"HTTP/1.1 200") == 4
 
 
 @pytest.mark.parametrize(

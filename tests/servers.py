@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -20,8 +21,10 @@ def free_port() -> int:
 
 
 class ThreadedServer:
-    def __init__(self, app: ASGIApp, port: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, port: int | None = None, tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: (certificate chain, key) files to serve HTTPS with."""
         self.port = port or free_port()
+        self._scheme = "https" if tls else "http"
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
@@ -31,13 +34,15 @@ class ThreadedServer:
             proxy_headers=False,  # as `triage serve` runs it: the gateway decides whom to trust
             loop="asyncio",
             timeout_graceful_shutdown=1,
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self._scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> ThreadedServer:
         self._thread.start()

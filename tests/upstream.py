@@ -25,6 +25,7 @@ from starlette.routing import Route
 class Journal:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    authorization: list[str] = field(default_factory=list)  # each request's Authorization header ("" if none)
     always: dict[str, Any] = field(default_factory=dict)  # behaviour for every request (a test may change it)
 
 
@@ -62,6 +63,7 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
     async def generate(request: Request) -> Response:
         body = json.loads(await request.body())
         journal.bodies.append(body)
+        journal.authorization.append(request.headers.get("authorization", ""))
         test = {**journal.always, **(body.get("x_test") or {})}
         if body.get("model") != model:
             return JSONResponse(

@@ -54,7 +54,8 @@ def config(
 
 
 class Gateway:
-    def __init__(self, cfg: Path, log: Path) -> None:
+    def __init__(self, cfg: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        """`env`: the process's environment (default: this one's)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         with log.open("wb") as out:
@@ -63,15 +64,17 @@ class Gateway:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=env,
             )
         self.log = log
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc.poll() is None:  # a refused config exits at once
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
+        self.kill()
         raise RuntimeError(f"gateway did not start:\n{log.read_text()[-2000:]}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:

@@ -51,12 +51,13 @@ class _Guarded(HttpToolsProtocol):
         if self._in_head and self._timer is None:  # the first bytes of a keep-alive connection's next request
             self._arm(self.head_timeout, self._head_expired)
         self._chunk = len(data)
-        heads_before = self._heads_seen
+        all_head, heads_before = self._in_head, self._heads_seen
         super().data_received(data)
-        # A chunk that did not finish a head is all head: this bounds a head that never ends. A chunk that
-        # finished one is not counted here, since its body (even the next request's start) follows the head in
-        # it: on_headers_complete measures that head itself.
-        if self._in_head and self._heads_seen == heads_before and not self._refused and not self.transport.is_closing():
+        # A chunk read in a head that did not finish it is all head: this bounds a head that never ends. Any
+        # other chunk holds a body too: it is not counted (the next request's first bytes after a body end go
+        # uncounted, at most one read), and a head it finished is measured by on_headers_complete.
+        all_head = all_head and self._heads_seen == heads_before
+        if all_head and not self._refused and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
                 self._refuse(431, f"request line and headers exceed {self.max_header_bytes} bytes")

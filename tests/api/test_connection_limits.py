@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.limits.gateways import Gateway
@@ -126,6 +127,19 @@ def test_a_body_larger_than_the_header_limit_is_served(gateway: Gateway, size: i
     data, _ = _read_until_closed(sock)
     sock.close()
     assert data.startswith(b"HTTP/1.1 200"), data[:300]
+
+
+def test_an_openai_sdk_clients_long_prompts_are_served(gateway: Gateway) -> None:
+    """The same regression through an unmodified SDK client: before the fix, 24-40 of 40 prompts of 40-900 KB
+    got a 431 against the default 32 KiB limit (here the limit is 8 KiB)."""
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    for size in (12_000, 200_000, 900_000):
+        for _ in range(5):
+            answer = client.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "a" * size}], max_tokens=2
+            )
+            assert answer.choices[0].message.content
+    client.close()
 
 
 def test_headers_over_the_limit_are_refused_before_the_request_is_routed(

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from starlette.requests import Request
 
 from router.core.tiers import Caller, Tier
-from router.errors import AuthenticationFailed
+from router.errors import AuthenticationFailed, InvalidRequest
 
 __all__ = ["Authenticator", "hash_key"]
 
@@ -67,6 +67,9 @@ class Authenticator:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
         if token and self._keys_in_use:
+            if len(request.headers.getlist("authorization")) > 1:
+                # Which one counts would be this gateway's guess, and a proxy in front may have guessed otherwise.
+                raise InvalidRequest("the Authorization header was sent more than once", param="authorization")
             digest = hash_key(token)
             tier_name = self._keys.get(digest)
             if tier_name is None and self._key_store is not None:

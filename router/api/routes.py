@@ -17,7 +17,7 @@ from router.api.errors import error_response, internal_error_response
 from router.api.state import gateway
 from router.api.streaming import ClientGone, PassThroughStream, until_disconnect
 from router.core.ports import UpstreamReply
-from router.errors import Overloaded, PayloadTooLarge, RateLimited, TriageError
+from router.errors import InvalidRequest, Overloaded, PayloadTooLarge, RateLimited, TriageError
 from router.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -55,6 +55,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def _refuse_encoded(request: Request) -> None:
+    """A compressed body is refused saying so, rather than as JSON that does not parse."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise InvalidRequest(
+            f"Content-Encoding {encoding[:40]!r} is not supported: send the request body uncompressed",
+            param="content-encoding",
+        )
+
+
 def _headers(routed: Routed, request_id: str) -> dict[str, str]:
     d = routed.decision
     return {
@@ -90,7 +100,11 @@ async def _generate(request: Request, endpoint: Endpoint, schema: type[Generatio
         caller = await state.auth.identify(request)
         limit = caller.tier.max_body_bytes or state.max_body_bytes
         raw = await _read_body(request, limit)
-        payload, typed = decode_body(raw, schema)
+        try:
+            payload, typed = decode_body(raw, schema)
+        except InvalidRequest:
+            _refuse_encoded(request)  # on the error path only: a compressed body never parses as JSON
+            raise
         bypass = request.headers.get("x-triage-cache", "").lower() == "bypass"
         outcome = await until_disconnect(
             state.service.handle(caller, endpoint, payload, typed, RequestOptions(request_id, bypass)), request.receive

@@ -3,6 +3,7 @@ a bare 500, and nothing grows without bound. Each test names the defect it guard
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import httpx
@@ -66,6 +67,25 @@ def test_nesting_within_the_limit_passes_through(stack: Stack) -> None:
     r = chat(stack, temperature=0, x_deep=_nested(60))
     assert r.status_code == 200
     assert stack.small_journal.bodies[-1]["x_deep"] == _nested(60)
+
+
+def test_a_compressed_body_is_refused_saying_so(stack: Stack) -> None:
+    """It was refused as JSON that is "not valid UTF-8: surrogates not allowed"."""
+    body = gzip.compress(b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}]}')
+    r = stack.client.post(
+        "/v1/chat/completions", content=body, headers={"content-type": "application/json", "content-encoding": "gzip"}
+    )
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert (error["param"], error["code"]) == ("content-encoding", "invalid_request")
+    assert "uncompressed" in error["message"]
+    # An uncompressed body that says so passes.
+    plain = stack.client.post(
+        "/v1/chat/completions",
+        json={"model": "auto", "messages": SHORT, "max_tokens": 2},
+        headers={"content-encoding": "identity"},
+    )
+    assert plain.status_code == 200
 
 
 def test_a_worker_200_that_is_not_json_is_a_502_and_never_cached(stack: Stack) -> None:

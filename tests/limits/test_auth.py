@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from router.api.auth import Authenticator, hash_key
 from router.core.tiers import Tier
-from router.errors import AuthenticationFailed
+from router.errors import AuthenticationFailed, InvalidRequest
 
 TIERS = {"anonymous": Tier("anonymous"), "paid": Tier("paid")}
 SECRET = b"test-identity-secret-0123456789"
@@ -42,6 +42,19 @@ async def test_keys_map_to_tiers_by_hash_and_unknown_keys_are_refused() -> None:
         await a.identify(request("192.0.2.1", authorization="Bearer sk-bad"))
     anon = await a.identify(request("192.0.2.1"))
     assert (anon.tier.name, anon.identity) == ("anonymous", ip("192.0.2.1"))
+
+
+async def test_a_repeated_authorization_header_is_refused_where_keys_count() -> None:
+    """Which of two keys counts would be a guess (a proxy in front may read the other): 400, either order."""
+    a = auth({hash_key("sk-good"): "paid"})
+    for first, second in (("sk-good", "sk-bad"), ("sk-bad", "sk-good")):
+        twice = request("192.0.2.1", ("authorization", f"Bearer {first}"), ("authorization", f"Bearer {second}"))
+        with pytest.raises(InvalidRequest) as refused:
+            await a.identify(twice)
+        assert refused.value.param == "authorization"
+    # With no keys configured, authorization is ignored, repeated or not.
+    anon = await auth().identify(request("192.0.2.1", ("authorization", "Bearer a"), ("authorization", "Bearer b")))
+    assert anon.tier.name == "anonymous"
 
 
 async def test_with_no_keys_configured_a_bearer_token_is_ignored() -> None:

@@ -27,8 +27,10 @@ class _Guarded(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0  # bytes of the head being received, counted by the chunks that did not finish it
         self._chunk = 0  # the length of the chunk being parsed
+        self._slack = 0  # head bytes that may have gone uncounted: those after a body's end in its last read
         self._heads_seen = 0  # heads completed on this connection
-        self._refused = False  # answered 431 or 408: the rest of what arrives is ignored
+        self._refused = False  # refused with 431 or 408: the rest of what arrives is ignored
+        self._pending: tuple[int, str] | None = None  # a refusal waiting for the answers pipelined before it
         self._timer: asyncio.TimerHandle | None = None
         self._arm(self.head_timeout, self._head_expired)  # a connection that never sends a byte is timed too
 
@@ -57,6 +59,8 @@ class _Guarded(HttpToolsProtocol):
         # other chunk holds a body too: it is not counted (the next request's first bytes after a body end go
         # uncounted, at most one read), and a head it finished is measured by on_headers_complete.
         all_head = all_head and self._heads_seen == heads_before
+        if self._in_head and not all_head:
+            self._slack = len(data)  # a request ended in this read: what follows it is the next head's start
         if all_head and not self._refused and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
@@ -70,7 +74,9 @@ class _Guarded(HttpToolsProtocol):
         if self._refused:
             return
         # Measured only when the bytes seen could hold an oversized head: one comparison on the common path.
-        if self._head_bytes + self._chunk > self.max_header_bytes and self._head_size() > self.max_header_bytes:
+        seen = self._head_bytes + self._slack + self._chunk
+        self._slack = 0
+        if seen > self.max_header_bytes and self._head_size() > self.max_header_bytes:
             self._refuse(431, f"request line and headers exceed {self.max_header_bytes} bytes")
             return  # never dispatched
         self._in_head = False
@@ -106,9 +112,25 @@ class _Guarded(HttpToolsProtocol):
             log.warning("closing a connection whose request body did not arrive within %g s", self.body_timeout)
             self.transport.close()  # the request sees a disconnect; there is no one to answer
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # The last request routed before the refused one has its answer: now the refusal.
+        if self._pending is not None and self.cycle is not None and self.cycle.response_complete:
+            status, message = self._pending
+            self._pending = None
+            if not self.transport.is_closing():
+                self._send_refusal(status, message)
+
     def _refuse(self, status: int, message: str) -> None:
         self._refused = True
         self._disarm()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # Pipelined behind requests still being answered: their answers go first, then this one.
+            self._pending = (status, message)
+            return
+        self._send_refusal(status, message)
+
+    def _send_refusal(self, status: int, message: str) -> None:
         log.warning("refused a connection: %s", message)
         body = error_body(
             message, "invalid_request_error", "request_header_fields_too_large" if status == 431 else "request_timeout"

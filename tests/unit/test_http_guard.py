@@ -1,0 +1,120 @@
+"""The header bound of `triage serve`'s HTTP protocol under every way a byte stream can be cut into reads: the
+same requests must get the same answers however the network delivers them. The protocol is driven in-process
+with a transport that records what it writes (the tests over real sockets are in
+tests/api/test_connection_limits.py; a socket cannot choose where its reads are cut)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.types import Receive, Scope, Send
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from router.api.http_guard import guarded_protocol
+
+LIMIT = 2048
+MARGIN = 128  # the bound is on the head as parsed: requests this close to it are not generated
+
+
+async def _echo_length(scope: Scope, receive: Receive, send: Send) -> None:
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = str(size).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 9000), "peername": ("127.0.0.1", 5555)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.closed:
+            self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _request(pad: int, body: int) -> bytes:
+    head = b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"X-Pad: " + b"p" * pad + b"\r\n" if pad else b""
+    return head + b"Content-Length: %d\r\n\r\n" % body + b"b" * body
+
+
+def _head_size(pad: int) -> int:
+    return len(_request(pad, 0))
+
+
+pads = st.integers(0, 3 * LIMIT).filter(lambda p: abs(_head_size(p) - LIMIT) > MARGIN)
+requests = st.lists(st.tuples(pads, st.integers(0, 6 * LIMIT)), min_size=1, max_size=4)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests, st.lists(st.floats(0, 1), max_size=8))
+def test_every_cut_of_the_stream_gets_the_same_answers(reqs: list[tuple[int, int]], cuts: list[float]) -> None:
+    stream = b"".join(_request(pad, body) for pad, body in reqs)
+    points = sorted({int(c * len(stream)) for c in cuts} | {0, len(stream)})
+    reads = [stream[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+    async def run() -> bytes:
+        config = Config(_echo_length, log_level="critical", lifespan="off")
+        cls = guarded_protocol(max_header_bytes=LIMIT, head_timeout=30, body_timeout=30)
+        protocol = cls(config=config, server_state=ServerState(), app_state={})
+        transport = _Transport()
+        protocol.connection_made(transport)
+        for data in reads:
+            protocol.data_received(data)
+            for _ in range(5):  # let the app answer what has arrived
+                await asyncio.sleep(0)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        protocol.connection_lost(None)
+        return bytes(transport.written)
+
+    written = asyncio.run(run())
+    expected: list[bytes] = []
+    for pad, _body in reqs:
+        if _head_size(pad) > LIMIT:
+            expected.append(b"HTTP/1.1 431")
+            break
+        expected.append(b"HTTP/1.1 200")
+    answers = _answers(written)
+    assert [status for status, _ in answers] == expected, (reqs, [len(r) for r in reads])
+    echoed = [int(body) for status, body in answers if status == b"HTTP/1.1 200"]
+    assert echoed == [body for _, body in reqs[: len(echoed)]]  # each answer is its own request's body
+
+
+def _answers(written: bytes) -> list[tuple[bytes, bytes]]:
+    """(status line's first 12 bytes, body) of each response, in order."""
+    out, pos = [], 0
+    while pos < len(written):
+        end = written.index(b"\r\n\r\n", pos)
+        head = written[pos:end].split(b"\r\n")
+        length = next(int(h.split(b":")[1]) for h in head if h.lower().startswith(b"content-length:"))
+        out.append((head[0][:12], written[end + 4 : end + 4 + length]))
+        pos = end + 4 + length
+    return out

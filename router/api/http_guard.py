@@ -132,10 +132,20 @@ class _Guarded(HttpToolsProtocol):
 
     def _send_refusal(self, status: int, message: str) -> None:
         log.warning("refused a connection: %s", message)
-        body = error_body(
-            message, "invalid_request_error", "request_header_fields_too_large" if status == 431 else "request_timeout"
+        self._close_with(status, message, "request_header_fields_too_large" if status == 431 else "request_timeout")
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers a request that is not HTTP (two Content-Lengths, Content-Length with chunked, a bad
+        # chunk) in plain text: SDKs read errors from the envelope, so it is the envelope here too.
+        self._refused = True
+        log.warning("refused a connection: %s", msg)
+        self._close_with(
+            400, "the request is not valid HTTP/1.1: its framing or headers could not be parsed", "invalid_http_request"
         )
-        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+
+    def _close_with(self, status: int, message: str, code: str) -> None:
+        body = error_body(message, "invalid_request_error", code)
+        reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
         head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
         self.transport.write(head % (status, reason, len(body)) + body)
         self.transport.close()

@@ -174,6 +174,28 @@ def test_a_head_over_the_limit_finished_in_a_later_chunk_is_refused(gateway: Gat
     assert took < HEAD_TIMEOUT  # refused at once, not cut off by the body deadline
 
 
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n",  # both: the request smuggler's pair
+        b"Content-Length: 5\r\nContent-Length: 10\r\n\r\n",
+        b"Content-Length: -1\r\n\r\n",
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",  # not a chunk size
+    ],
+    ids=["cl-and-te", "two-cl", "negative-cl", "bad-chunk"],
+)
+def test_malformed_http_gets_a_400_in_the_envelope(gateway: Gateway, framing: bytes) -> None:
+    """uvicorn answered these in plain text ("Invalid HTTP request received."), which SDKs cannot read."""
+    sock = _connect(gateway)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + framing + b'{"model": "auto"}')
+    data, _ = _read_until_closed(sock)
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 400"), data[:200]
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["code"] == "invalid_http_request"
+    assert body["error"]["type"] == "invalid_request_error"
+
+
 def test_pipelined_requests_in_one_chunk_are_all_answered(gateway: Gateway) -> None:
     one = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
     sock = _connect(gateway)

@@ -5,6 +5,7 @@ closed. Raw sockets, since a well-behaved client cannot misbehave this way."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -194,6 +195,21 @@ def test_malformed_http_gets_a_400_in_the_envelope(gateway: Gateway, framing: by
     body = json.loads(data.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["code"] == "invalid_http_request"
     assert body["error"]["type"] == "invalid_request_error"
+
+
+def test_an_oversized_head_pipelined_behind_a_slow_request_waits_for_its_answer(gateway: Gateway) -> None:
+    """Regression: the 431 closed the connection at once, and the answer to the request before it was lost."""
+    body = json.dumps(
+        {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "x_test": {"sleep": 0.5}}
+    ).encode()
+    slow = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    slow += b"Content-Length: %d\r\n\r\n" % len(body) + body
+    oversized = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"
+    sock = _connect(gateway)
+    sock.sendall(slow + oversized)
+    data, _ = _read_until_closed(sock)
+    sock.close()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", data) == [b"200", b"431"], data[:200]
 
 
 def test_pipelined_requests_in_one_chunk_are_all_answered(gateway: Gateway) -> None:

@@ -3,7 +3,7 @@ unknown fields are allowed and the forwarded body is the caller's own dict, not 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeGuard
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -194,13 +194,17 @@ def read_draft(body: bytes) -> tuple[str, str | None, list[float]] | None:
         text = orjson.dumps(message["tool_calls"]).decode()  # a tool call is an answer, not an empty one
     logprobs: list[float] = []
     lp = choice.get("logprobs")
-    if isinstance(lp, dict):
+    if isinstance(lp, dict):  # a worker's entry that is not a number (null, a string, a boolean) is skipped
         if isinstance(lp.get("content"), list):  # chat
-            logprobs = [float(t["logprob"]) for t in lp["content"] if isinstance(t, dict) and "logprob" in t]
+            logprobs = [float(v) for t in lp["content"] if isinstance(t, dict) and _number(v := t.get("logprob"))]
         elif isinstance(lp.get("token_logprobs"), list):  # completions
-            logprobs = [float(v) for v in lp["token_logprobs"] if isinstance(v, int | float)]
+            logprobs = [float(v) for v in lp["token_logprobs"] if _number(v)]
     finish = choice.get("finish_reason")
     return (text if isinstance(text, str) else "", finish if isinstance(finish, str) else None, logprobs)
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def strip_logprobs(body: bytes) -> bytes:

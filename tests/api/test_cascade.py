@@ -92,6 +92,22 @@ def test_unreliable_drafts_escalate(cascade: Cascade, draft: dict[str, Any], why
     assert "logprobs" not in cascade.large.bodies[0]  # the large model gets the caller's request as sent
 
 
+@pytest.mark.parametrize("logprob", ["null", '"abc"', "true"])
+def test_a_draft_with_logprobs_that_are_not_numbers_is_judged_without_them(cascade: Cascade, logprob: str) -> None:
+    """Regression: a logprob of null or a string raised in the draft's reader (a 500), and `true` counted as 1.0."""
+    body = (
+        '{"id": "x", "object": "chat.completion", "created": 0, "model": "tiny-small", "choices": [{"index": 0, '
+        '"message": {"role": "assistant", "content": "The answer is 4."}, "finish_reason": "stop", '
+        f'"logprobs": {{"content": [{{"token": "The", "logprob": {logprob}, "top_logprobs": []}}, '
+        '{"token": " answer", "logprob": -2.0, "top_logprobs": []}]}}]}'
+    )
+    cascade.small.always = {"status": 200, "body": body}
+    r = cascade.ask()
+    assert r.status_code == 200, r.text
+    # The one number left (-2.0: confidence 0.14) decides.
+    assert (r.headers["x-triage-reason"], r.headers["x-triage-escalation"]) == ("escalated", "low_confidence")
+
+
 def test_streams_and_named_models_are_not_cascaded(cascade: Cascade) -> None:
     cascade.small.always = {**GOOD, "logprob": -3.0}
     streamed = cascade.ask(stream=True)

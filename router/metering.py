@@ -13,6 +13,7 @@ from router.recording import Trace, usage_of
 __all__ = ["MeteredStream", "StreamEnd"]
 
 StreamEnd = Callable[[bool, int], Awaitable[None]]  # (the worker broke it off, events seen)
+MAX_LINE = 1 << 20  # a line longer than this is passed on without being read for usage
 
 
 class MeteredStream:
@@ -21,6 +22,7 @@ class MeteredStream:
         self._trace = trace
         self._on_end = on_end
         self._events = 0
+        self._tail = b""  # the last read's bytes after its last newline: a line the next read finishes
         self._closed = False
         self._failed = False
 
@@ -39,9 +41,14 @@ class MeteredStream:
             raise
 
     def _observe(self, chunk: bytes) -> None:
-        self._events += chunk.count(b"data: ")
-        if b'"usage"' in chunk:
-            for line in chunk.split(b"\n"):
+        # Reads cut events anywhere: only whole lines are read, and a line's start waits for its end.
+        data = self._tail + chunk if self._tail else chunk
+        end = data.rfind(b"\n") + 1
+        self._tail = data[end:] if len(data) - end <= MAX_LINE else b""
+        lines = data[:end] if end < len(data) else data
+        self._events += lines.count(b"data: ")
+        if b'"usage"' in lines:
+            for line in lines.split(b"\n"):
                 if line.startswith(b"data: {") and b'"usage"' in line:
                     usage = usage_of(line[6:])
                     if usage is not None:

@@ -1,0 +1,71 @@
+"""A metered stream reads the worker's usage and counts its events however the stream is cut into reads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import cast
+
+from router.metering import MeteredStream
+from router.recording import Trace
+
+EVENTS = (
+    b'data: {"choices": [{"index": 0, "delta": {"content": "w0 "}}]}\n\n'
+    b'data: {"choices": [{"index": 0, "delta": {"content": "w1 "}}]}\n\n'
+    b'data: {"choices": [], "usage": {"prompt_tokens": 17, "completion_tokens": 2, "total_tokens": 19}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+class _Trace:
+    usage: tuple[int, int] | None = None
+
+    def first_chunk(self) -> None:
+        pass
+
+
+class _Reads:
+    """A worker's stream delivered in the given pieces."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self._pieces = pieces
+
+    @property
+    def status(self) -> int:
+        return 200
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for piece in self._pieces:
+            yield piece
+
+    async def read_all(self) -> bytes:
+        return b"".join(self._pieces)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _metered(pieces: list[bytes]) -> tuple[tuple[int, int] | None, int, bytes]:
+    trace = _Trace()
+    ended: list[int] = []
+
+    async def on_end(failed: bool, events: int) -> None:
+        ended.append(events)
+
+    async def run() -> bytes:
+        stream = MeteredStream(_Reads(pieces), cast(Trace, trace), on_end)
+        passed = b"".join([chunk async for chunk in stream.chunks()])
+        await stream.aclose()
+        return passed
+
+    passed = asyncio.run(run())
+    return trace.usage, ended[0], passed
+
+
+def test_usage_and_events_survive_every_cut_of_the_stream() -> None:
+    """Regression: a usage event cut across two reads was missed (the record fell back to an estimate), and a
+    `data: ` cut in two was not counted."""
+    assert _metered([EVENTS]) == ((17, 2), 4, EVENTS)
+    for cut in range(1, len(EVENTS)):
+        assert _metered([EVENTS[:cut], EVENTS[cut:]]) == ((17, 2), 4, EVENTS), cut
+    assert _metered([EVENTS[i : i + 1] for i in range(len(EVENTS))]) == ((17, 2), 4, EVENTS)  # a byte per read

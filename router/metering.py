@@ -46,11 +46,11 @@ class MeteredStream:
         end = data.rfind(b"\n") + 1
         self._tail = data[end:] if len(data) - end <= MAX_LINE else b""
         lines = data[:end] if end < len(data) else data
-        self._events += lines.count(b"data: ")
+        self._events += lines.count(b"data:")  # SSE allows "data:" with or without a space, lines ended by CRLF
         if b'"usage"' in lines:
             for line in lines.split(b"\n"):
-                if line.startswith(b"data: {") and b'"usage"' in line:
-                    usage = usage_of(line[6:])
+                if line.startswith(b"data:") and b'"usage"' in line:
+                    usage = usage_of(line[5:])  # JSON allows the space before and the CR after
                     if usage is not None:
                         self._trace.usage = usage
 

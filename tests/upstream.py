@@ -4,13 +4,15 @@ The request body's `x_test` field (which the gateway passes through untouched, l
 the behaviour: {"sleep": s}, {"status": n, "body": "..."}, {"die_after": k} (stream: k chunks, then the
 connection drops); the answer itself: {"content": text, "finish_reason": r, "logprob": per-token logprob}.
 {"chunked": bytes} (a 200 of that many bytes without content-length), {"die_mid_event": k} (stream: k
-events, then half of one, then the connection drops). `Journal.always` applies a behaviour to every request.
-Every request is recorded, and so is each one the client abandoned."""
+events, then half of one, then the connection drops), {"crlf": true} and {"gate": true} (see `_events`).
+`Journal.always` applies a behaviour to every request. Every request is recorded, and so is each one the client
+abandoned."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,8 @@ class Journal:
     cancelled: list[str] = field(default_factory=list)
     authorization: list[str] = field(default_factory=list)  # each request's Authorization header ("" if none)
     always: dict[str, Any] = field(default_factory=dict)  # behaviour for every request (a test may change it)
+    # {"gate": true}: a stream sends its first event, then waits until a test sets this
+    gate: threading.Event = field(default_factory=threading.Event)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -119,8 +123,13 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
 
     async def _events(body: dict[str, Any], test: dict[str, Any], journal: Journal) -> Any:
         n = int(body.get("max_tokens") or 5)
+        # {"crlf": true}: lines end in CRLF and fields have no space after the colon, as SSE allows (sse-starlette's
+        # default, which llama-cpp-python's server uses)
+        prefix, end = (b"data:", b"\r\n\r\n") if test.get("crlf") else (b"data: ", b"\n\n")
         try:
             for i in range(n):
+                if i == 1 and test.get("gate"):
+                    await asyncio.to_thread(journal.gate.wait, 30)
                 if "die_after" in test and i == test["die_after"]:
                     # A moment after its last event, as a real worker dies: aiohttp drops bytes it has buffered
                     # once it sees the broken payload, so dying within microseconds made the test flaky.
@@ -142,7 +151,7 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
                         {"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": "length" if i == n - 1 else None}
                     ],
                 }
-                yield f"data: {json.dumps(chunk)}\n\n".encode()
+                yield prefix + json.dumps(chunk).encode() + end
             if (body.get("stream_options") or {}).get("include_usage"):
                 final = {
                     "id": "chunk-test",
@@ -152,8 +161,8 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
                     "choices": [],
                     "usage": _usage(7, n),
                 }
-                yield f"data: {json.dumps(final)}\n\n".encode()
-            yield b"data: [DONE]\n\n"
+                yield prefix + json.dumps(final).encode() + end
+            yield prefix + b"[DONE]" + end
         except (asyncio.CancelledError, GeneratorExit):
             journal.cancelled.append(body.get("x_id", "?"))
             raise

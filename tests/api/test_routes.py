@@ -184,6 +184,29 @@ def test_worker_dying_mid_stream_ends_with_error_event(stack: Stack) -> None:
     assert json.loads(events[-1])["error"]["code"] == "upstream_error"
 
 
+@pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
+def test_each_event_is_passed_on_before_the_next_is_sent(stack: Stack, crlf: bool) -> None:
+    """Regression: a worker whose events end in CRLF, as SSE allows (sse-starlette's default), had them held
+    until 1 MiB had gathered or the stream ended: no streaming at all. The worker here sends one event, then
+    waits for the test to have read it."""
+    journals = (stack.small_journal, stack.large_journal)
+    body = {"model": "auto", "messages": SHORT, "stream": True, "max_tokens": 3, "x_test": {"gate": True, "crlf": crlf}}
+    try:
+        with stack.client.stream("POST", "/v1/chat/completions", json=body, timeout=15) as r:
+            lines = r.iter_lines()
+            first = next(line for line in lines if line)
+            for journal in journals:
+                journal.gate.set()
+            rest = [line for line in lines if line]
+    finally:
+        for journal in journals:
+            journal.gate.set()  # never leave a worker waiting
+            journal.gate.clear()
+    events = [first, *rest]
+    assert [e.removeprefix("data:").strip()[:1] for e in events] == ["{", "{", "{", "["]
+    assert json.loads(first.removeprefix("data:"))["choices"][0]["delta"]["content"] == "w0 "
+
+
 def test_health_and_ready(stack: Stack) -> None:
     assert stack.client.get("/health").json() == {"status": "ok"}
     ready = stack.client.get("/ready")

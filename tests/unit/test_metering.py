@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import cast
 
+import pytest
+
 from router.metering import MeteredStream
 from router.recording import Trace
 
@@ -62,10 +64,15 @@ def _metered(pieces: list[bytes]) -> tuple[tuple[int, int] | None, int, bytes]:
     return trace.usage, ended[0], passed
 
 
-def test_usage_and_events_survive_every_cut_of_the_stream() -> None:
-    """Regression: a usage event cut across two reads was missed (the record fell back to an estimate), and a
-    `data: ` cut in two was not counted."""
-    assert _metered([EVENTS]) == ((17, 2), 4, EVENTS)
-    for cut in range(1, len(EVENTS)):
-        assert _metered([EVENTS[:cut], EVENTS[cut:]]) == ((17, 2), 4, EVENTS), cut
-    assert _metered([EVENTS[i : i + 1] for i in range(len(EVENTS))]) == ((17, 2), 4, EVENTS)  # a byte per read
+# The same events as SSE also allows them: no space after the colon, lines ended by CRLF (sse-starlette's way).
+CRLF = EVENTS.replace(b"data: ", b"data:").replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize("events", [EVENTS, CRLF], ids=["lf", "crlf"])
+def test_usage_and_events_survive_every_cut_of_the_stream(events: bytes) -> None:
+    """Regression: a usage event cut across two reads was missed (the record fell back to an estimate), a
+    `data: ` cut in two was not counted, and `data:` without its space was never read."""
+    assert _metered([events]) == ((17, 2), 4, events)
+    for cut in range(1, len(events)):
+        assert _metered([events[:cut], events[cut:]]) == ((17, 2), 4, events), cut
+    assert _metered([events[i : i + 1] for i in range(len(events))]) == ((17, 2), 4, events)  # a byte per read

@@ -18,8 +18,10 @@ from router.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, Upstre
 __all__ = ["AiohttpBackend", "AiohttpStream", "BackendByProvider"]
 
 # The User-Agent is given, not skipped: aiohttp's skip_auto_headers builds and sorts a header dict on every
-# request (5% of a routed request's CPU in a profile), while a given one takes its fast path.
-_HEADERS = {"Content-Type": "application/json", "User-Agent": "llm-triage"}
+# request (5% of a routed request's CPU in a profile), while a given one takes its fast path. Accept-Encoding
+# too: aiohttp's own asks for gzip, and a worker (or a proxy before it) that compresses would hand the gateway
+# bytes it cannot read as JSON, nor pass on without their header (auto_decompress is off).
+_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity", "User-Agent": "llm-triage"}
 
 
 def _translate(worker: Worker, exc: BaseException) -> UpstreamError:

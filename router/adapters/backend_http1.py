@@ -430,7 +430,13 @@ def _plan_for(worker: Worker) -> _Plan:
             worker=worker.name,
         )
     url = urlsplit(worker.base_url)
-    lines = [f"Host: {url.netloc.rpartition('@')[2]}", "Content-Type: application/json", "User-Agent: llm-triage"]
+    # identity: answers are read as JSON and passed on as they are (without the header any coding is allowed).
+    lines = [
+        f"Host: {url.netloc.rpartition('@')[2]}",
+        "Content-Type: application/json",
+        "Accept-Encoding: identity",
+        "User-Agent: llm-triage",
+    ]
     if worker.api_key:
         lines.append(f"Authorization: Bearer {worker.api_key}")
     head = " HTTP/1.1\r\n" + "".join(f"{line}\r\n" for line in lines) + "Content-Length: "

@@ -1,7 +1,8 @@
 """Workers behind TLS, through `triage serve`: their requests go to the aiohttp client (plain-HTTP workers have
-the gateway's own), so it is tested the same way: real HTTPS workers on loopback, a certificate authority made
-for the test and trusted through SSL_CERT_FILE, answers whole and streamed, the health probe, an answer too
-large, a silent worker, and a worker whose certificate is not trusted."""
+the gateway's own), so it is tested the same way: real HTTPS workers on loopback that compress what the client
+accepts, a certificate authority made for the test and trusted through SSL_CERT_FILE, answers whole and
+streamed, the health probe, an answer too large, a silent worker, and a worker whose certificate is not
+trusted."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import trustme
+from starlette.middleware.gzip import GZipMiddleware
 
 from tests.limits.gateways import Gateway
 from tests.servers import ThreadedServer
@@ -73,8 +75,11 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[Path, Pat
 @pytest.fixture(scope="module")
 def workers(tls: tuple[Path, tuple[Path, Path]]) -> Iterator[tuple[ThreadedServer, ThreadedServer, Journal, Journal]]:
     small_journal, large_journal = Journal(), Journal()
-    small = ThreadedServer(make_upstream("tiny-small", small_journal), tls=tls[1]).start()
-    large = ThreadedServer(make_upstream("tiny-large", large_journal), tls=tls[1]).start()
+    # Compressing whatever the client accepts, as a proxy before a hosted worker may.
+    small = ThreadedServer(GZipMiddleware(make_upstream("tiny-small", small_journal), minimum_size=0), tls=tls[1])
+    large = ThreadedServer(GZipMiddleware(make_upstream("tiny-large", large_journal), minimum_size=0), tls=tls[1])
+    small.start()
+    large.start()
     try:
         yield small, large, small_journal, large_journal
     finally:
@@ -100,6 +105,8 @@ def stack(
 
 
 def test_a_whole_answer_comes_back_over_tls(stack: Stack) -> None:
+    """Regression: aiohttp asked for gzip by default and did not decompress, so a worker that compresses
+    answered with bytes the gateway could not read: a 502 for every request."""
     before = len(stack.small.bodies)
     r = stack.chat(x_test={"content": "over tls"})
     assert r.status_code == 200, r.text

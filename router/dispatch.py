@@ -100,8 +100,8 @@ class Dispatcher:
                 reply = UpstreamReply(stream.status, error, "application/json")
             else:
                 reply = await self._backend.post(worker, ctx.endpoint.value, body)
-            failed = reply.status >= 500
-            _raise_for_server_error(worker, reply)
+            failed = not _passes_on(reply.status)
+            _raise_unless_passed_on(worker, reply)
             if reply.status == 200:
                 ctx.trace.usage = answer_usage(worker, reply.body)
         except UpstreamError:
@@ -131,10 +131,21 @@ class Dispatcher:
         return ended
 
 
-def _raise_for_server_error(worker: Worker, reply: UpstreamReply) -> None:
-    """A worker's 4xx is the caller's mistake and passes through; its 5xx is the gateway's problem."""
-    if reply.status >= 500:
+def _passes_on(status: int) -> bool:
+    """A worker's 200 is the answer and its 4xx the caller's mistake: both pass through. Anything else (a 5xx, a
+    redirect, another 2xx or 1xx) is the worker failing to answer: the gateway's problem."""
+    return status == 200 or 400 <= status < 500
+
+
+def _raise_unless_passed_on(worker: Worker, reply: UpstreamReply) -> None:
+    if _passes_on(reply.status):
+        return
+    if 300 <= reply.status < 400:  # a base_url that moved (http to https, a missing /v1): the client can't follow it
         raise UpstreamFailed(
-            f"worker {worker.name!r} failed with status {reply.status}: {reply.body[:300].decode('utf-8', 'replace')}",
+            f"worker {worker.name!r} answered with a redirect ({reply.status}): set its base_url to where it points",
             worker=worker.name,
         )
+    raise UpstreamFailed(
+        f"worker {worker.name!r} failed with status {reply.status}: {reply.body[:300].decode('utf-8', 'replace')}",
+        worker=worker.name,
+    )

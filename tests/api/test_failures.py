@@ -126,3 +126,18 @@ def test_gateway_survives_a_worker_restart(stack: Stack) -> None:
         assert again.status_code == 200
     finally:
         revived.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize(("status", "says"), [(301, "redirect"), (307, "redirect"), (204, "status 204")])
+def test_a_worker_answer_that_is_neither_200_nor_4xx_is_a_502(
+    stack: Stack, status: int, says: str, stream: bool
+) -> None:
+    """Regression: a worker's redirect (a base_url moved from http to https, say) or a 204 reached the caller
+    as that bare status with no body, which no SDK can read."""
+    body = {"model": "tiny-small", "messages": SHORT, "stream": stream, "x_test": {"status": status}}
+    r = stack.client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 502
+    error = r.json()["error"]
+    assert error["code"] == "upstream_error"
+    assert says in error["message"] and "'small'" in error["message"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from router.errors import InvalidRequest
@@ -60,3 +61,27 @@ def test_prompt_chars_counts_the_whole_conversation() -> None:
     assert prompt_chars(chat) == 8
     assert prompt_chars(CompletionRequest.model_validate({"model": "m", "prompt": ["ab", "cde"]})) == 5
     assert prompt_chars(CompletionRequest.model_validate({"model": "m", "prompt": [1, 2, 3]})) == 12
+
+
+def _nest(depth: int) -> object:
+    """A value whose containers nest `depth` levels, alternating lists and dicts."""
+    value: object = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("deep", [62, 63, 64])
+@pytest.mark.parametrize("position", [0, 500, 999])
+def test_the_depth_limit_finds_one_deep_branch_among_many_shallow_ones(deep: int, position: int) -> None:
+    """The body is a dict (level 1) holding `extra` (level 2, a list) of 1,000 branches: one of them nests
+    `deep` levels, so the body nests deep + 2, refused past 64."""
+    extra: list[object] = [{"role": "user", "content": [{"type": "text"}]} for _ in range(1000)]
+    extra[position] = _nest(deep)
+    body = orjson.dumps({"model": "m", "prompt": "x", "extra": extra})
+    if deep + 2 > 64:
+        with pytest.raises(InvalidRequest, match="nested more than 64"):
+            decode_body(body, CompletionRequest)
+    else:
+        payload, _ = decode_body(body, CompletionRequest)
+        assert payload["extra"][position] == _nest(deep)

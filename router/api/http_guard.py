@@ -17,6 +17,14 @@ __all__ = ["guarded_protocol"]
 log = logging.getLogger("triage.api")
 
 
+# What a refused connection is told: the status line's reason and the envelope's code.
+_REFUSALS = {
+    400: (b"Bad Request", "invalid_http_request"),
+    408: (b"Request Timeout", "request_timeout"),
+    431: (b"Request Header Fields Too Large", "request_header_fields_too_large"),
+}
+
+
 class _Guarded(HttpToolsProtocol):
     max_header_bytes = 32_768
     head_timeout = 10.0
@@ -119,7 +127,7 @@ class _Guarded(HttpToolsProtocol):
             status, message = self._pending
             self._pending = None
             if not self.transport.is_closing():
-                self._send_refusal(status, message)
+                self._close_with(status, message)
 
     def _refuse(self, status: int, message: str) -> None:
         self._refused = True
@@ -128,24 +136,18 @@ class _Guarded(HttpToolsProtocol):
             # Pipelined behind requests still being answered: their answers go first, then this one.
             self._pending = (status, message)
             return
-        self._send_refusal(status, message)
-
-    def _send_refusal(self, status: int, message: str) -> None:
-        log.warning("refused a connection: %s", message)
-        self._close_with(status, message, "request_header_fields_too_large" if status == 431 else "request_timeout")
+        self._close_with(status, message)
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn answers a request that is not HTTP (two Content-Lengths, Content-Length with chunked, a bad
         # chunk) in plain text: SDKs read errors from the envelope, so it is the envelope here too.
         self._refused = True
-        log.warning("refused a connection: %s", msg)
-        self._close_with(
-            400, "the request is not valid HTTP/1.1: its framing or headers could not be parsed", "invalid_http_request"
-        )
+        self._close_with(400, "the request is not valid HTTP/1.1: its framing or headers could not be parsed")
 
-    def _close_with(self, status: int, message: str, code: str) -> None:
+    def _close_with(self, status: int, message: str) -> None:
+        log.warning("refused a connection: %s", message)
+        reason, code = _REFUSALS[status]
         body = error_body(message, "invalid_request_error", code)
-        reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
         head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
         self.transport.write(head % (status, reason, len(body)) + body)
         self.transport.close()

@@ -10,12 +10,12 @@ import orjson
 import pytest
 
 from router.adapters.ledger_queue import QueuedLedger
-from router.context import RequestOptions
 from router.core.limits import TierLimits, estimate_tokens
 from router.core.ports import UpstreamReply
 from router.core.records import DecisionRecord
 from router.errors import LimiterUnavailable, UpstreamUnavailable
-from router.service import MAX_CACHED_BYTES
+from router.service.context import RequestOptions
+from router.service.coordinator import MAX_CACHED_BYTES
 from tests.service.fakes import FakeStream, answer, ask, caller, stack
 
 DETERMINISTIC = {"temperature": 0}

@@ -8,8 +8,8 @@ from typing import cast
 
 import pytest
 
-from router.metering import MeteredStream
-from router.recording import Trace
+from router.service.metering import MeteredStream
+from router.service.recording import Trace
 
 EVENTS = (
     b'data: {"choices": [{"index": 0, "delta": {"content": "w0 "}}]}\n\n'

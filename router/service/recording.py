@@ -8,7 +8,6 @@ import functools
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import orjson
 
@@ -17,12 +16,9 @@ from router.core.limits import estimate_tokens
 from router.core.ports import DecisionSink
 from router.core.records import DecisionRecord
 from router.core.tiers import Caller
-from router.core.types import Prices, Reason, Worker
+from router.core.types import Prices, Reason, Routed, Worker
 from router.errors import UpstreamFailed
 from router.protocol import GenerationRequest, prompt_chars, prompt_text
-
-if TYPE_CHECKING:
-    from router.context import Routed
 
 __all__ = ["Recorder", "Trace", "answer_usage", "usage_of"]
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from router.admission import AdmissionControl
-from router.context import Outcome, RequestContext, Routed
 from router.core.balance import Balancer
 from router.core.limits import estimate_tokens
 from router.core.ports import Backend, UpstreamReply
 from router.core.tiers import Tier
-from router.core.types import Decision, Reason, Role, Worker
+from router.core.types import Decision, Reason, Role, Routed, Worker
 from router.errors import UpstreamError, UpstreamFailed
-from router.metering import MeteredStream, StreamEnd
 from router.protocol import GenerationRequest, affinity_key, encode, prompt_chars
-from router.recording import answer_usage
+from router.service.admission import AdmissionControl
+from router.service.context import Outcome, RequestContext
+from router.service.metering import MeteredStream, StreamEnd
+from router.service.recording import answer_usage
 
 __all__ = ["Dispatcher"]
 

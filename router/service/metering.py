@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from router.core.ports import UpstreamStream
 from router.errors import TriageError
-from router.recording import Trace, usage_of
+from router.service.recording import Trace, usage_of
 
 __all__ = ["MeteredStream", "StreamEnd"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from classifiers.features import FeatureSpec, Featurizer
 
@@ -14,6 +13,8 @@ __all__ = ["feature_matrix"]
 
 def feature_matrix(spec: FeatureSpec | Featurizer, texts: list[str]) -> Any:
     """A CSR matrix of all texts, one row each, the same values as `Featurizer.row`."""
+    import scipy.sparse as sp  # here, not at import: `triage serve` builds its CLI from the lab's parsers
+
     featurizer = spec if isinstance(spec, Featurizer) else Featurizer(spec)
     indptr = [0]
     indices: list[np.ndarray] = []

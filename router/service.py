@@ -28,7 +28,7 @@ from router.core.tiers import Caller, Tier, allowed_role
 from router.core.types import Decision, Reason, Worker
 from router.dispatch import Dispatcher
 from router.errors import ModelNotFound, PermissionDenied, RateLimited, TriageError
-from router.protocol import GenerationRequest, prompt_text
+from router.protocol import GenerationRequest, choices, prompt_text
 from router.recording import Recorder, Trace, usage_of
 from router.shadowing import Shadow
 
@@ -182,7 +182,7 @@ class RoutingService:
                     await self._admission.settle(caller, ctx.admission, 0)  # nothing was generated
                     settled = True
                     return Outcome(cached.routed, cached.reply, limit_headers, "hit")
-            if caller.tier.cascade and named is None and not request.stream and (request.n or 1) == 1:
+            if caller.tier.cascade and named is None and not request.stream and choices(request) == 1:
                 outcome = await self._cascade.run(ctx)
             else:
                 routed, turn = await self._steered(ctx, self.route(request, caller.tier, named), named is None)

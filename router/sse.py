@@ -13,7 +13,9 @@ __all__ = ["EVENT_ENDS", "events_end", "without_usage"]
 # behind llama-cpp-python's server among others, sends CRLF).
 EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
 _BOUNDARY = re.compile(rb"(\r?\n\r?\n)")
-_NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
+# OpenAI's `"usage": null` on every other chunk of a stream that asked for usage; the field goes with the comma
+# that joins it to its neighbour. (Inside a JSON string a quote is escaped, so text cannot match.)
+_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
 
 
 def events_end(data: bytes) -> int:
@@ -24,7 +26,8 @@ def events_end(data: bytes) -> int:
 
 def without_usage(events: bytes) -> bytes:
     """Whole events with the worker's usage taken out: an event that is only usage (vLLM's and OpenAI's last
-    chunk, `"choices": []`) is dropped; usage riding on a chunk with choices is removed from that chunk."""
+    chunk, `"choices": []`) is dropped; usage riding on a chunk with choices (llama.cpp's way), or null (OpenAI's
+    on every other chunk), is removed from that chunk."""
     if b'"usage"' not in events:
         return events
     parts = _BOUNDARY.split(events)  # event, separator, event, separator, ..., what follows the last one
@@ -45,7 +48,8 @@ def _event_without_usage(event: bytes) -> bytes | None:
     for i, line in enumerate(lines):
         if not line.startswith(b"data:") or b'"usage"' not in line:
             continue
-        if _NULL_USAGE.search(line):  # OpenAI's `"usage": null` on every chunk says nothing: left as sent
+        if _NULL_USAGE.search(line):
+            lines[i] = _NULL_USAGE.sub(b"", line, count=1)
             continue
         cr = line.endswith(b"\r")
         try:

@@ -45,6 +45,8 @@ class MeteredStream:
                     if not chunk:
                         continue
                 yield chunk
+            if self._tail:  # the worker ended without a newline after its last line: read it all the same
+                self._observe(b"\n")
             if self._held:  # the worker ended without a blank line after its last event
                 last, self._held = without_usage(self._held), b""
                 if last:

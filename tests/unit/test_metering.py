@@ -94,5 +94,5 @@ def test_usage_the_caller_did_not_ask_for_is_read_then_taken_out_however_the_str
 def test_a_last_event_without_its_blank_line_is_still_passed_on_without_usage() -> None:
     tail = b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'
     first = b'data: {"choices": [{"index": 0, "delta": {"content": "w0 "}}]}\n\n'
-    assert _metered([first, tail], hide_usage=True)[2] == first
+    assert _metered([first, tail], hide_usage=True) == ((1, 1), 2, first)  # its usage read, and counted
     assert _metered([first, b"data: [DONE]"], hide_usage=True)[2] == first + b"data: [DONE]"

@@ -55,10 +55,12 @@ MAX_TOKENS_BOUND = 1 << 24  # no served model has a context near 16.7M tokens
 MAX_N = 128  # OpenAI's own ceiling for `n`; a tier's max_n is usually far lower
 MAX_JSON_DEPTH = 64
 
-# Counts are JSON integers, as OpenAI requires: 100000.0, "100000" and true are refused naming the field. A lax
-# int would take them, the forwarded body would still carry the float or string, and the tier's cap (which reads
-# the body) would pass them through unreserved.
+# Counts are whole numbers: "100000", 99.5 and true are refused naming the field. A whole number written as a
+# float (100000.0, which JSON Schema and so the OpenAPI document count as an integer) is taken at its value and
+# forwarded as an int (see decode_body). A lax int took all of them while the body kept the float or string, and
+# the tier's cap, reading the body, let them through unreserved.
 MaxTokens = Annotated[int, Field(strict=True, ge=1, le=MAX_TOKENS_BOUND)]
+_COUNTS = ("max_tokens", "max_completion_tokens", "n")
 
 
 class GenerationRequest(_Open):
@@ -76,6 +78,11 @@ class GenerationRequest(_Open):
         if isinstance(value, bool):
             raise ValueError("must be a number, not a boolean")
         return value
+
+    @field_validator(*_COUNTS, mode="before", check_fields=False)
+    @classmethod
+    def _whole(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class ChatCompletionRequest(GenerationRequest):
@@ -107,6 +114,9 @@ def decode_body(raw: bytes, schema: type[GenerationRequest]) -> tuple[dict[str, 
         first = exc.errors(include_url=False)[0]
         param = ".".join(str(part) for part in first["loc"]) or None
         raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+    for count in _COUNTS:
+        if type(payload.get(count)) is float:  # a whole number written as a float: the worker gets the int
+            payload[count] = getattr(typed, count)
     return payload, typed
 
 
@@ -163,9 +173,9 @@ def prompt_tokens(request: GenerationRequest) -> int:
         total = 0
         for m in request.messages:
             total += text_tokens(_text_of(m.content))
-            if m.model_extra:
-                total += _json_tokens(m.model_extra)
-        extra = request.model_extra or {}
+            if m.__pydantic_extra__:  # the field itself: `model_extra` is a property, ~0.4 us a message
+                total += _json_tokens(m.__pydantic_extra__)
+        extra = request.__pydantic_extra__ or {}
         return total + sum(_json_tokens(extra[f]) for f in _PROMPT_FIELDS if extra.get(f))
     if isinstance(request, CompletionRequest):
         prompt = request.prompt

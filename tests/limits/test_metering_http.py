@@ -196,10 +196,12 @@ def test_a_stream_cut_mid_way_is_settled_from_what_arrived(gateway: Gateway) -> 
 
 
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
-@pytest.mark.parametrize("value", [100000.0, "100000", True, 99999.5], ids=["float", "string", "bool", "fraction"])
-def test_a_bound_that_is_not_an_integer_is_a_400_naming_the_field(gateway: Gateway, field: str, value: object) -> None:
-    """Regression: 100000.0 and "100000" passed unreserved (the cap read only ints), and a worker generated
-    100,000 tokens against a 50,000-a-minute tier."""
+@pytest.mark.parametrize("value", ["100000", True, 99999.5, "1e5"], ids=["string", "bool", "fraction", "exponent"])
+def test_a_bound_that_is_not_a_whole_number_is_a_400_naming_the_field(
+    gateway: Gateway, field: str, value: object
+) -> None:
+    """Regression: "100000" passed unreserved (the cap read only ints), and a worker generated 100,000 tokens
+    against a 50,000-a-minute tier."""
     r = _post(gateway, "/v1/chat/completions", {"model": "auto", "messages": SHORT, field: value}, CAPPED_KEY)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
@@ -208,7 +210,24 @@ def test_a_bound_that_is_not_an_integer_is_a_400_naming_the_field(gateway: Gatew
     assert gateway.bodies() == []
 
 
-@pytest.mark.parametrize("value", [2.0, "2", True, 0, 129])
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_a_whole_number_written_as_a_float_is_capped_reserved_and_forwarded_as_an_integer(
+    gateway: Gateway, field: str
+) -> None:
+    """Regression: 100000.0 passed the tier's cap unreserved. JSON Schema (and so the OpenAPI document) counts it
+    as an integer: it is taken at its value."""
+    r = _post(gateway, "/v1/chat/completions", {"model": "auto", "messages": SHORT, field: 100000.0}, CAPPED_KEY)
+    assert r.status_code == 200, r.text
+    sent = gateway.bodies()[-1][field]
+    assert (sent, type(sent)) == (1000, int)
+    assert _reserved(r, 50_000) == 1 + 1000
+    r = _post(gateway, "/v1/chat/completions", {"model": "auto", "messages": SHORT, field: 7000.0, "n": 2.0})
+    assert r.status_code == 200, r.text
+    assert (gateway.bodies()[-1][field], gateway.bodies()[-1]["n"]) == (7000, 2)
+    assert _reserved(r) == 1 + 2 * 7000
+
+
+@pytest.mark.parametrize("value", [2.5, "2", True, 0, 129])
 def test_n_that_is_not_a_whole_number_of_choices_is_a_400(gateway: Gateway, value: object) -> None:
     r = _post(gateway, "/v1/chat/completions", {"model": "auto", "messages": SHORT, "n": value})
     assert (r.status_code, r.json()["error"]["param"]) == (400, "n")

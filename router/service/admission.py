@@ -1,5 +1,6 @@
-"""Admission under a tier's limits: cap max_tokens, reserve an estimate of the tokens, refuse with 429; and
-settle the reservation to the real usage. A store that does not answer is counted, and the tier decides."""
+"""Admission under a tier's limits: cap max_tokens, reserve an estimate of the tokens (the prompt, and every
+choice's completion), refuse with 429 (or 400 when the request could never fit); and settle the reservation to
+the real usage. A store that does not answer is counted, and the tier decides."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from typing import Any
 
 from router.core.limits import Admission, estimate_tokens, headers, retry_after_seconds
 from router.core.ports import RateLimiter
-from router.core.tiers import Caller, capped_max_tokens
+from router.core.tiers import Caller, Tier, capped_max_tokens
 from router.errors import InvalidRequest, LimiterFailed, LimiterUnavailable, Overloaded, RateLimited
-from router.protocol import ChatCompletionRequest, GenerationRequest, prompt_chars
+from router.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest, choices, prompt_tokens
 
 __all__ = ["DEFAULT_COMPLETION_ESTIMATE", "AdmissionControl", "LimiterHealth"]
 
 log = logging.getLogger("triage.service")
-DEFAULT_COMPLETION_ESTIMATE = 512  # reserved when neither the request nor the tier bounds max_tokens
+DEFAULT_COMPLETION_ESTIMATE = 512  # reserved per choice when neither the request nor the tier bounds max_tokens
+_BOUNDS = ("max_tokens", "max_completion_tokens")  # a worker honours either: a tier's cap applies to both
 
 
 @dataclass
@@ -42,20 +44,13 @@ class AdmissionControl:
 
     async def admit(self, caller: Caller, request: GenerationRequest, payload: dict[str, Any]) -> Admission | None:
         tier = caller.tier
-        if request.n is not None and request.n > tier.max_n:
-            raise InvalidRequest(f"n: at most {tier.max_n} choices per request for tier {tier.name}", param="n")
-        field = (
-            "max_completion_tokens"
-            if isinstance(request, ChatCompletionRequest) and request.max_completion_tokens is not None
-            else "max_tokens"
-        )
-        capped = capped_max_tokens(tier, payload.get(field) if isinstance(payload.get(field), int) else None)
-        if capped is not None and tier.max_tokens:
-            payload[field] = capped
+        count = choices(request)
+        if count > tier.max_n:
+            raise _too_many(tier, request, count)
+        bound = _cap(tier, request, payload)
         if not tier.limits.any:
             return None  # unlimited tier: no store round trip at all
-        completions = (capped or DEFAULT_COMPLETION_ESTIMATE) * (request.n or 1)
-        estimate = estimate_tokens(prompt_chars(request), completions)
+        estimate = _estimate(tier, request, bound, count)
         if self.pending >= self._max_pending:
             self.shed += 1
             raise Overloaded(f"the gateway is saturated ({self.pending} requests waiting for admission); retry")
@@ -92,3 +87,66 @@ class AdmissionControl:
         self.health.errors += 1
         self.health.last_error = exc.message
         log.warning("%s; %s", exc.message, consequence)
+
+
+def _cap(tier: Tier, request: GenerationRequest, payload: dict[str, Any]) -> int | None:
+    """Caps every completion bound the caller sent at the tier's max_tokens (and sets max_tokens when it sent
+    none); returns the most tokens a choice may use (None: unbounded). Both fields given with different values
+    are both capped and the larger is reserved: whichever the worker honours is covered."""
+    chat = isinstance(request, ChatCompletionRequest)
+    sent = [(f, v) for f in _BOUNDS if (f == "max_tokens" or chat) and isinstance(v := getattr(request, f, None), int)]
+    if not sent:
+        bound = capped_max_tokens(tier, None)
+        if bound is not None:
+            payload["max_tokens"] = bound
+        return bound
+    capped = [(f, capped_max_tokens(tier, v) or v) for f, v in sent]
+    payload.update(capped)
+    return max(v for _, v in capped)
+
+
+def _estimate(tier: Tier, request: GenerationRequest, bound: int | None, count: int) -> int:
+    """The reservation: the prompt's estimate and `count` completions of `bound` tokens. A request that could
+    never fit the tier's token limits is a 400 (a 429 would have it retry forever); without a bound the default
+    completion shrinks to what the limit leaves, and the real usage settles it."""
+    prompt = prompt_tokens(request)
+    ceiling = tier.limits.token_ceiling
+    per_choice = bound
+    if per_choice is None:
+        room = (ceiling[0] - prompt - 1) // count if ceiling else DEFAULT_COMPLETION_ESTIMATE
+        per_choice = max(0, min(DEFAULT_COMPLETION_ESTIMATE, room))
+    estimate = estimate_tokens(prompt, per_choice * count)
+    if ceiling is not None and estimate > ceiling[0]:
+        limit, window = ceiling
+        what = f"tier {tier.name} allows {limit} tokens per {window}"
+        if bound is None:
+            param = "messages" if isinstance(request, ChatCompletionRequest) else "prompt"
+            message = f"{param}: the prompt (about {prompt} tokens) can never be admitted: {what}"
+        else:
+            param = _bound_field(request, bound)
+            message = (
+                f"{param}: this request may use {estimate} tokens (a prompt of about {prompt} and {count} x {bound} "
+                f"completion tokens), and can never be admitted: {what}; lower {param}"
+            )
+        raise InvalidRequest(message, param=param, code="tokens_exceed_limit")
+    return estimate
+
+
+def _bound_field(request: GenerationRequest, bound: int) -> str:
+    """The field the caller bounded its completions with (the larger, if it sent both); the tier's own cap
+    reads as max_tokens."""
+    mct = getattr(request, "max_completion_tokens", None)
+    if isinstance(request, ChatCompletionRequest) and mct is not None and mct >= (request.max_tokens or 0):
+        return "max_completion_tokens"
+    return "max_tokens"
+
+
+def _too_many(tier: Tier, request: GenerationRequest, count: int) -> InvalidRequest:
+    """More choices than the tier allows: `n` for each prompt of a completions prompt list."""
+    limit = f"at most {tier.max_n} choices per request for tier {tier.name}"
+    if isinstance(request, CompletionRequest) and count != (request.n or 1):
+        prompts = count // (request.n or 1)
+        return InvalidRequest(
+            f"prompt: {prompts} prompts x n={request.n or 1} is {count} choices; {limit}", param="prompt"
+        )
+    return InvalidRequest(f"n: {limit}", param="n")

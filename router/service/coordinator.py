@@ -23,7 +23,7 @@ from router.core.shadow import ShadowGate
 from router.core.tiers import Caller, Tier, allowed_role
 from router.core.types import Decision, Reason, Routed, Worker
 from router.errors import ModelNotFound, PermissionDenied, RateLimited, TriageError
-from router.protocol import GenerationRequest, prompt_text
+from router.protocol import GenerationRequest, choices, prompt_text
 from router.service.admission import AdmissionControl
 from router.service.cascade import Cascade
 from router.service.context import Endpoint, Outcome, RequestContext, RequestOptions, RoutingPolicy
@@ -182,7 +182,7 @@ class RoutingService:
                     await self._admission.settle(caller, ctx.admission, 0)  # nothing was generated
                     settled = True
                     return Outcome(cached.routed, cached.reply, limit_headers, "hit")
-            if caller.tier.cascade and named is None and not request.stream and (request.n or 1) == 1:
+            if caller.tier.cascade and named is None and not request.stream and choices(request) == 1:
                 outcome = await self._cascade.run(ctx)
             else:
                 routed, turn = await self._steered(ctx, self.route(request, caller.tier, named), named is None)

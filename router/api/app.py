@@ -350,7 +350,8 @@ def create_app(
         finally:
             hangup()
             # uvicorn has finished in-flight requests by now (graceful shutdown): drain their records.
-            await service.close()  # shadow calls under way finish first: they record too
+            # Shadow calls under way finish first (they record too), within the graceful timeout.
+            await service.close(settings.server.graceful_shutdown_timeout)
             if pairs is not None:
                 await pairs.close()
             if ledger is not None:

@@ -169,7 +169,12 @@ def _conversations(settings: Settings) -> MemoryConversations | RedisConversatio
         return None
     url = _redis_url(settings)
     if url:
-        return RedisConversations(url, prefix=settings.limits.key_prefix, timeout=settings.limits.redis_timeout)
+        return RedisConversations(
+            url,
+            prefix=settings.limits.key_prefix,
+            timeout=settings.limits.redis_timeout,
+            max_entries=routing.conversation_max,
+        )
     return MemoryConversations(max_entries=routing.conversation_max)
 
 

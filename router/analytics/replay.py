@@ -32,6 +32,7 @@ class ReplayResult:
     statuses: Counter[int] = field(default_factory=Counter)
     models: Counter[str] = field(default_factory=Counter)
     failures: int = 0  # no HTTP answer at all
+    failure: str = ""  # the first of them, for the message
 
 
 def read_lines(path: Path) -> list[ReplayLine]:
@@ -80,8 +81,9 @@ async def replay(
                 result.statuses[r.status_code] += 1
                 if r.status_code == 200:
                     result.models[r.headers.get("x-triage-model", "?")] += 1
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 result.failures += 1
+                result.failure = result.failure or _why(exc)
             result.sent += 1
             if progress:
                 done = result.sent / len(lines)
@@ -101,6 +103,24 @@ async def replay(
     return result
 
 
+def _why(exc: httpx.HTTPError) -> str:
+    """What went wrong, naming the URL (httpx's own messages often do not)."""
+    url = str(exc.request.url) if _has_request(exc) else "the gateway"
+    if isinstance(exc, httpx.ConnectError):
+        return f"{url} refused the connection or could not be reached ({exc}): is `triage serve` running there?"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{url} did not answer in time ({type(exc).__name__})"
+    return f"{url}: {exc or type(exc).__name__}"
+
+
+def _has_request(exc: httpx.HTTPError) -> bool:
+    try:
+        exc.request  # noqa: B018 - httpx raises RuntimeError when the error carries no request
+    except RuntimeError:
+        return False
+    return True
+
+
 def _run(args: argparse.Namespace) -> int:
     keys = dict(k.split("=", 1) for k in args.key or [])
     lines = read_lines(Path(args.file))
@@ -115,13 +135,16 @@ def _run(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
         )
     )
+    counts = [f"{code}: {n}" for code, n in sorted(result.statuses.items())]
     print(
-        f"sent {result.sent}: "
-        + ", ".join(f"{code}: {n}" for code, n in sorted(result.statuses.items()))
-        + (f", no answer: {result.failures}" if result.failures else "")
+        f"sent {result.sent}: " + ", ".join([*counts, *([f"no answer: {result.failures}"] if result.failures else [])])
     )
-    print("served by: " + ", ".join(f"{m} {n}" for m, n in result.models.most_common()))
-    print("the gateway's ledger has the decisions: triage analytics summary")
+    if result.failures:
+        print(f"no answer for {result.failures} of {result.sent}: {result.failure} (--url sets the gateway's URL)")
+    if result.models:
+        print("served by: " + ", ".join(f"{m} {n}" for m, n in result.models.most_common()))
+    if result.failures < result.sent:
+        print("the gateway's ledger has the decisions: triage analytics summary")
     return 0 if result.failures == 0 else 1
 
 

@@ -184,6 +184,7 @@ def test_the_command_names_what_failed_and_exits_1(
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "lm-sys/RouteLLM/0b64fdafe049e596a3f5657c219329f24af24198/" in err
     assert "nothing was changed" in err and not (tmp_path / "d" / "routellm").exists()
+    assert "--mirror URL" in err and "TRIAGE_DATA" in err  # the two ways round a source out of reach
     assert main(["data", "fetch", "--to", str(tmp_path / "d"), "--mirror", "file:///etc"]) == 1
     assert "http(s) URL" in capsys.readouterr().err
 
@@ -354,3 +355,10 @@ def test_each_file_is_checked_and_on_disk_as_it_arrives(tmp_path: Path) -> None:
         finally:
             release.set()
     assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["PROVENANCE.md", "good.csv", "last.csv"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_the_timeout_must_be_a_positive_number(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["data", "fetch", "--to", str(tmp_path), "--timeout", value])
+    assert refused.value.code == 2 and "--timeout" in capsys.readouterr().err

@@ -356,6 +356,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    # 0 would mean "no limit" to a truthiness test and -1 "all but the last" to a slice: neither is meant
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
+    return value
+
+
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("label", help="turn stored shadow pairs into outcomes (a pairwise judge, or references)")
     p.add_argument(
@@ -376,6 +387,6 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=120.0,
         help="seconds a judge call may take, its whole answer (default 120); a late answer leaves the pair unlabelled",
     )
-    p.add_argument("--concurrency", type=int, default=4, help="judge calls in flight (default 4)")
-    p.add_argument("--limit", type=int, help="label at most this many pairs this run")
+    p.add_argument("--concurrency", type=_count, default=4, help="judge calls in flight (default 4)")
+    p.add_argument("--limit", type=_count, help="label at most this many pairs this run")
     p.set_defaults(run=_label)

@@ -211,11 +211,15 @@ async def test_a_judge_s_odd_answer_is_an_unlabelled_pair_not_a_traceback(
     assert "labelled 2 pairs" in said.out and "judge: 4 calls, 36 prompt + 4 completion tokens" in said.out
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
-async def test_a_judge_timeout_must_be_a_positive_number(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--judge-timeout", v) for v in ("0", "-1", "nan", "inf", "soon")]
+    + [(flag, v) for flag in ("--limit", "--concurrency") for v in ("0", "-1", "1.5")],
+)
+async def test_timeouts_and_counts_must_be_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
 ) -> None:
     argv = ["label", "--pairs", str(tmp_path / "p.sqlite"), "--judge-url", "http://127.0.0.1:9/v1"]
     with pytest.raises(SystemExit) as refused:
-        await _run([*argv, "--judge-model", "j", "--judge-timeout", value])
-    assert refused.value.code == 2 and "--judge-timeout" in capsys.readouterr().err
+        await _run([*argv, "--judge-model", "j", flag, value])
+    assert refused.value.code == 2 and flag in capsys.readouterr().err

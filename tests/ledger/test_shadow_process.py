@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -16,12 +17,12 @@ from tests.servers import serving
 from tests.upstream import Journal, make_upstream
 
 
-def _config(tmp: Path, small: str, large: str) -> Path:
+def _config(tmp: Path, small: str, large: str, grace: int = 1) -> Path:
     cfg = tmp / "gateway.json"
     cfg.write_text(
         json.dumps(
             {
-                "server": {"log_level": "warning", "graceful_shutdown_timeout": 1},
+                "server": {"log_level": "warning", "graceful_shutdown_timeout": grace},
                 "routing": {"scorer": "length", "shadow": {"rate": 1.0, "max_per_minute": 100, "max_in_flight": 4}},
                 "workers": [
                     {"name": "small", "role": "small", "base_url": f"{small}/v1", "model": "tiny-small"},
@@ -71,3 +72,33 @@ def test_a_slow_shadow_call_neither_copies_n_nor_holds_the_shutdown(tmp_path: Pa
     finally:
         db.close()
     assert rows == [("below_threshold", 200), ("shadow", 499)]  # the cancelled shadow call is still on record
+
+
+def test_requests_in_flight_and_shadow_calls_share_one_graceful_timeout(tmp_path: Path) -> None:
+    small_journal, large_journal = Journal(), Journal()
+    large_journal.always = {"sleep": 60}
+    with (
+        serving(make_upstream("tiny-small", small_journal)) as small,
+        serving(make_upstream("tiny-large", large_journal)) as large,
+    ):
+        gw = Gateway(_config(tmp_path, small.url, large.url, grace=4), tmp_path / "gateway.log")
+        try:
+            body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            assert httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+            _until("the shadow call to reach the large worker", lambda: len(large_journal.bodies) == 1)
+            # A caller's request the small worker holds past the graceful timeout: in flight at the SIGTERM.
+            stuck = {**body, "x_test": {"sleep": 60}}
+            pending = threading.Thread(
+                target=lambda: httpx.post(gw.url + "/v1/chat/completions", json=stuck, timeout=30), daemon=True
+            )
+            pending.start()
+            _until("the stuck request to reach the small worker", lambda: len(small_journal.bodies) == 2)
+            gw.proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            _until("the gateway to exit", lambda: gw.proc.poll() is not None, timeout=90)
+            took = time.monotonic() - started
+        finally:
+            gw.kill()
+    # One 4 s timeout for both waits, not 4 s for the request and 4 s more for the shadow call (about 8.2 s).
+    # The margin is wide on purpose: the bound is about correctness, on a noisy machine.
+    assert took < 6.5, f"the shutdown took {took:.1f} s"

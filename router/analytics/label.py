@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from router.adapters.pairs import pairs_path, read_pairs
+from router.analytics.arguments import count, positive
 from router.core.shadow import ShadowPair
 from router.core.types import Role
 from router.errors import ConfigError
@@ -346,27 +347,6 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < 1e6:  # nan fails this too
-        raise argparse.ArgumentTypeError(f"{text!r}: more than 0 seconds, and less than 1e6")
-    return value
-
-
-def _count(text: str) -> int:
-    # 0 would mean "no limit" to a truthiness test and -1 "all but the last" to a slice: neither is meant
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
-    return value
-
-
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("label", help="turn stored shadow pairs into outcomes (a pairwise judge, or references)")
     p.add_argument(
@@ -383,10 +363,10 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--scorer", default="exact", help="with --references: exact, regex:PATTERN or module:function")
     p.add_argument(
         "--judge-timeout",
-        type=_seconds,
+        type=positive,
         default=120.0,
         help="seconds a judge call may take, its whole answer (default 120); a late answer leaves the pair unlabelled",
     )
-    p.add_argument("--concurrency", type=_count, default=4, help="judge calls in flight (default 4)")
-    p.add_argument("--limit", type=_count, help="label at most this many pairs this run")
+    p.add_argument("--concurrency", type=count, default=4, help="judge calls in flight (default 4)")
+    p.add_argument("--limit", type=count, help="label at most this many pairs this run")
     p.set_defaults(run=_label)

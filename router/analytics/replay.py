@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from router.analytics.arguments import count, positive
+
 __all__ = ["ReplayLine", "ReplayResult", "add_command", "read_lines", "replay"]
 
 
@@ -158,8 +160,8 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("file", help="JSONL: prompt or messages, optional tier and max_tokens per line")
     p.add_argument("--url", default="http://127.0.0.1:9000/v1", help="the gateway's base URL")
     p.add_argument("--model", default="auto", help="model to ask for (default auto: routed)")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
-    p.add_argument("--rate", type=float, help="requests started per second (default: as fast as concurrency allows)")
-    p.add_argument("--max-tokens", type=int, default=64, help="max_tokens for lines that set none (default 64)")
+    p.add_argument("--concurrency", type=count, default=4, help="requests in flight at once (default 4)")
+    p.add_argument("--rate", type=positive, help="requests started per second (default: as fast as concurrency allows)")
+    p.add_argument("--max-tokens", type=count, default=64, help="max_tokens for lines that set none (default 64)")
     p.add_argument("--key", action="append", metavar="TIER=KEY", help="API key to send for lines of that tier")
     p.set_defaults(run=_run)

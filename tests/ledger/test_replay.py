@@ -79,3 +79,14 @@ def test_replay_with_no_gateway_names_the_url_that_refused(tmp_path: Path, capsy
     assert f"no answer for 2 of 2: {url}/chat/completions refused the connection" in out
     assert "is `triage serve` running there?" in out and "--url" in out
     assert "ledger has the decisions" not in out  # nothing reached a gateway: nothing to look at there
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--concurrency", "0"), ("--max-tokens", "-1"), ("--rate", "nan")])
+def test_replay_refuses_counts_and_rates_that_are_not_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    with pytest.raises(SystemExit) as refused:  # --concurrency 0 waited forever on a semaphore of 0
+        main(["replay", str(prompts), "--url", "http://127.0.0.1:9/v1", flag, value])
+    assert refused.value.code == 2 and flag in capsys.readouterr().err

@@ -118,7 +118,7 @@ class RoutingSettings(_Strict):
     # sticky keeps the first turn's model; per_turn routes every turn by its own score.
     conversation: Literal["per_turn", "sticky", "escalate_only"] = "escalate_only"
     conversation_ttl: float = Field(default=3600, gt=0)  # seconds a conversation is remembered after its last write
-    conversation_max: int = Field(default=100_000, gt=0)  # conversations remembered in process (without Redis)
+    conversation_max: int = Field(default=100_000, gt=0)  # conversations remembered (in process, or in Redis)
 
 
 class BalancingSettings(_Strict):

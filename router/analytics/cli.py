@@ -107,12 +107,22 @@ def _records(args: argparse.Namespace) -> list[DecisionRecord]:
         ]
     ledger = Path(args.ledger)
     if not ledger.exists():
-        raise FileNotFoundError(
-            f"no ledger at {ledger}: `triage serve` writes one there once it has served traffic "
-            "(with Redis configured it writes a stream instead: --ledger redis://HOST:PORT/DB)"
-        )
+        raise FileNotFoundError(_no_ledger(ledger))
     where, params = _filters(args)
     return list(read_records(ledger, where, params))
+
+
+def _no_ledger(ledger: Path) -> str:
+    where = ""
+    if not ledger.is_absolute():  # ledger.path is relative to the folder `triage serve` ran in, not to this one
+        where = (
+            f" (that is {ledger.absolute()}: a relative ledger path is relative to the folder `triage serve` ran "
+            "in; run this there, or pass --ledger with the path the gateway's ledger.path names)"
+        )
+    return (
+        f"no ledger at {ledger}{where}: `triage serve` writes one there once it has served traffic (with Redis "
+        "configured it writes a stream instead: --ledger redis://HOST:PORT/DB)"
+    )
 
 
 def _quality_of(path: Path) -> QualityEstimate | None:

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -52,7 +53,28 @@ from router.service.coordinator import Ports, RoutingService
 from router.service.recording import Recorder
 from router.settings import Settings
 
-__all__ = ["build_balancer", "build_cascade", "build_scorer", "build_tiers", "create_app", "resolve_workers"]
+__all__ = [
+    "ShutdownClock",
+    "build_balancer",
+    "build_cascade",
+    "build_scorer",
+    "build_tiers",
+    "create_app",
+    "resolve_workers",
+]
+
+
+@dataclass(slots=True)
+class ShutdownClock:
+    """When the server began to shut down (time.monotonic), kept on `app.state.shutdown`: `triage serve`'s server
+    sets it as it stops accepting. The in-flight requests' wait and the shadow calls' wait share one graceful
+    timeout from then; without it (a server that does not say) the shadow calls get the whole timeout."""
+
+    began: float | None = None
+
+    def remaining(self, grace: float) -> float:
+        return grace if self.began is None else max(0.0, grace - (time.monotonic() - self.began))
+
 
 log = logging.getLogger("triage.app")
 
@@ -169,7 +191,12 @@ def _conversations(settings: Settings) -> MemoryConversations | RedisConversatio
         return None
     url = _redis_url(settings)
     if url:
-        return RedisConversations(url, prefix=settings.limits.key_prefix, timeout=settings.limits.redis_timeout)
+        return RedisConversations(
+            url,
+            prefix=settings.limits.key_prefix,
+            timeout=settings.limits.redis_timeout,
+            max_entries=routing.conversation_max,
+        )
     return MemoryConversations(max_entries=routing.conversation_max)
 
 
@@ -335,6 +362,8 @@ def create_app(
         ),
     )
 
+    shutdown = ShutdownClock()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await direct.start()
@@ -350,7 +379,8 @@ def create_app(
         finally:
             hangup()
             # uvicorn has finished in-flight requests by now (graceful shutdown): drain their records.
-            await service.close()  # shadow calls under way finish first: they record too
+            # Shadow calls under way finish first (they record too), within what is left of the graceful timeout.
+            await service.close(shutdown.remaining(settings.server.graceful_shutdown_timeout))
             if pairs is not None:
                 await pairs.close()
             if ledger is not None:
@@ -375,6 +405,7 @@ def create_app(
         redoc_url=None,
         redirect_slashes=False,
     )
+    app.state.shutdown = shutdown
     app.state.triage = GatewayState(
         service=service,
         backend=backend,

@@ -100,10 +100,10 @@ class RoutingService:
         shadow = (gate.sent, gate.dropped) if gate else (0, 0)
         return Health(breakers, self._admission.health.errors, self._admission.shed, *shadow)
 
-    async def close(self) -> None:
-        """Let background shadow calls finish (shutdown, before the ledger drains)."""
+    async def close(self, grace: float | None = None) -> None:
+        """Let background shadow calls finish (shutdown, before the ledger drains), for at most `grace` s."""
         if self._shadow is not None:
-            await self._shadow.close()
+            await self._shadow.close(grace)
 
     def model_ids(self) -> list[str]:
         """What GET /v1/models lists: the routed alias first, then each served model once."""

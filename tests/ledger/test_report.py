@@ -233,3 +233,13 @@ def test_shadow_calls_and_conversation_moves_are_counted_apart() -> None:
     assert (s.requests, s.conversation_moves, s.shadow_calls) == (2, 1, 1)
     assert s.cost == pytest.approx(1.2) and s.shadow_cost == pytest.approx(1.0)  # routing's cost; learning's apart
     assert s.saving == pytest.approx(1 - 1.2 / 2.0)
+
+
+def test_the_default_ledger_missing_says_it_is_relative_to_where_the_gateway_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["analytics", "summary"]) == 2
+    err = capsys.readouterr().err
+    assert f"no ledger at .triage/ledger.sqlite (that is {tmp_path}/.triage/ledger.sqlite" in err
+    assert "relative to the folder `triage serve` ran in" in err and "--ledger" in err

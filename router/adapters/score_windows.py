@@ -78,6 +78,12 @@ class RedisScores:
         if self._task is None and time.monotonic() >= self._next:
             self._task = asyncio.get_running_loop().create_task(self._sync())
 
+    async def sync(self) -> None:
+        """Push what is pending and read the shared windows back now (after a sync under way)."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._sync()
+
     async def _sync(self) -> None:
         pending, self._pending = self._pending, {}
         keys = self._local.keys()  # every window is refreshed, also one without new scores here

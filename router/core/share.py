@@ -120,7 +120,11 @@ class ShareTargets:
             return fallback
         control = self._control(target)
         found = window.threshold(control.share())
-        return fallback if found is None else found
+        if found is None:
+            return fallback
+        # A score equal to the threshold (a tie: repeated prompts) goes large only while large calls are owed:
+        # the quantile alone would send a whole block of equal scores to one side.
+        return found if control.debt >= 0 else math.nextafter(found, math.inf)
 
     def observe(self, target: ShareTarget, score: float, large: bool) -> None:
         """A routed request's score and whether it went large (after its threshold was read)."""

@@ -1,0 +1,146 @@
+"""What a share target costs: routed req/s of a gateway holding `routing.target_large_share` against the same
+gateway with a fixed threshold, measured in the same run, arms interleaved; with the window in process, and with
+it shared through Redis (against a fixed-threshold gateway that has the same Redis configured).
+
+    ./dev bench share_target [--duration 5] [--repeats 3]
+
+Every request is routed (`auto`, scored by the shipped classifier) with prompts of varied lengths (so the
+window holds varied scores), the ledger on (SQLite). wrk and the instant upstream are pinned to CPU 1, the
+gateway under test to CPU 0; one gateway is loaded at a time. Prints the median req/s per arm with the spread
+of the repeats, the target arm over its fixed-threshold peer, and the share of large calls each target arm's
+ledger shows (it must be the target: a bench of a share that does not hold would measure nothing). Needs Redis
+on 127.0.0.1:6379 for the shared arms."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from gateway_overhead import ROOT, ensure_wrk, free_port, run_wrk, start, stop, wait_http
+
+sys.path.insert(0, str(ROOT))
+
+from router.adapters.ledger_sqlite import read_records
+from router.analytics.report import share_timeline
+
+TARGET = 0.3
+REDIS = "redis://127.0.0.1:6379/0"
+WORDS = ("the", "a", "of", "model", "answer", "which", "value", "river", "city", "light", "paper", "energy")
+
+
+def wrk_bodies(tmp: Path, n: int = 64) -> Path:
+    """A wrk script that cycles through `n` chat bodies of varied lengths (2 to 400 words)."""
+    rng = random.Random(0)
+    bodies = []
+    for _ in range(n):
+        words = " ".join(rng.choice(WORDS) for _ in range(int(2 * 200 ** rng.random())))
+        bodies.append(json.dumps({"model": "auto", "messages": [{"role": "user", "content": words}], "max_tokens": 16}))
+    lua = ["bodies = {" + ", ".join(json.dumps(b) for b in bodies) + "}", "i = 0"]
+    lua += [
+        "request = function()",
+        "  i = i + 1",
+        '  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[(i % #bodies) + 1])',
+        "end",
+    ]
+    path = tmp / "bodies.lua"
+    path.write_text("\n".join(lua) + "\n")
+    return path
+
+
+def gateway_config(tmp: Path, name: str, upstream: str, target: bool, redis: bool) -> tuple[Path, int, Path]:
+    port = free_port()
+    ledger = tmp / f"ledger-{name}.sqlite"
+    routing: dict[str, object] = {"target_large_share": TARGET} if target else {}
+    cfg: dict[str, object] = {
+        "server": {"port": port, "log_level": "warning"},
+        "routing": routing,  # unset threshold: the shipped classifier's suggested one
+        "workers": [
+            {"name": "small", "role": "small", "base_url": upstream, "model": "bench-model"},
+            {"name": "large", "role": "large", "base_url": upstream, "model": "bench-model"},
+        ],
+        "tiers": {"anonymous": {}},
+        "ledger": {"backend": "sqlite", "path": str(ledger)},
+        "cache": {"enabled": False},
+    }
+    if redis:
+        cfg["limits"] = {"redis_url": REDIS, "key_prefix": f"bench-{uuid.uuid4().hex[:6]}"}
+    path = tmp / f"gateway-{name}.json"
+    path.write_text(json.dumps(cfg))
+    return path, port, ledger
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per cell and repeat (default 5)")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of every cell, arms interleaved (default 3)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--skip-redis", action="store_true", help="only the in-process window")
+    args = ap.parse_args()
+    wrk = ensure_wrk()
+    tmp = Path(tempfile.mkdtemp(prefix="triage-share-"))
+    procs = []
+    arms: dict[str, tuple[str, Path]] = {}  # name -> (url, ledger)
+    try:
+        up = free_port()
+        procs.append(start([sys.executable, str(ROOT / "bench" / "instant_upstream.py"), str(up)], 1, tmp / "up.log"))
+        upstream = f"http://127.0.0.1:{up}/v1"
+        wait_http(f"{upstream}/models", 10)
+        layout = [("fixed", False, False), ("target", True, False)]
+        if not args.skip_redis:
+            layout += [("fixed+redis", False, True), ("target+redis", True, True)]
+        for name, target, redis in layout:
+            cfg, port, ledger = gateway_config(tmp, name, upstream, target, redis)
+            procs.append(start([sys.executable, "-m", "router", "serve", "--config", str(cfg)], 0, tmp / f"{name}.log"))
+            wait_http(f"http://127.0.0.1:{port}/health", 60)
+            arms[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", ledger)
+        script = wrk_bodies(tmp)
+        for url, _ in arms.values():
+            run_wrk(wrk, url, script, 16, min(2.0, args.duration))  # warm-up: connections, the window fills
+        rps: dict[tuple[str, int], list[float]] = {}
+        for c in args.concurrency:
+            for r in range(args.repeats):
+                for name, (url, _) in arms.items():
+                    value, p50, p99, errors, _done = run_wrk(wrk, url, script, c, args.duration)
+                    rps.setdefault((name, c), []).append(value)
+                    print(
+                        f"  {name:<13} c={c:<3} #{r} {value:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
+                        + (f"  ERRORS {errors}" if errors else ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        for p in procs:
+            stop(p)
+    report(rps, arms, args.concurrency)
+    return 0
+
+
+def report(rps: dict[tuple[str, int], list[float]], arms: dict[str, tuple[str, Path]], levels: list[int]) -> None:
+    print(f"\nrouted req/s, median of repeats (min-max), target_large_share {TARGET} against a fixed threshold")
+    for c in levels:
+        for name in arms:
+            values = rps[(name, c)]
+            print(f"  c={c:<3} {name:<13} {statistics.median(values):8.0f}  ({min(values):.0f}-{max(values):.0f})")
+        for target, fixed in (("target", "fixed"), ("target+redis", "fixed+redis")):
+            if (target, c) in rps:
+                ratio = statistics.median(rps[(target, c)]) / statistics.median(rps[(fixed, c)])
+                paired = [t / f for t, f in zip(rps[(target, c)], rps[(fixed, c)], strict=True)]
+                print(
+                    f"  c={c:<3} {target} / {fixed}: {ratio:.3f} (repeat by repeat: "
+                    + ", ".join(f"{p:.3f}" for p in paired)
+                    + ")"
+                )
+    for name, (_, ledger) in arms.items():
+        records = list(read_records(ledger))
+        for bucket in share_timeline(records, 10**9, {}):
+            print(f"  {name:<13} large share of {bucket.routed} routed requests: {bucket.large_share:.1%}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

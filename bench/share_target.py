@@ -22,7 +22,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from gateway_overhead import ROOT, ensure_wrk, free_port, run_wrk, start, stop, wait_http
+from gateway_overhead import ROOT, cpu_seconds, ensure_wrk, free_port, run_wrk, start, stop, wait_http
 
 sys.path.insert(0, str(ROOT))
 
@@ -85,7 +85,7 @@ def main() -> int:
     wrk = ensure_wrk()
     tmp = Path(tempfile.mkdtemp(prefix="triage-share-"))
     procs = []
-    arms: dict[str, tuple[str, Path]] = {}  # name -> (url, ledger)
+    arms: dict[str, tuple[str, Path, int]] = {}  # name -> (url, ledger, gateway pid)
     try:
         up = free_port()
         procs.append(start([sys.executable, str(ROOT / "bench" / "instant_upstream.py"), str(up)], 1, tmp / "up.log"))
@@ -96,49 +96,64 @@ def main() -> int:
             layout += [("fixed+redis", False, True), ("target+redis", True, True)]
         for name, target, redis in layout:
             cfg, port, ledger = gateway_config(tmp, name, upstream, target, redis)
-            procs.append(start([sys.executable, "-m", "router", "serve", "--config", str(cfg)], 0, tmp / f"{name}.log"))
+            gw = start([sys.executable, "-m", "router", "serve", "--config", str(cfg)], 0, tmp / f"{name}.log")
+            procs.append(gw)
             wait_http(f"http://127.0.0.1:{port}/health", 60)
-            arms[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", ledger)
+            arms[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", ledger, gw.pid)
         script = wrk_bodies(tmp)
-        for url, _ in arms.values():
+        for url, _, _ in arms.values():
             run_wrk(wrk, url, script, 16, min(2.0, args.duration))  # warm-up: connections, the window fills
         rps: dict[tuple[str, int], list[float]] = {}
+        cpu: dict[tuple[str, int], list[float]] = {}  # the gateway's CPU time per request, us
         for c in args.concurrency:
             for r in range(args.repeats):
-                for name, (url, _) in arms.items():
-                    value, p50, p99, errors, _done = run_wrk(wrk, url, script, c, args.duration)
+                for name, (url, _, pid) in arms.items():
+                    cpu0 = cpu_seconds(pid)
+                    value, p50, p99, errors, done = run_wrk(wrk, url, script, c, args.duration)
                     rps.setdefault((name, c), []).append(value)
+                    cpu.setdefault((name, c), []).append((cpu_seconds(pid) - cpu0) / max(1, done) * 1e6)
                     print(
-                        f"  {name:<13} c={c:<3} #{r} {value:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
-                        + (f"  ERRORS {errors}" if errors else ""),
+                        f"  {name:<13} c={c:<3} #{r} {value:8.0f} req/s  {cpu[(name, c)][-1]:6.0f} us CPU/req"
+                        f"  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms" + (f"  ERRORS {errors}" if errors else ""),
                         file=sys.stderr,
                         flush=True,
                     )
     finally:
         for p in procs:
             stop(p)
-    report(rps, arms, args.concurrency)
+    report(rps, cpu, {name: ledger for name, (_, ledger, _) in arms.items()}, args.concurrency)
     return 0
 
 
-def report(rps: dict[tuple[str, int], list[float]], arms: dict[str, tuple[str, Path]], levels: list[int]) -> None:
-    print(f"\nrouted req/s, median of repeats (min-max), target_large_share {TARGET} against a fixed threshold")
+def report(
+    rps: dict[tuple[str, int], list[float]],
+    cpu: dict[tuple[str, int], list[float]],
+    ledgers: dict[str, Path],
+    levels: list[int],
+) -> None:
+    print(f"\ntarget_large_share {TARGET} against a fixed threshold: median of repeats (min-max)")
+    print("  arm                       routed req/s          gateway CPU us/request")
     for c in levels:
-        for name in arms:
-            values = rps[(name, c)]
-            print(f"  c={c:<3} {name:<13} {statistics.median(values):8.0f}  ({min(values):.0f}-{max(values):.0f})")
+        for name in ledgers:
+            r, u = rps[(name, c)], cpu[(name, c)]
+            print(
+                f"  c={c:<3} {name:<13} {statistics.median(r):8.0f} ({min(r):.0f}-{max(r):.0f})"
+                f"     {statistics.median(u):8.0f} ({min(u):.0f}-{max(u):.0f})"
+            )
         for target, fixed in (("target", "fixed"), ("target+redis", "fixed+redis")):
-            if (target, c) in rps:
-                ratio = statistics.median(rps[(target, c)]) / statistics.median(rps[(fixed, c)])
-                paired = [t / f for t, f in zip(rps[(target, c)], rps[(fixed, c)], strict=True)]
-                print(
-                    f"  c={c:<3} {target} / {fixed}: {ratio:.3f} (repeat by repeat: "
-                    + ", ".join(f"{p:.3f}" for p in paired)
-                    + ")"
-                )
-    for name, (_, ledger) in arms.items():
-        records = list(read_records(ledger))
-        for bucket in share_timeline(records, 10**9, {}):
+            if (target, c) not in rps:
+                continue
+            paired = [t / f for t, f in zip(rps[(target, c)], rps[(fixed, c)], strict=True)]
+            paired_cpu = [t / f for t, f in zip(cpu[(target, c)], cpu[(fixed, c)], strict=True)]
+            print(
+                f"  c={c:<3} {target} / {fixed}: req/s {statistics.median(paired):.3f} (repeats "
+                + ", ".join(f"{p:.3f}" for p in paired)
+                + f"); CPU/request {statistics.median(paired_cpu):.3f} (repeats "
+                + ", ".join(f"{p:.3f}" for p in paired_cpu)
+                + ")"
+            )
+    for name, ledger in ledgers.items():
+        for bucket in share_timeline(list(read_records(ledger)), 10**9, {}):
             print(f"  {name:<13} large share of {bucket.routed} routed requests: {bucket.large_share:.1%}")
 
 

@@ -26,7 +26,7 @@ from router.core.ports import Backend, ConversationMemory, PairSink, ResponseCac
 from router.core.shadow import ShadowGate
 from router.core.share import ShareTargets
 from router.core.tiers import Caller, Tier, allowed_role
-from router.core.types import Decision, Reason, Role, Worker
+from router.core.types import Decision, Reason, Worker
 from router.dispatch import Dispatcher
 from router.errors import ModelNotFound, PermissionDenied, RateLimited, TriageError
 from router.protocol import GenerationRequest, prompt_text
@@ -139,8 +139,7 @@ class RoutingService:
         if shares is None or target is None:
             decision = decide(score, threshold)
         else:  # the threshold in force moves with the traffic; the record carries it
-            decision = decide(score, shares.threshold(target, threshold))
-            shares.observe(target, score, decision.role is Role.LARGE)
+            decision = shares.decide(target, score, threshold)
         role = allowed_role(tier, decision.role)
         if role is not None and role is not decision.role:
             decision = Decision(role, Reason.TIER_POLICY, decision.score, decision.threshold)

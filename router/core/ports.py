@@ -36,7 +36,8 @@ class Scorer(Protocol):
 
 class ScoreStore(Protocol):
     """Recent routed scores per window key (share targets): in process, or shared by replicas through Redis.
-    Both calls sit on the request path and never wait: sharing happens in the background."""
+    Both calls sit on the request path and never wait: sharing happens in the background. `window` returns
+    the same object for a key every time (a shared window is refreshed in place)."""
 
     def window(self, key: str) -> ScoreWindow: ...
 

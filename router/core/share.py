@@ -14,9 +14,11 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+from router.core.policy import decide
 from router.core.tiers import Tier
+from router.core.types import Decision, Role
 
 if TYPE_CHECKING:
     from router.core.ports import ScoreStore
@@ -26,11 +28,13 @@ __all__ = ["DEBT_SPAN", "ScoreWindow", "ShareControl", "ShareTarget", "ShareTarg
 # Decisions over which the debt is spread: the share asked of the quantile moves by 1/DEBT_SPAN per call owed.
 # Small enough to hold a share over a few hundred requests, large enough that one call does not swing it.
 DEBT_SPAN = 25
+_INF = math.inf
 
 
 class ScoreWindow:
-    """The last `size` scores, in arrival order and sorted: adding one costs a binary search and one memmove
-    of the sorted list (O(log W) compares; a few hundred ns at W = 1000), and a quantile is a lookup."""
+    """The last `size` scores, in arrival order and sorted: adding one costs two binary searches and two
+    memmoves of the sorted list (O(log W) compares; about a microsecond at W = 1000), and a quantile is a
+    lookup."""
 
     __slots__ = ("_ring", "_sorted", "size")
 
@@ -45,17 +49,17 @@ class ScoreWindow:
         return len(self._ring)
 
     def add(self, score: float) -> None:
-        if not math.isfinite(score):  # a NaN would break the sort order; such a score decides nothing
+        if not -_INF < score < _INF:  # NaN would break the sort order, infinity the quantile: both decide nothing
             return
-        if len(self._ring) >= self.size:
-            oldest = self._ring.popleft()
-            del self._sorted[bisect_left(self._sorted, oldest)]
-        self._ring.append(score)
-        insort(self._sorted, score)
+        ring, ordered = self._ring, self._sorted
+        if len(ring) >= self.size:
+            del ordered[bisect_left(ordered, ring.popleft())]
+        ring.append(score)
+        insort(ordered, score)
 
     def replace(self, scores: Iterable[float]) -> None:
         """Take `scores` (oldest first; the last `size` are kept) as the window, e.g. the replicas' shared one."""
-        kept = [s for s in scores if math.isfinite(s)][-self.size :]
+        kept = [s for s in scores if -_INF < s < _INF][-self.size :]
         self._ring = deque(kept)
         self._sorted = sorted(kept)
 
@@ -87,8 +91,7 @@ class ShareControl:
         self.debt = min((1 - self.target) * DEBT_SPAN, max(-self.target * DEBT_SPAN, owed))
 
 
-@dataclass(frozen=True, slots=True)
-class ShareTarget:
+class ShareTarget(NamedTuple):  # a tuple: one is made per routed request, and a tuple is the cheapest
     share: float  # of routed requests the large model should get
     key: str  # the window it is held over: "routing" (tiers that follow the gateway's target) or "tier:NAME"
 
@@ -107,33 +110,39 @@ def target_for(tier: Tier, gateway_share: float | None) -> ShareTarget | None:
 
 @dataclass(slots=True)
 class ShareTargets:
-    """Thresholds for share targets over windows kept by a store (per process, or shared by replicas). Below
-    `min_scores` scores in the window (a cold start), the fallback (the scorer's suggested threshold) applies."""
+    """Decisions under share targets, over windows kept by a store (per process, or shared by replicas). Below
+    `min_scores` scores in the window (a cold start), the fallback (the scorer's suggested threshold) decides
+    and owes nothing."""
 
     windows: ScoreStore
     min_scores: int = 100
-    _controls: dict[str, ShareControl] = field(default_factory=dict)
+    _held: dict[str, tuple[ScoreWindow, ShareControl]] = field(default_factory=dict)
+
+    def decide(self, target: ShareTarget, score: float, fallback: float) -> Decision:
+        """Route one score by the threshold in force, then add it to the window and count where it went."""
+        window, control = self._hold(target)
+        warm = len(window) >= self.min_scores
+        decision = decide(score, _threshold(window, control) if warm else fallback)
+        self.windows.add(target.key, score)
+        if warm:
+            control.count(decision.role is Role.LARGE)
+        return decision
 
     def threshold(self, target: ShareTarget, fallback: float) -> float:
-        window = self.windows.window(target.key)
-        if len(window) < self.min_scores:
-            return fallback
-        control = self._control(target)
-        found = window.threshold(control.share())
-        if found is None:
-            return fallback
-        # A score equal to the threshold (a tie: repeated prompts) goes large only while large calls are owed:
-        # the quantile alone would send a whole block of equal scores to one side.
-        return found if control.debt >= 0 else math.nextafter(found, math.inf)
+        """The threshold the next request under `target` meets."""
+        window, control = self._hold(target)
+        return _threshold(window, control) if len(window) >= self.min_scores else fallback
 
-    def observe(self, target: ShareTarget, score: float, large: bool) -> None:
-        """A routed request's score and whether it went large (after its threshold was read)."""
-        self.windows.add(target.key, score)
-        if len(self.windows.window(target.key)) > self.min_scores:  # cold-start decisions owe nothing
-            self._control(target).count(large)
+    def _hold(self, target: ShareTarget) -> tuple[ScoreWindow, ShareControl]:
+        held = self._held.get(target.key)
+        if held is None or held[1].target != target.share:  # a new target starts without debt
+            held = self._held[target.key] = (self.windows.window(target.key), ShareControl(target.share))
+        return held
 
-    def _control(self, target: ShareTarget) -> ShareControl:
-        control = self._controls.get(target.key)
-        if control is None or control.target != target.share:  # a new target starts without debt
-            control = self._controls[target.key] = ShareControl(target.share)
-        return control
+
+def _threshold(window: ScoreWindow, control: ShareControl) -> float:
+    found = window.threshold(control.share())
+    assert found is not None  # the window is not empty: min_scores >= 1
+    # A score equal to the threshold (a tie: repeated prompts) goes large only while large calls are owed:
+    # the quantile alone would send a whole block of equal scores to one side.
+    return found if control.debt >= 0 else math.nextafter(found, math.inf)

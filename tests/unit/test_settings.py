@@ -173,3 +173,9 @@ def test_a_share_target_loads_per_gateway_and_per_tier(tmp_path: Path) -> None:
     assert s.routing.target_large_share == 0.3 and s.routing.threshold is None
     assert s.tiers["paid"].target_large_share == 0.5
     assert s.tiers["fixed"].threshold == 0.7  # a tier's own threshold beats the gateway's target
+
+
+def test_a_threshold_flag_beside_a_share_target_in_the_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("  threshold: 0.3", "  target_large_share: 0.3"))
+    with pytest.raises(ConfigError, match=r"--threshold/--alias: .*routing.threshold and routing.target_large_share"):
+        build_settings(parser().parse_args(["serve", "--config", str(path), "--threshold", "0.4"]))

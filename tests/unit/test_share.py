@@ -9,7 +9,6 @@ import random
 import pytest
 
 from router.adapters.score_windows import MemoryScores
-from router.core.policy import decide
 from router.core.share import DEBT_SPAN, ScoreWindow, ShareControl, ShareTarget, ShareTargets, target_for
 from router.core.tiers import Tier
 from router.core.types import Role
@@ -60,12 +59,7 @@ def test_debt_is_bounded_so_the_share_asked_stays_in_zero_to_one() -> None:
 
 def run(targets: ShareTargets, target: ShareTarget, scores: list[float], fallback: float = 0.5) -> list[bool]:
     """Route `scores` one by one as the service does; whether each went large."""
-    large = []
-    for score in scores:
-        decision = decide(score, targets.threshold(target, fallback))
-        targets.observe(target, score, decision.role is Role.LARGE)
-        large.append(decision.role is Role.LARGE)
-    return large
+    return [targets.decide(target, score, fallback).role is Role.LARGE for score in scores]
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -3,6 +3,7 @@ gateway with a fixed threshold, measured in the same run, arms interleaved; with
 it shared through Redis (against a fixed-threshold gateway that has the same Redis configured).
 
     ./dev bench share_target [--duration 5] [--repeats 3]
+    ./dev bench share_target --simulate      # in process: how closely the share holds, per DEBT_SPAN
 
 Every request is routed (`auto`, scored by the shipped classifier) with prompts of varied lengths (so the
 window holds varied scores), the ledger on (SQLite). wrk and the instant upstream are pinned to CPU 1, the
@@ -26,8 +27,11 @@ from gateway_overhead import ROOT, cpu_seconds, ensure_wrk, free_port, run_wrk, 
 
 sys.path.insert(0, str(ROOT))
 
+import router.core.share as share_core
 from router.adapters.ledger_sqlite import read_records
+from router.adapters.score_windows import MemoryScores
 from router.analytics.report import share_timeline
+from router.core.types import Role
 
 TARGET = 0.3
 REDIS = "redis://127.0.0.1:6379/0"
@@ -81,7 +85,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="repeats of every cell, arms interleaved (default 3)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--skip-redis", action="store_true", help="only the in-process window")
+    ap.add_argument("--simulate", action="store_true", help="in process, no HTTP: the share's spread per DEBT_SPAN")
     args = ap.parse_args()
+    if args.simulate:
+        simulate()
+        return 0
     wrk = ensure_wrk()
     tmp = Path(tempfile.mkdtemp(prefix="triage-share-"))
     procs = []
@@ -155,6 +163,41 @@ def report(
     for name, ledger in ledgers.items():
         for bucket in share_timeline(list(read_records(ledger)), 10**9, {}):
             print(f"  {name:<13} large share of {bucket.routed} routed requests: {bucket.large_share:.1%}")
+
+
+def simulate(seeds: int = 200) -> None:
+    """The realised share over the last 150 requests of each half of a stream whose scores change level halfway
+    (uniform 0-0.4, then a beta over 0.6-1.0; window 200), with the integral term at several spans and without
+    it (a span so large that the debt never moves the quantile); and how often the decisions agree with the
+    hindsight split of a stationary stream (top 30% of its own scores large), window 1000."""
+    default = share_core.DEBT_SPAN
+    print("debt span    share - target over 150 requests: sd    max |dev|   windows off by > 0.07   agreement")
+    for span in (10**12, 50, 25, 10):
+        share_core.DEBT_SPAN = int(span)
+        devs, agree = [], []
+        for seed in range(seeds):
+            rng = random.Random(1000 + seed)
+            scores = [rng.uniform(0.0, 0.4) for _ in range(600)] + [
+                rng.betavariate(5, 2) * 0.4 + 0.6 for _ in range(600)
+            ]
+            large = _routed(scores, 200, 50)
+            devs += [sum(large[e - 150 : e]) / 150 - TARGET for e in (600, 1200)]
+            steady = [rng.betavariate(5, 2) for _ in range(1200)]
+            large = _routed(steady, 1000, 50)[600:]
+            cut = sorted(steady[600:])[int((1 - TARGET) * 600)]
+            agree.append(sum((s >= cut) == big for s, big in zip(steady[600:], large, strict=True)) / 600)
+        label = "none" if span > 1e9 else f"{span:g}"
+        print(
+            f"{label:>9}    {statistics.pstdev(devs):37.4f} {max(map(abs, devs)):11.3f} "
+            f"{sum(abs(d) > 0.07 for d in devs):10d} of {len(devs)} {statistics.mean(agree):14.3f}"
+        )
+    share_core.DEBT_SPAN = default
+
+
+def _routed(scores: list[float], window: int, min_scores: int) -> list[bool]:
+    targets = share_core.ShareTargets(MemoryScores(window), min_scores)
+    target = share_core.ShareTarget(TARGET, "routing")
+    return [targets.decide(target, s, 0.5).role is Role.LARGE for s in scores]
 
 
 if __name__ == "__main__":

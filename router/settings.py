@@ -124,7 +124,7 @@ class RoutingSettings(_Strict):
     target_large_share: float | None = Field(default=None, gt=0, lt=1)
     target_window: int = Field(default=1000, ge=10, le=100_000)  # recent routed scores the quantile is over
     target_min_scores: int = Field(default=100, ge=1)  # fewer in the window: the suggested threshold applies
-    target_refresh: float = Field(default=0.1, gt=0, le=60)  # seconds between a replica's syncs with Redis
+    target_refresh: float = Field(default=0.5, gt=0, le=60)  # seconds between a replica's syncs with Redis
     scorer: Literal["classifier", "length"] = "classifier"
     classifier_path: Path | None = None  # unset: the classifier shipped with llm-triage
     length_midpoint: int = Field(default=400, gt=0)  # length scorer: characters that score 0.5

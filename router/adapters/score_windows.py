@@ -3,8 +3,8 @@ Redis, so that every replica reads its threshold from the same window.
 
 The shared window is a Redis list per key, newest first, trimmed to the window's size. A replica never waits
 for it on the request path: scores go into its own copy at once and into a pending batch; at most every
-`refresh` seconds (when traffic comes) one pipelined round trip in the background pushes the batch, trims the
-list and reads it back, and the copy becomes what Redis holds. A replica's threshold is thus at most about
+`refresh` seconds (when traffic comes) one script call in the background pushes the batch, trims the list and
+reads it back, and the copy becomes what Redis holds. A replica's threshold is thus at most about
 `refresh` seconds stale. A Redis that fails leaves each replica on its own copy (logged, counted): the share
 still holds per replica."""
 
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
-from collections.abc import Iterable
+from array import array
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -45,6 +46,34 @@ class MemoryScores:
         return list(self._windows)
 
 
+# KEYS: the windows; ARGV[1]: their size; ARGV[2]: their time to live (ms); ARGV[2 + i]: the scores new here for
+# KEYS[i], packed as 8-byte doubles, oldest first. Pushes them, trims, and returns each window whole as one string
+# of packed doubles, newest first: one bulk reply a window, not one per score (redis-py's parser in Python cost
+# about 6 ms of CPU per sync of a 1,000-score window read as a list, measured on a loaded 2-core machine).
+SYNC = """
+local size = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local blob = ARGV[2 + i]
+  local n = math.floor(#blob / 8)
+  if n > 0 then
+    for j = math.max(1, n - size + 1), n do
+      redis.call('LPUSH', key, string.sub(blob, (j - 1) * 8 + 1, j * 8))
+    end
+    redis.call('LTRIM', key, 0, size - 1)
+    redis.call('PEXPIRE', key, ARGV[2])
+  end
+  local window = redis.call('LRANGE', key, 0, size - 1)
+  local scores = {}
+  for _, v in ipairs(window) do
+    if #v == 8 then scores[#scores + 1] = v end  -- a stranger's element is left out, not misread
+  end
+  out[i] = table.concat(scores)
+end
+return out
+"""
+
+
 class RedisScores:
     def __init__(
         self,
@@ -52,18 +81,19 @@ class RedisScores:
         *,
         size: int,
         prefix: str = "triage",
-        refresh: float = 0.1,
+        refresh: float = 0.5,
         timeout: float = 0.1,
     ) -> None:
         # Reads a whole window back: a longer socket timeout than the limiter's single-key calls.
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=max(1.0, timeout), socket_connect_timeout=max(1.0, timeout)
         )
+        self._script = self._redis.register_script(SYNC)
         self._local = MemoryScores(size)
         self._size = size
         self._prefix = f"{prefix}:share:"
         self._refresh = refresh
-        self._pending: dict[str, list[float]] = {}
+        self._pending: dict[str, array[float]] = {}
         self._task: asyncio.Task[None] | None = None
         self._next = 0.0
         self.errors = 0
@@ -74,7 +104,10 @@ class RedisScores:
 
     def add(self, key: str, score: float) -> None:
         self._local.add(key, score)
-        self._pending.setdefault(key, []).append(score)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = array("d")
+        pending.append(score)
         if self._task is None and time.monotonic() >= self._next:
             self._task = asyncio.get_running_loop().create_task(self._sync())
 
@@ -87,23 +120,18 @@ class RedisScores:
     async def _sync(self) -> None:
         pending, self._pending = self._pending, {}
         keys = self._local.keys()  # every window is refreshed, also one without new scores here
+        batches = [_packed(pending.get(key)) for key in keys]
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for key in keys:
-                name = self._prefix + key
-                batch = pending.get(key)
-                if batch:
-                    pipe.lpush(name, *(repr(s) for s in batch))
-                    pipe.ltrim(name, 0, self._size - 1)
-                    pipe.pexpire(name, KEY_TTL_MS)
-                pipe.lrange(name, 0, self._size - 1)
-            replies = await pipe.execute()
+            replies = await self._script(
+                keys=[self._prefix + key for key in keys], args=[self._size, KEY_TTL_MS, *batches]
+            )
         except (RedisError, OSError) as exc:
             self._failed(exc)
         else:
-            shared = [r for r in replies if isinstance(r, list)]  # the LRANGEs, one per key in order
-            for key, values in zip(keys, shared, strict=True):
-                self._local.window(key).replace(_floats(reversed(values)))
+            for key, blob in zip(keys, replies, strict=True):
+                shared = _unpacked(blob)
+                if shared is not None:
+                    self._local.window(key).replace(shared)
             self.syncs += 1
         finally:
             self._task = None
@@ -121,12 +149,24 @@ class RedisScores:
         await self._redis.aclose()
 
 
-def _floats(values: Iterable[object]) -> list[float]:
-    """Scores as Redis returns them (bytes); anything unreadable (a stranger's write) is skipped."""
-    out = []
-    for item in values:
-        try:
-            out.append(float(item))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            continue
-    return out
+def _packed(scores: array[float] | None) -> bytes:
+    """Little-endian doubles, whatever this machine's byte order (replicas may differ)."""
+    if not scores:
+        return b""
+    if sys.byteorder != "little":
+        scores = array("d", scores)
+        scores.byteswap()
+    return scores.tobytes()
+
+
+def _unpacked(blob: object) -> list[float] | None:
+    """A window as the script returns it (newest first), oldest first. None for a blob that is not whole doubles
+    (a stranger wrote to the key): the replica keeps its own copy."""
+    if not isinstance(blob, bytes) or len(blob) % 8:
+        return None
+    scores = array("d")
+    scores.frombytes(blob)
+    if sys.byteorder != "little":
+        scores.byteswap()
+    scores.reverse()
+    return scores.tolist()

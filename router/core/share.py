@@ -48,6 +48,10 @@ class ScoreWindow:
     def __len__(self) -> int:
         return len(self._ring)
 
+    def values(self) -> list[float]:
+        """The scores, oldest first."""
+        return list(self._ring)
+
     def add(self, score: float) -> None:
         if not -_INF < score < _INF:  # NaN would break the sort order, infinity the quantile: both decide nothing
             return

@@ -37,9 +37,11 @@ async def test_two_replicas_read_one_window_trimmed_to_its_size() -> None:
         try:
             assert store.llen(f"{prefix}:share:routing") == 10
             assert 0 < store.pttl(f"{prefix}:share:routing") <= 86_400_000
-            store.lpush(f"{prefix}:share:routing", b"not a score")  # a stranger's write is skipped, not fatal
+            store.lpush(f"{prefix}:share:routing", b"not a score")  # a stranger's write: not fatal
+            b.add("routing", 0.5)
             await b.sync()
-            assert len(b.window("routing")) == 9  # the 10 read back, less the unreadable one
+            assert len(b.window("routing")) == 9  # the shared window, less the stranger's element
+            assert b.window("routing").values()[-1] == 0.5 and b.errors == 0
         finally:
             store.delete(f"{prefix}:share:routing")
             store.close()

@@ -99,7 +99,8 @@ def main() -> int:
         procs.append(start([sys.executable, str(ROOT / "bench" / "instant_upstream.py"), str(up)], 1, tmp / "up.log"))
         upstream = f"http://127.0.0.1:{up}/v1"
         wait_http(f"{upstream}/models", 10)
-        layout = [("fixed", False, False), ("target", True, False)]
+        # "fixed again": a second, identical fixed-threshold gateway, the A/A pair that shows the noise floor
+        layout = [("fixed", False, False), ("target", True, False), ("fixed again", False, False)]
         if not args.skip_redis:
             layout += [("fixed+redis", False, True), ("target+redis", True, True)]
         for name, target, redis in layout:
@@ -115,7 +116,9 @@ def main() -> int:
         cpu: dict[tuple[str, int], list[float]] = {}  # the gateway's CPU time per request, us
         for c in args.concurrency:
             for r in range(args.repeats):
-                for name, (url, _, pid) in arms.items():
+                order = list(arms.items())
+                order = order[r % len(order) :] + order[: r % len(order)]  # each arm takes each turn: no position bias
+                for name, (url, _, pid) in order:
                     cpu0 = cpu_seconds(pid)
                     value, p50, p99, errors, done = run_wrk(wrk, url, script, c, args.duration)
                     rps.setdefault((name, c), []).append(value)
@@ -148,13 +151,13 @@ def report(
                 f"  c={c:<3} {name:<13} {statistics.median(r):8.0f} ({min(r):.0f}-{max(r):.0f})"
                 f"     {statistics.median(u):8.0f} ({min(u):.0f}-{max(u):.0f})"
             )
-        for target, fixed in (("target", "fixed"), ("target+redis", "fixed+redis")):
+        for target, fixed in (("target", "fixed"), ("fixed again", "fixed"), ("target+redis", "fixed+redis")):
             if (target, c) not in rps:
                 continue
             paired = [t / f for t, f in zip(rps[(target, c)], rps[(fixed, c)], strict=True)]
             paired_cpu = [t / f for t, f in zip(cpu[(target, c)], cpu[(fixed, c)], strict=True)]
             print(
-                f"  c={c:<3} {target} / {fixed}: req/s {statistics.median(paired):.3f} (repeats "
+                f"  c={c:<3} {target:>12} / {fixed:<11}: req/s {statistics.median(paired):.3f} (repeats "
                 + ", ".join(f"{p:.3f}" for p in paired)
                 + f"); CPU/request {statistics.median(paired_cpu):.3f} (repeats "
                 + ", ".join(f"{p:.3f}" for p in paired_cpu)

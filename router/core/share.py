@@ -79,20 +79,25 @@ class ScoreWindow:
         return self._sorted[n - top]
 
 
-@dataclass(slots=True)
 class ShareControl:
     """The integral term for one window: large calls owed to the target (negative when taken beyond it),
     bounded so that the share asked of the quantile stays within 0..1."""
 
-    target: float
-    debt: float = 0.0
+    __slots__ = ("_high", "_low", "asked", "debt", "target")
+
+    def __init__(self, target: float) -> None:
+        self.target = target
+        self.debt = 0.0
+        self.asked = target  # the share asked of the quantile: target + debt / DEBT_SPAN, kept as debt moves
+        self._low, self._high = -target * DEBT_SPAN, (1 - target) * DEBT_SPAN
 
     def share(self) -> float:
-        return min(1.0, max(0.0, self.target + self.debt / DEBT_SPAN))
+        return self.asked
 
     def count(self, large: bool) -> None:
         owed = self.debt + self.target - (1.0 if large else 0.0)
-        self.debt = min((1 - self.target) * DEBT_SPAN, max(-self.target * DEBT_SPAN, owed))
+        self.debt = debt = self._low if owed < self._low else self._high if owed > self._high else owed
+        self.asked = self.target + debt / DEBT_SPAN
 
 
 class ShareTarget(NamedTuple):  # a tuple: one is made per routed request, and a tuple is the cheapest
@@ -145,7 +150,7 @@ class ShareTargets:
 
 
 def _threshold(window: ScoreWindow, control: ShareControl) -> float:
-    found = window.threshold(control.share())
+    found = window.threshold(control.asked)
     assert found is not None  # the window is not empty: min_scores >= 1
     # A score equal to the threshold (a tie: repeated prompts) goes large only while large calls are owed:
     # the quantile alone would send a whole block of equal scores to one side.

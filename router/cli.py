@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from classifiers import ClassifierFileError
 from router.errors import ConfigError
 from router.processes import CHILD_ENV, reuse_port_socket, supervise
@@ -87,7 +89,11 @@ def build_settings(args: argparse.Namespace) -> Settings:
     }
     routing = {k: v for k, v in {"threshold": args.threshold, "alias": args.alias}.items() if v is not None}
     data["server"] = ServerSettings(**{**data["server"], **server}).model_dump()
-    data["routing"] = RoutingSettings(**{**data["routing"], **routing}).model_dump()
+    try:
+        data["routing"] = RoutingSettings(**{**data["routing"], **routing}).model_dump()
+    except ValidationError as exc:  # e.g. --threshold beside the file's routing.target_large_share
+        messages = "; ".join(str(e["msg"]) for e in exc.errors(include_url=False))
+        raise ConfigError(f"--threshold/--alias: {messages}") from None
     if args.redis:
         data["limits"] = {**data["limits"], "redis_url": args.redis}
     return Settings.model_validate(data)

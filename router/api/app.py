@@ -31,6 +31,7 @@ from router.adapters.limiter_memory import MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
 from router.adapters.metrics import FanOutSink, Metrics
 from router.adapters.pairs import RedisPairs, SqlitePairs, pairs_path
+from router.adapters.score_windows import MemoryScores, RedisScores
 from router.analytics.quality import QualityGauge
 from router.api.auth import Authenticator
 from router.api.edge import Edge
@@ -45,6 +46,7 @@ from router.core.limits import TierLimits
 from router.core.ports import Scorer
 from router.core.records import DecisionRecord
 from router.core.shadow import ShadowGate, ShadowPair, ShadowPolicy
+from router.core.share import ShareTargets
 from router.core.tiers import Tier
 from router.core.types import Prices, Role, Worker
 from router.errors import ConfigError
@@ -112,6 +114,7 @@ def build_tiers(settings: Settings) -> dict[str, Tier]:
             ),
             roles=frozenset(t.models),
             threshold=t.threshold,
+            target_large_share=t.target_large_share,
             max_tokens=t.max_tokens,
             max_n=t.max_n,
             max_body_bytes=t.max_body_bytes,
@@ -198,6 +201,24 @@ def _conversations(settings: Settings) -> MemoryConversations | RedisConversatio
             max_entries=routing.conversation_max,
         )
     return MemoryConversations(max_entries=routing.conversation_max)
+
+
+def _scores(settings: Settings) -> MemoryScores | RedisScores | None:
+    """The share targets' windows: in Redis when limits use it (replicas hold one share), else in process;
+    None when no share target is configured."""
+    routing = settings.routing
+    if routing.target_large_share is None and all(t.target_large_share is None for t in settings.tiers.values()):
+        return None
+    url = _redis_url(settings)
+    if url:
+        return RedisScores(
+            url,
+            size=routing.target_window,
+            prefix=settings.limits.key_prefix,
+            refresh=routing.target_refresh,
+            timeout=settings.limits.redis_timeout,
+        )
+    return MemoryScores(routing.target_window)
 
 
 def _pairs(settings: Settings) -> QueuedLedger[ShadowPair] | None:
@@ -317,6 +338,7 @@ def create_app(
     ledger = _ledger(settings)
     pairs = _pairs(settings)
     conversations = _conversations(settings)
+    scores = _scores(settings)
     shadow = settings.routing.shadow
     cache = _cache(settings)
     metrics = Metrics()
@@ -335,6 +357,7 @@ def create_app(
             pairs=pairs,
             conversations=conversations,
             conversation_ttl=settings.routing.conversation_ttl,
+            shares=ShareTargets(scores, settings.routing.target_min_scores) if scores is not None else None,
             shadow=ShadowGate(
                 ShadowPolicy(shadow.rate, frozenset(shadow.tiers), shadow.max_per_minute, shadow.max_in_flight)
             ),
@@ -394,6 +417,8 @@ def create_app(
                 await cache.close()
             if isinstance(conversations, RedisConversations):
                 await conversations.close()
+            if isinstance(scores, RedisScores):
+                await scores.close()
 
     # No slash redirects: a 307 built from the Host header is an open redirect, and SDKs never add the slash.
     app = Edge(

@@ -367,7 +367,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     t.add_argument(
         "--recipe",
         default=PRIOR,
-        help=f"how to train across all task families (default {PRIOR}, the leave-one-family-out winner); "
+        help=f"how to train across all task families (default {PRIOR}, the pooled leave-one-family-out winner); "
         "ignored with --benchmarks or --answers",
     )
     t.add_argument(

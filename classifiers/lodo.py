@@ -1,6 +1,8 @@
 """Leave one task family out (LODO): the yardstick for a routing prior, since a deployment's traffic is always a
 family the classifier never saw. Each family in turn is held out of training entirely (both sources) and
-scored on its own items; the mean over families is what every design choice is made by.
+scored on its own items. Two figures judge a recipe: the mean over families (is each family ranked well?) and
+the pooled figure, every family's held-out scores as one stream with equal family weight (do the kinds of request
+that gain from the large model come first?), which is what a gateway's mixed traffic sees (lodo_report).
 
 A recipe says how to train: which label, which features, how strongly regularised, whether families weigh
 alike, and optionally a second recipe to blend with. Every recipe trains one linear model over the shared

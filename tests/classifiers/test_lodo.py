@@ -74,7 +74,13 @@ def test_a_recipe_without_byte_ngrams_ships_without_them_and_scores_the_same() -
     words = Recipe("w", label="gap", alpha=1.0, features="words", blend=(structure, 0.5))
     assert words.serving_spec(SPEC) == FeatureSpec(word_bits=12, char_bits=0)
     assert Recipe("f", blend=(structure, 0.5)).serving_spec(SPEC) == SPEC  # byte n-grams read: kept
+    # The task indicators are computed exactly when some part of the recipe reads them (the shipped prior does)
+    tasks = Recipe("t", label="gap", alpha=1.0, features="tasks", centre=False, blend=(words, 0.1))
+    assert tasks.serving_spec(SPEC) == FeatureSpec(word_bits=12, char_bits=0, tasks=True)
+    assert RECIPES[PRIOR].serving_spec(FeatureSpec()) == FeatureSpec(char_bits=0, tasks=True)
     full_X = Featurizer(SPEC).transform(prompts)
+    with pytest.raises(ValueError, match="tasks=True"):  # fitted on features computed without them: said so
+        fit_recipe(full_X, SPEC, families, row_index(families), tasks)
     coef, intercept = fit_recipe(full_X, SPEC, families, row_index(families), words)
     assert not coef[SPEC.char_offset : SPEC.structure_offset].any()
     small = words.serving_spec(SPEC)
@@ -120,6 +126,9 @@ def test_every_family_from_both_sources_is_read(real: tuple[list[Family], object
     llmrouter = [i.prompt for f in families for i in f.items if i.source == "llmrouter"]
     assert len(llmrouter) == len(set(llmrouter)) == 4960  # train and test files overlap: deduplicated
     assert all(0.0 <= i.proxy <= 1.0 for f in families for i in f.items)
+    # The open models' gain from size: recorded on every LLMRouter item, never on RouteLLM's (no open models there)
+    assert all(-1.0 <= i.open_gap <= 1.0 for f in families for i in f.items if i.source == "llmrouter")
+    assert all(np.isnan(i.open_gap) for f in families for i in f.items if i.source == "routellm")
 
 
 def test_the_readme_lodo_figures_recompute(real: tuple[list[Family], object]) -> None:

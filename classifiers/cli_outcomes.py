@@ -66,8 +66,12 @@ def train_outcomes(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     key = "cascade.answer_scorer" if args.answers else "routing.classifier_path"
+    check = model.meta.get("own_check")
+    if isinstance(check, dict):
+        print(("PRIOR KEPT: " if model.meta["prior_kept"] else "") + str(check["verdict"]))
+    clusters = f", {model.meta['own_clusters']} clusters of your prompts" if model.meta.get("own_clusters") else ""
     say(
-        f"wrote {out}: own model weight {model.meta['own_weight']}, suggested threshold "
+        f"wrote {out}: own model weight {model.meta['own_weight']}{clusters}, suggested threshold "
         f"{model.meta['suggested_threshold']}; point {key} at it and send the gateway SIGHUP to load it"
     )
     return 0

@@ -23,6 +23,7 @@ from classifiers.clusters import Clusters
 from classifiers.features import FeatureSpec, Featurizer
 from classifiers.model import Classifier
 from classifiers.outcomes import Outcome
+from classifiers.own_check import SUPPORT
 from classifiers.own_clustered import OwnModel, Pairs, ridge
 from classifiers.train import platt
 
@@ -87,8 +88,8 @@ def fit_own(
         weight, oof = check.weight, check.oof
         info["own_check"] = {
             "apgr_by_own_weight": {str(w): round(a, 6) for w, a in check.apgr.items()},
-            "noise": round(check.noise, 6) if check.noise == check.noise else None,
-            "verdict": _verdict(check.apgr, check.noise, weight),
+            "bootstrap_support": round(check.support, 4),
+            "verdict": _verdict(check.apgr, check.support, weight),
         }
     else:
         weight = 1.0
@@ -120,16 +121,20 @@ def fit_own(
     return Classifier(spec, coef.astype(np.float32), float(intercept), (a, b), info, clusters=clusters)
 
 
-def _verdict(apgr: dict[float, float], noise: float, weight: float) -> str:
+def _verdict(apgr: dict[float, float], support: float, weight: float) -> str:
     if not apgr:
         return "too few outcomes, or no gap between the models on them, to judge: the prior's scores ship"
     prior, best = apgr[0.0], max(apgr.values())
     if weight == 0.0:
         return (
             f"the own model did not beat the prior out of fold (best APGR {best:.3f} against the prior's "
-            f"{prior:.3f}, noise ±{noise:.3f}): the prior's scores ship, with a threshold suggested from these outcomes"
+            f"{prior:.3f}, better in {support:.0%} of bootstrap resamples, {SUPPORT:.0%} needed): the prior's scores "
+            "ship, with a threshold suggested from these outcomes"
         )
-    return f"own model weight {weight:g} won out of fold (APGR {apgr[weight]:.3f} against the prior's {prior:.3f})"
+    return (
+        f"own model weight {weight:g} won out of fold (APGR {apgr[weight]:.3f} against the prior's {prior:.3f}, "
+        f"better in {support:.0%} of bootstrap resamples)"
+    )
 
 
 def _shipped(

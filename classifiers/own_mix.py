@@ -27,7 +27,19 @@ from classifiers.families import Family
 from classifiers.features import FeatureSpec
 from classifiers.metrics import pooled_random, pooled_route_metrics
 
-__all__ = ["MIX", "Mix", "MixResult", "draw", "llmrouter_only", "mix_curve", "mt_bench_answers"]
+__all__ = [
+    "MIX",
+    "Mix",
+    "MixResult",
+    "build_mix",
+    "draw",
+    "in_answer_space",
+    "llmrouter_only",
+    "mix_curve",
+    "mix_prior",
+    "mt_bench_answers",
+    "small_answers",
+]
 
 MIX = ("mmlu", "gsm8k", "mt_bench")
 ANSWER_START = "[The Start of Assistant's Answer]\n"
@@ -166,17 +178,52 @@ def mix_curve(
 
 
 def build_mix(
-    families: Sequence[Family], spec: FeatureSpec, prior: tuple[np.ndarray, float], texts: Sequence[str]
+    families: Sequence[Family],
+    spec: FeatureSpec,
+    prior: tuple[np.ndarray, float],
+    answers: dict[str, str] | None = None,
 ) -> Mix:
-    """A Mix of the MIX families' graded items, featurized from `texts` (their prompts, or answer texts)."""
+    """A Mix of the MIX families' graded items. With `answers` (prompt -> the small model's answer; a prompt
+    missing from it gets an empty answer), the texts are answer texts and `spec` an answer scorer's."""
+    from classifiers.answer import answer_text
     from classifiers.features import Featurizer
 
     picked = [f for f in families if f.name in MIX]
     items = [[i for i, keep in zip(f.items, f.eval_mask(), strict=True) if keep] for f in picked]
-    sizes = [len(i) for i in items]
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    rows = [np.arange(starts[j], starts[j + 1]) for j in range(len(sizes))]
-    X = Featurizer(spec).transform(list(texts))
+    starts = np.cumsum([0] + [len(i) for i in items])
+    rows = [np.arange(starts[j], starts[j + 1]) for j in range(len(items))]
+    prompts = [i.prompt for its in items for i in its]
+    texts = prompts if answers is None else [answer_text(p, answers.get(p, "")) for p in prompts]
+    X = Featurizer(spec).transform(texts)
     small = np.array([i.small for its in items for i in its])
     large = np.array([i.large for its in items for i in its])
     return Mix([f.name for f in picked], X, rows, small, large, spec, prior)
+
+
+def small_answers(root: str | Path | None) -> dict[str, str]:
+    """Every recorded answer of the small model to a mix prompt: GSM8K's, and MT-Bench's first turns."""
+    from classifiers.data import load_benchmark
+
+    out = {i.prompt: i.small_answer for i in load_benchmark("gsm8k", root).items if i.small_answer is not None}
+    return out | mt_bench_answers(root)
+
+
+def mix_prior(families: Sequence[Family], recipe: Any) -> tuple[FeatureSpec, tuple[np.ndarray, float]]:
+    """(the prior's feature spec, its (coef, intercept)): `recipe` trained on every family outside the mix."""
+    from classifiers.features import Featurizer
+    from classifiers.lodo import fit_recipe, row_index
+
+    spec = recipe.serving_spec(FeatureSpec())
+    others = [f for f in families if f.name not in MIX]
+    X = Featurizer(spec).transform([p for f in others for p in f.prompts])
+    return spec, fit_recipe(X, spec, others, row_index(others), llmrouter_only(recipe))
+
+
+def in_answer_space(spec: FeatureSpec, prior: tuple[np.ndarray, float]) -> tuple[FeatureSpec, tuple[np.ndarray, float]]:
+    """A prompt prior as an answer scorer's prior: the prompt block comes first in an answer scorer's features, so
+    its weights are the prompt prior's, and the answer's are zero (no answer scorer that never saw the mix
+    exists: the shipped one was trained on GSM8K)."""
+    answer_spec = replace(spec, answer=True)
+    coef = np.zeros(answer_spec.width)
+    coef[: len(prior[0])] = prior[0]
+    return answer_spec, (coef, prior[1])

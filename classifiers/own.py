@@ -1,13 +1,16 @@
-"""Learning from a deployment's own outcomes (classifiers.outcomes): a ridge fitted to their outcome gap,
-blended with a prior classifier (by default the shipped one, itself trained on the public outcomes).
+"""Learning from a deployment's own outcomes (classifiers.outcomes), blended with a prior classifier (by default
+the shipped one, itself trained on the public outcomes).
 
-The blend is one linear model in the prior's feature space, so it ships in the same file format: the weighted
-sum of the two models' scores, each standardised on the deployment's prompts. The own model's weight grows with
-the number of outcomes, w = k / (k + OWN_HALF): few outcomes mostly keep the prior, many mostly replace it.
-OWN_HALF and OWN_ALPHA were chosen by the `own traffic` protocol (`triage classifier eval --protocol "own
-traffic"`): each family held out of the prior, k of its items as outcomes, the rest to score; the README gives
-the table. Platt scaling and the suggested threshold come from the outcomes themselves, out of fold: they are
-the deployment's own pair, which the prior's calibration (GPT-4 against Mixtral) is not."""
+`fit_own` (what `triage classifier train --outcomes` ships): clusters of the outcomes' prompts, each with its
+gain shrunk toward the prior by how many outcomes back it, and the item model under them
+(classifiers.own_clustered); checked against the prior out of fold, the prior's scores shipping where the own model
+does not beat it (classifiers.own_check). The blend is one linear model in the prior's feature space plus a
+per-cluster offset (classifiers.clusters), each part standardised on the deployment's prompts. Platt scaling and
+the suggested threshold come from the outcomes themselves, out of fold: they are the deployment's own pair, which
+the prior's calibration (GPT-4 against Mixtral) is not.
+
+`blend`, `own_weight` and `learning_curve` are the recipe used before (a ridge blended with the prior at weight
+k / (k + OWN_HALF)), kept as the reference the `own traffic` protocols measure against."""
 
 from __future__ import annotations
 

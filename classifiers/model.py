@@ -21,13 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from classifiers.clusters import Clusters
 from classifiers.features import FeatureSpec, Featurizer
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "PROBES", "Classifier", "ClassifierFileError"]
 
 
 FORMAT = "llm-triage-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: may carry clusters (classifiers.clusters); a file without them is still written as 1
+READS_VERSIONS = (1, 2)
 # Project-written texts whose scores are stored at training and recomputed on load.
 PROBES = (
     "hi",
@@ -53,6 +55,7 @@ class Classifier:
     platt: tuple[float, float]  # score = sigmoid(a * raw + b)
     meta: dict[str, Any] = field(default_factory=dict)
     digest: str = field(default="", compare=False)  # sha256 of the file's bytes, when loaded from one
+    clusters: Clusters | None = None  # kinds of request, each with a raw-score offset (learnt from own outcomes)
 
     def __post_init__(self) -> None:
         self.coef = np.ascontiguousarray(self.coef, dtype=np.float32)
@@ -61,21 +64,26 @@ class Classifier:
         self._featurizer = Featurizer(self.spec)
 
     def raw_many(self, texts: list[str]) -> np.ndarray:
-        rows = (self._featurizer.row(text) for text in texts)
-        raw = [
-            float(np.dot(values.astype(np.float64), self.coef[indices].astype(np.float64))) for indices, values in rows
-        ]
+        # Row by row in numpy (no scipy on the serving path), the same sums as score().
+        raw = []
+        for indices, values in map(self._featurizer.row, texts):
+            value = float(np.dot(values.astype(np.float64), self.coef[indices].astype(np.float64)))
+            if self.clusters is not None:
+                value += self.clusters.offset_row(self.spec, indices, values)
+            raw.append(value)
         return np.asarray(raw, dtype=np.float64) + self.intercept
 
     def score(self, text: str) -> float:
         """Probability-like difficulty in [0, 1]: higher means the large model is needed."""
-        short = self._featurizer.short_row(text)
+        short = self._featurizer.short_row(text) if self.clusters is None else None
         if short is not None:  # plain Python: a float32 memoryview gathers the weights, no numpy call
             cols, vals = short
             raw = sum(map(operator.mul, map(self.coef.data.__getitem__, cols), vals)) + self.intercept
         else:
             indices, values = self._featurizer.row(text)
             raw = float(values @ self.coef[indices]) + self.intercept
+            if self.clusters is not None:
+                raw += self.clusters.offset_row(self.spec, indices, values)
         a, b = self.platt
         return 1.0 / (1.0 + math.exp(-(a * raw + b)))
 
@@ -87,9 +95,9 @@ class Classifier:
 
     def to_json(self) -> dict[str, Any]:
         raw = self.coef.astype("<f4").tobytes()
-        return {
+        doc: dict[str, Any] = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.clusters is not None else 1,
             "sklearn_version": _sklearn_version(),
             "spec": self.spec.to_json(),
             "intercept": self.intercept,
@@ -105,6 +113,9 @@ class Classifier:
             ],
             "meta": self.meta,
         }
+        if self.clusters is not None:
+            doc["clusters"] = self.clusters.to_json()
+        return doc
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -132,7 +143,7 @@ class Classifier:
     def _from_doc(cls, doc: Any, path: Path) -> Classifier:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ClassifierFileError(f"{path}: not an {FORMAT} file")
-        if doc["format_version"] != FORMAT_VERSION:
+        if doc["format_version"] not in READS_VERSIONS:
             raise ClassifierFileError(
                 f"{path}: format version {doc['format_version']}, this llm-triage reads version {FORMAT_VERSION}"
             )
@@ -149,6 +160,7 @@ class Classifier:
             float(doc["intercept"]),
             (float(doc["platt"][0]), float(doc["platt"][1])),
             dict(doc.get("meta") or {}),
+            clusters=Clusters.from_json(doc["clusters"]) if doc["format_version"] >= 2 else None,
         )
         texts = [str(p[0]) for p in doc["probes"]]
         expected = [float(p[1]) for p in doc["probes"]]

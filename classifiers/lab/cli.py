@@ -13,9 +13,10 @@ from pathlib import Path
 
 from classifiers.lab.matrix import feature_matrix
 
-__all__ = ["OWN_TRAFFIC", "add_commands"]
+__all__ = ["OWN_TRAFFIC", "OWN_TRAFFIC_MIX", "add_commands"]
 
 OWN_TRAFFIC = "own traffic"  # the learning-curve protocol of `triage classifier eval`
+OWN_TRAFFIC_MIX = "own traffic mix"  # the same on a pooled mix of families the prior never saw
 TURN_TWO = "turn 2"  # MT-Bench's second turns: context-aware scoring and conversation policies
 
 
@@ -238,6 +239,22 @@ def _eval_turn_two(args: argparse.Namespace, say: Callable[[str], None]) -> None
     print(f"| random (200 permutations) | {mean:.3f} ±{spread:.3f} | | |")
 
 
+def _eval_families(args: argparse.Namespace, say: Callable[[str], None], wanted: set[str]) -> None:
+    """The protocols over every task family (after the per-benchmark ones), in this order."""
+    if "lodo" in wanted:
+        _eval_lodo(args, say)
+    if TURN_TWO in wanted:
+        _eval_turn_two(args, say)
+    if OWN_TRAFFIC in wanted:
+        from classifiers.lab.cli_outcomes import eval_own_traffic
+
+        eval_own_traffic(args, say)
+    if OWN_TRAFFIC_MIX in wanted:
+        from classifiers.lab.cli_outcomes import eval_own_traffic_mix
+
+        eval_own_traffic_mix(args, say)
+
+
 def _eval(args: argparse.Namespace) -> int:
     _need_training_libraries()
     from classifiers.lab.evaluate import PROTOCOLS, ROUTELLM_PUBLISHED, run_protocols
@@ -249,17 +266,20 @@ def _eval(args: argparse.Namespace) -> int:
 
         return eval_outcomes(args)
     protocols = tuple(args.protocol) if args.protocol else (*PROTOCOLS, "lodo")
-    lodo_too = "lodo" in protocols
-    own_too = OWN_TRAFFIC in protocols
-    turn_two_too = TURN_TWO in protocols
-    protocols = tuple(p for p in protocols if p not in ("lodo", OWN_TRAFFIC, TURN_TWO))
-    results = run_protocols(
-        root=args.data,
-        alpha=args.alpha or DEFAULT_ALPHA,
-        price_small=args.small_price,
-        price_large=args.large_price,
-        protocols=protocols,
-        progress=say,
+    protocols_all = protocols
+    protocols = tuple(p for p in protocols if p not in ("lodo", OWN_TRAFFIC, OWN_TRAFFIC_MIX, TURN_TWO))
+    # (run_protocols featurizes every benchmark first: half a minute wasted when only family protocols are asked)
+    results = (
+        run_protocols(
+            root=args.data,
+            alpha=args.alpha or DEFAULT_ALPHA,
+            price_small=args.small_price,
+            price_large=args.large_price,
+            protocols=protocols,
+            progress=say,
+        )
+        if protocols
+        else []
     )
     if args.format == "json":
         print(json.dumps([r.to_json() for r in results], indent=2))
@@ -284,14 +304,7 @@ def _eval(args: argparse.Namespace) -> int:
                     f"| RouteLLM (published, arena-trained) | {'-' if apgr is None else f'{apgr:.3f}'} | | | "
                     f"~{_pct(published['share_at_95'])} | | |"
                 )
-    if lodo_too:
-        _eval_lodo(args, say)
-    if turn_two_too:
-        _eval_turn_two(args, say)
-    if own_too:
-        from classifiers.lab.cli_outcomes import eval_own_traffic
-
-        eval_own_traffic(args, say)
+    _eval_families(args, say, set(protocols_all))
     if args.plots:
         from classifiers.lab.plots import plot_results
 
@@ -397,12 +410,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     e.add_argument(
         "--protocol",
         action="append",
-        help="run only this protocol (repeatable; `lodo`: leave one family out; `own traffic`: the learning curve)",
+        help="run only this protocol (repeatable; `lodo`: leave one family out; `own traffic`: the learning curve "
+        "per family; `own traffic mix`: on a pooled mix of families the prior never saw)",
     )
     e.add_argument("--outcomes", nargs="+", metavar="FILE", help="judge --model on these held-out outcomes instead")
     e.add_argument("--model", help="with --outcomes: the classifier file to judge (default: the shipped one)")
     e.add_argument(
-        "--recipe", action="append", help="with lodo: a recipe to evaluate (repeatable; see classifiers/lab/lodo.py)"
+        "--recipe",
+        action="append",
+        help="with lodo: a recipe to evaluate (repeatable; see classifiers/lab/lodo.py); with `own traffic mix`: the "
+        "prior's recipe (default: the shipped one's)",
     )
     e.add_argument("--small-price", type=float, default=0.24, help="USD per million tokens (default 0.24)")
     e.add_argument("--large-price", type=float, default=24.7, help="USD per million tokens (default 24.7)")

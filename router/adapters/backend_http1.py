@@ -6,12 +6,27 @@ Why not aiohttp here: in the gateway bench its client took about 100 us of CPU p
 response objects, a writer task, timers, header multidicts), a third of a routed request; this one takes a
 fraction of that. What it keeps of aiohttp's behaviour: the same timeouts (whole answer; silence inside a
 stream; connecting), max_response_bytes, a dropped connection whenever an answer is abandoned (vLLM then aborts
-the generation), one retry on a fresh connection when a reused one turns out to be closed before answering."""
+the generation), and no request sent twice.
+
+The protocol, as a client of one's own must get it right (tests/api/worker_protocol/):
+- Interim answers (1xx: 100 Continue, 103 Early Hints) are skipped and the final answer is read; at most
+  MAX_INTERIM_ANSWERS of them, and their heads count towards MAX_HEAD_BYTES. A 101 (switching protocols) is a
+  failure: a worker speaks HTTP here.
+- A connection goes back to the pool only after an answer read to its end that the worker let it keep; bytes a
+  worker sends outside an answer (after it, or on an idle connection) retire the connection.
+- A request is written once. A pooled connection is checked on its socket before the write: one the worker has
+  closed (or written to) while it sat idle is replaced, as urllib3 does; the worker never read that request.
+  Once written, a lost connection is a failure (a 502, and failover), never a resend: the worker may have read
+  it (vLLM sends no head until a whole answer is done, so a worker that dies mid-generation says nothing).
+- A body without a length or chunking ends with the connection: an orderly close (FIN) ends it whole, a reset
+  (RST) is a failure; so is any close inside a body of known length or chunking."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import select
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -26,17 +41,17 @@ from router.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, Upstre
 __all__ = ["Http1Backend", "Http1Stream"]
 
 MAX_IDLE_PER_WORKER = 256  # idle keep-alive connections kept per worker; more are closed when returned
+# A pooled connection idle longer than this is closed, not reused: below the 5 s keep-alive of uvicorn (vLLM's
+# server), so a request does not meet a worker closing the connection as it arrives (a failure, not a resend).
+MAX_IDLE_SECONDS = 4.0
 HIGH_WATER = 256 * 1024  # stream bytes held before reading from the worker pauses (its own backpressure)
-MAX_HEAD_BYTES = 64 * 1024  # an answer's status line and headers; past it the worker is misbehaving
+MAX_HEAD_BYTES = 64 * 1024  # an answer's status lines and headers, interim ones included
+MAX_INTERIM_ANSWERS = 32  # 1xx answers before the final one; past it the worker is misbehaving
 PROBE_TIMEOUT = 2.0
 
 
 class _Closed(Exception):
-    """The connection closed before the answer was complete; `answered` says whether any of it had arrived."""
-
-    def __init__(self, reason: str, answered: bool) -> None:
-        super().__init__(reason)
-        self.answered = answered
+    """The connection closed, broke or carried something other than an answer before the answer was complete."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,86 +66,123 @@ class _Plan:
 
 class _Connection(asyncio.Protocol):
     """One connection and the answer it is receiving. Parser callbacks fill the answer; a waiter wakes the
-    reader when the head is in (streams), when the answer is complete (whole answers) or when it breaks."""
+    reader when the final head is in (streams), when the answer is complete (whole answers) or when it breaks."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
+        self._poll: select.poll | None = None  # the socket, to see a close before the event loop reads it
         self.closed = False
-        self.reused = False
+        self._dropped = False  # closed by this side
+        self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._held = 0  # bytes in _chunks
         self._size = 0  # body bytes received
-        self._head_bytes = 0  # bytes received before the head was complete
+        self._head_reads = 0  # bytes of reads that ended inside a head: bounds a head that never ends
+        self._head_bytes = 0  # bytes of the status lines and header fields parsed
+        self._interim = 0  # 1xx answers received
         self._limit: int | None = None  # body bytes allowed in a whole answer; None: a stream, unbounded
         self._paused = False
         self.status = 0
         self.content_type = ""
-        self.headers_done = False
-        self.complete = False
+        self.headers_done = False  # the final answer's head is in
+        self.complete = False  # the final answer is in, to its end
         self._keep_alive = False
-        self.answered = False  # any byte of the answer arrived
         self.error: BaseException | None = None
+        self._message_interim = False  # the message being parsed is a 1xx
         self._length_known = False  # content-length or chunked: else the body runs until the connection closes
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.complete:
             return
-        if self.headers_done and not self._length_known and self.error is None:
-            self.on_message_complete()  # an answer delimited by the connection's end
+        if exc is None and not self._dropped and self.headers_done and not self._length_known:
+            self._end()  # an answer delimited by the connection's orderly end
             return
-        self._fail(_Closed(f"connection closed: {exc}" if exc else "connection closed", self.answered))
+        if self._dropped:
+            reason = "connection dropped"
+        elif exc is not None:
+            reason = f"connection lost: {exc}"  # a reset: the body (if any) was cut, whatever its framing
+        else:
+            reason = "connection closed before the answer was complete" if self.headers_done else "connection closed"
+        self._fail(_Closed(reason))
 
     def data_received(self, data: bytes) -> None:
         if self.complete:  # bytes after the answer, before the next request: the worker is misbehaving
-            self._keep_alive = False
             self.abort()
             return
-        self.answered = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(_Closed(f"malformed answer: {exc}", True))
+        except Exception as exc:  # a malformed answer, a 101's upgrade: never raised into the event loop
+            if not self.complete:
+                self._fail(_Closed(f"malformed answer: {exc}"))
             self.abort()
             return
         if not self.headers_done and self.error is None:
-            self._head_bytes += len(data)  # a read that did not finish the head was all head
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._fail(_Closed(f"malformed answer: its head exceeds {MAX_HEAD_BYTES} bytes", True))
-                self.abort()
+            self._head_reads += len(data)  # a read that did not finish the final head was all head
+            if self._head_reads > MAX_HEAD_BYTES:
+                self._malformed(f"its head exceeds {MAX_HEAD_BYTES} bytes")
 
     # -- httptools callbacks ---------------------------------------------------------------------------
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.complete:  # a second message in the read that ended the answer: not ours
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second message after the answer: not ours, and the connection is not kept
+            self._keep_alive = False
             return
+        self.content_type = ""
+        self._length_known = self._message_interim = False
+
+    def on_status(self, status: bytes) -> None:
+        self._count_head(len(status) + 16)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
+        self._count_head(len(name) + len(value) + 4)
         key = name.lower()
         if key == b"content-type":
             self.content_type = value.split(b";", 1)[0].strip().lower().decode("latin-1")
-        elif key in (b"content-length", b"transfer-encoding"):
+        elif key == b"content-length":
             self._length_known = True
+        elif key == b"transfer-encoding":  # only a final chunked coding delimits the body (RFC 9112 6.3)
+            self._length_known = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
     def on_headers_complete(self) -> None:
-        if self.complete:
-            self._keep_alive = False
+        if self.complete or self.error is not None:
             return
-        self.status = self._parser.get_status_code()
-        self.headers_done = True
-        if self.status in (204, 304) or 100 <= self.status < 200:
-            self._length_known = True
-        if self._limit is None:
-            self._wake()  # a stream's head is in: its status is known
+        status = self._parser.get_status_code()
+        if status == 101:
+            self._message_interim = True
+            self._malformed("it switched protocols (101)")
+        elif status < 200:  # interim: the final answer follows
+            self._message_interim = True
+            self._interim += 1
+            if self._interim > MAX_INTERIM_ANSWERS:
+                self._malformed(f"more than {MAX_INTERIM_ANSWERS} interim (1xx) answers")
+        else:
+            self.status = status
+            self.headers_done = True
+            if status in (204, 304):
+                self._length_known = True
+            if self._limit is None:
+                self._wake()  # a stream's head is in: its status is known
 
     def on_body(self, body: bytes) -> None:
-        if self.complete:
+        if self.complete or self.error is not None:
+            return
+        if self._message_interim:
+            self._malformed("an interim (1xx) answer has a body")
             return
         self._size += len(body)
         if self._limit is not None and self._size > self._limit:
@@ -149,26 +201,36 @@ class _Connection(asyncio.Protocol):
         if self.complete:
             self._keep_alive = False
             return
-        self.complete = True
-        self._keep_alive = self._parser.should_keep_alive()  # read now: the parser forgets once the feed ends
-        self._wake()
+        if self._message_interim:
+            self._message_interim = False
+            return
+        if self.error is None:
+            self._end()
 
     # -- the reader's side -----------------------------------------------------------------------------
 
     def start(self, request: bytes, limit: int | None) -> None:
         """Send one request; the answer's state starts afresh."""
         if self.closed or self.transport is None or self.transport.is_closing():
-            raise _Closed("connection closed", answered=False)
+            raise _Closed("connection closed")
         self._chunks.clear()
-        self._held = self._size = self._head_bytes = 0
+        self._held = self._size = self._head_reads = self._head_bytes = self._interim = 0
         self._limit = limit
         self.status, self.content_type = 0, ""
-        self.headers_done = self.complete = self.answered = self._length_known = False
+        self.headers_done = self.complete = self._length_known = self._message_interim = False
         self.error = None
         self.transport.write(request)
 
     def keep_alive(self) -> bool:
-        return self.complete and self._keep_alive and not self.closed
+        return self.complete and self._keep_alive and self.error is None and not self.closed
+
+    def usable(self) -> bool:
+        """An idle connection can carry a request: the worker has neither closed it nor written to it. Asked of
+        the socket, not only of the transport: a close that has arrived but that the event loop has not read yet
+        is seen here, before the request is written (urllib3's is_connection_dropped does the same)."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return False
+        return self._poll is None or not self._poll.poll(0)
 
     async def wait(self, within: float, expired: Callable[[], BaseException]) -> None:
         """Until the parser has something for the reader (or the answer broke); after `within` seconds the
@@ -203,9 +265,23 @@ class _Connection(asyncio.Protocol):
         return chunk
 
     def abort(self) -> None:
-        self.closed = True
+        self.closed = self._dropped = True
         if self.transport is not None:
             self.transport.abort()
+
+    def _end(self) -> None:
+        self.complete = True
+        self._keep_alive = self._parser.should_keep_alive()  # read now: the parser forgets once the feed ends
+        self._wake()
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES and not self.complete:
+            self._malformed(f"its head exceeds {MAX_HEAD_BYTES} bytes")
+
+    def _malformed(self, why: str) -> None:
+        self._fail(_Closed(f"malformed answer: {why}"))
+        self.abort()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -214,8 +290,7 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._wake()
 
     def _expire(self, waiter: asyncio.Future[None], expired: Callable[[], BaseException]) -> None:
         if waiter is self._waiter:
@@ -273,8 +348,10 @@ def _silent(worker: Worker) -> UpstreamError:
 class Http1Backend:
     """Backend for plain-HTTP workers; a worker with any other scheme goes to `tls`."""
 
-    def __init__(self, tls: AiohttpBackend) -> None:
+    def __init__(self, tls: AiohttpBackend, *, max_idle_seconds: float = MAX_IDLE_SECONDS) -> None:
         self._tls = tls
+        self._max_idle = max_idle_seconds
+        self._clock = time.monotonic
         self._plans: dict[str, _Plan] = {}
         self._idle: dict[str, list[_Connection]] = {}
         self._busy: set[_Connection] = set()  # closed at shutdown with the idle ones
@@ -340,10 +417,9 @@ class Http1Backend:
         connect_within: float | None = None,
     ) -> _Connection:
         """A connection whose whole answer (of at most `limit` bytes) is in, or for a stream (`limit` None)
-        whose head is in. `within` (default: the worker's timeout) bounds the whole answer, or a stream's
-        wait for its head; `connect_within` (default: its connect_timeout) the connecting. A reused
-        connection found closed before it answered is replaced once by a fresh one: the worker never saw
-        that request."""
+        whose final head is in. `within` (default: the worker's timeout) bounds the whole answer, or a stream's
+        wait for its head; `connect_within` (default: its connect_timeout) the connecting. The request is
+        written once: a connection lost after that is a failure, whatever the worker had read."""
         plan = self._plan(worker)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (worker.timeout if within is None else within)
@@ -351,32 +427,27 @@ class Http1Backend:
         def expired() -> BaseException:
             return _silent(worker)
 
-        fresh = False
-        while True:
-            conn = None if fresh else self._idle_connection(worker)
-            if conn is None:
-                conn = await self._connect(worker, plan, connect_within or worker.connect_timeout, deadline)
-            self._busy.add(conn)
-            try:
-                conn.start(request, limit)
-                while not (conn.complete if limit is not None else conn.headers_done):
-                    await conn.wait(max(0.0, deadline - loop.time()), expired)
-                return conn
-            except _Closed as exc:
-                self.drop(conn)
-                if conn.reused and not exc.answered and not fresh:
-                    fresh = True  # the worker had closed it while it sat idle: it never saw this request
-                    continue
-                raise UpstreamFailed(f"worker {worker.name!r} failed: {exc}", worker=worker.name) from None
-            except _TooLarge:
-                self.drop(conn)
-                raise UpstreamTooLarge(
-                    f"worker {worker.name!r} answered with more than max_response_bytes ({limit} bytes); the "
-                    "answer was dropped. Ask for fewer tokens or choices, or stream it."
-                ) from None
-            except BaseException:  # a timeout, or the caller left: the half-read connection is dropped
-                self.drop(conn)
-                raise
+        conn = self._idle_connection(worker)
+        if conn is None:
+            conn = await self._connect(worker, plan, connect_within or worker.connect_timeout, deadline)
+        self._busy.add(conn)
+        try:
+            conn.start(request, limit)
+            while not (conn.complete if limit is not None else conn.headers_done):
+                await conn.wait(max(0.0, deadline - loop.time()), expired)
+            return conn
+        except _Closed as exc:
+            self.drop(conn)
+            raise UpstreamFailed(f"worker {worker.name!r} failed: {exc}", worker=worker.name) from None
+        except _TooLarge:
+            self.drop(conn)
+            raise UpstreamTooLarge(
+                f"worker {worker.name!r} answered with more than max_response_bytes ({limit} bytes); the "
+                "answer was dropped. Ask for fewer tokens or choices, or stream it."
+            ) from None
+        except BaseException:  # a timeout, or the caller left: the half-read connection is dropped
+            self.drop(conn)
+            raise
 
     def _finish(self, worker: Worker, conn: _Connection) -> bytes:
         """A whole answer's body; its connection goes back to the pool."""
@@ -389,7 +460,7 @@ class Http1Backend:
         self._busy.discard(conn)
         idle = self._idle.setdefault(worker.name, [])
         if conn.keep_alive() and len(idle) < MAX_IDLE_PER_WORKER:
-            conn.reused = True
+            conn.idle_since = self._clock()
             idle.append(conn)
         else:
             conn.abort()
@@ -399,11 +470,22 @@ class Http1Backend:
         conn.abort()
 
     def _idle_connection(self, worker: Worker) -> _Connection | None:
+        """The most recently used idle connection that can carry a request; the worker never read anything
+        from those passed over (closed by it, written to by it, or idle too long), and they are closed."""
         idle = self._idle.get(worker.name)
+        if not idle:
+            return None
+        oldest = self._clock() - self._max_idle
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to have been closed by the worker
-            if not conn.closed:
+            if conn.idle_since < oldest:  # so were all below it, returned earlier
+                for old in (conn, *idle):
+                    old.abort()
+                idle.clear()
+                return None
+            if conn.usable():
                 return conn
+            conn.abort()
         return None
 
     async def _connect(self, worker: Worker, plan: _Plan, within: float, deadline: float) -> _Connection:

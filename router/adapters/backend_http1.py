@@ -1,25 +1,26 @@
 """A lean HTTP/1.1 client for workers reached over plain HTTP (vLLM beside the gateway or on its network): asyncio
 protocols and httptools' parser (uvicorn's, already a dependency), a keep-alive pool per worker, one request at
-a time per connection. Workers behind TLS go to the `tls` backend (aiohttp).
+a time per connection (no pipelining). Workers behind TLS go to the `tls` backend (aiohttp).
 
 Why not aiohttp here: in the gateway bench its client took about 100 us of CPU per proxied request (request and
 response objects, a writer task, timers, header multidicts), a third of a routed request; this one takes a
 fraction of that. What it keeps of aiohttp's behaviour: the same timeouts (whole answer; silence inside a
 stream; connecting), max_response_bytes, a dropped connection whenever an answer is abandoned (vLLM then aborts
-the generation), and no request sent twice.
+the generation), and no POST sent twice.
 
-The protocol, as a client of one's own must get it right (tests/api/worker_protocol/):
-- Interim answers (1xx: 100 Continue, 103 Early Hints) are skipped and the final answer is read; at most
-  MAX_INTERIM_ANSWERS of them, and their heads count towards MAX_HEAD_BYTES. A 101 (switching protocols) is a
-  failure: a worker speaks HTTP here.
-- A connection goes back to the pool only after an answer read to its end that the worker let it keep; bytes a
-  worker sends outside an answer (after it, or on an idle connection) retire the connection.
-- A request is written once. A pooled connection is checked on its socket before the write: one the worker has
-  closed (or written to) while it sat idle is replaced, as urllib3 does; the worker never read that request.
-  Once written, a lost connection is a failure (a 502, and failover), never a resend: the worker may have read
-  it (vLLM sends no head until a whole answer is done, so a worker that dies mid-generation says nothing).
-- A body without a length or chunking ends with the connection: an orderly close (FIN) ends it whole, a reset
-  (RST) is a failure; so is any close inside a body of known length or chunking."""
+The protocol, as a client of one's own must get it right (tests/api/worker_protocol/ try each point):
+- Interim answers (1xx: 100 Continue, 103 Early Hints) are skipped and the final answer is read: at most
+  MAX_INTERIM_ANSWERS of them, their heads counted in MAX_HEAD_BYTES with the final head and any trailers.
+  A 101 (switching protocols) is a failure: a worker speaks HTTP/1.1 here.
+- A connection returns to the pool only after an answer read to its end that the worker let it keep. Bytes a
+  worker sends outside an answer (after it, or on an idle connection) retire the connection; so does idling
+  longer than MAX_IDLE_SECONDS, below the keep-alive of the worker's server.
+- A request is written once. A pooled connection is checked on its socket just before the write: one that the
+  worker closed (or wrote to) while it sat idle is replaced, as urllib3 does, since the worker never read that
+  request. Once written, a lost connection is a failure (the gateway fails over), never a resend: the worker may
+  have read it (vLLM sends no head until a whole answer is done, so a worker dying mid-generation says nothing).
+- A body with neither a length nor chunking ends with the connection: an orderly close (FIN) ends it whole, a
+  reset (RST) is a failure, as is any close inside a body of known length or chunking."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ MAX_IDLE_PER_WORKER = 256  # idle keep-alive connections kept per worker; more a
 # server), so a request does not meet a worker closing the connection as it arrives (a failure, not a resend).
 MAX_IDLE_SECONDS = 4.0
 HIGH_WATER = 256 * 1024  # stream bytes held before reading from the worker pauses (its own backpressure)
-MAX_HEAD_BYTES = 64 * 1024  # an answer's status lines and headers, interim ones included
+MAX_HEAD_BYTES = 64 * 1024  # an answer's status lines, headers and trailers, interim answers' included
 MAX_INTERIM_ANSWERS = 32  # 1xx answers before the final one; past it the worker is misbehaving
 PROBE_TIMEOUT = 2.0
 
@@ -80,8 +81,8 @@ class _Connection(asyncio.Protocol):
         self._chunks: collections.deque[bytes] = collections.deque()
         self._held = 0  # bytes in _chunks
         self._size = 0  # body bytes received
-        self._head_reads = 0  # bytes of reads that ended inside a head: bounds a head that never ends
-        self._head_bytes = 0  # bytes of the status lines and header fields parsed
+        self._stalled = 0  # bytes of the reads since the last body byte: bounds a header that never ends
+        self._head_bytes = 0  # bytes of the status lines and header (and trailer) fields parsed
         self._interim = 0  # 1xx answers received
         self._limit: int | None = None  # body bytes allowed in a whole answer; None: a stream, unbounded
         self._paused = False
@@ -122,6 +123,7 @@ class _Connection(asyncio.Protocol):
         if self.complete:  # bytes after the answer, before the next request: the worker is misbehaving
             self.abort()
             return
+        size = self._size
         try:
             self._parser.feed_data(data)
         except Exception as exc:  # a malformed answer, a 101's upgrade: never raised into the event loop
@@ -129,10 +131,14 @@ class _Connection(asyncio.Protocol):
                 self._fail(_Closed(f"malformed answer: {exc}"))
             self.abort()
             return
-        if not self.headers_done and self.error is None:
-            self._head_reads += len(data)  # a read that did not finish the final head was all head
-            if self._head_reads > MAX_HEAD_BYTES:
-                self._malformed(f"its head exceeds {MAX_HEAD_BYTES} bytes")
+        if self.complete or self.error is not None:
+            return
+        if self._size > size:
+            self._stalled = 0
+        else:  # no body byte: all head, interim answers, trailers or framing, which the parser may be holding
+            self._stalled += len(data)
+            if self._stalled > MAX_HEAD_BYTES:
+                self._malformed(f"its headers exceed {MAX_HEAD_BYTES} bytes")
 
     # -- httptools callbacks ---------------------------------------------------------------------------
 
@@ -150,6 +156,8 @@ class _Connection(asyncio.Protocol):
         if self.complete:
             return
         self._count_head(len(name) + len(value) + 4)
+        if self.headers_done:  # a trailer (after a chunked body): counted, never read as the answer's header
+            return
         key = name.lower()
         if key == b"content-type":
             self.content_type = value.split(b";", 1)[0].strip().lower().decode("latin-1")
@@ -214,7 +222,7 @@ class _Connection(asyncio.Protocol):
         if self.closed or self.transport is None or self.transport.is_closing():
             raise _Closed("connection closed")
         self._chunks.clear()
-        self._held = self._size = self._head_reads = self._head_bytes = self._interim = 0
+        self._held = self._size = self._stalled = self._head_bytes = self._interim = 0
         self._limit = limit
         self.status, self.content_type = 0, ""
         self.headers_done = self.complete = self._length_known = self._message_interim = False
@@ -277,7 +285,7 @@ class _Connection(asyncio.Protocol):
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > MAX_HEAD_BYTES and not self.complete:
-            self._malformed(f"its head exceeds {MAX_HEAD_BYTES} bytes")
+            self._malformed(f"its headers exceed {MAX_HEAD_BYTES} bytes")
 
     def _malformed(self, why: str) -> None:
         self._fail(_Closed(f"malformed answer: {why}"))
@@ -348,10 +356,16 @@ def _silent(worker: Worker) -> UpstreamError:
 class Http1Backend:
     """Backend for plain-HTTP workers; a worker with any other scheme goes to `tls`."""
 
-    def __init__(self, tls: AiohttpBackend, *, max_idle_seconds: float = MAX_IDLE_SECONDS) -> None:
+    def __init__(
+        self,
+        tls: AiohttpBackend,
+        *,
+        max_idle_seconds: float = MAX_IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._tls = tls
         self._max_idle = max_idle_seconds
-        self._clock = time.monotonic
+        self._clock = clock
         self._plans: dict[str, _Plan] = {}
         self._idle: dict[str, list[_Connection]] = {}
         self._busy: set[_Connection] = set()  # closed at shutdown with the idle ones

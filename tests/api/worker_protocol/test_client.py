@@ -15,7 +15,7 @@ import pytest
 from router.adapters.backend import AiohttpBackend
 from router.adapters.backend_http1 import MAX_HEAD_BYTES, MAX_INTERIM_ANSWERS, Http1Backend
 from router.core.types import Prices, Role, Worker
-from router.errors import UpstreamFailed, UpstreamTimeout
+from router.errors import UpstreamFailed, UpstreamTimeout, UpstreamTooLarge
 from tests.raw_worker import Exchange, RawWorker, answer, chunk, eventually, head
 
 SSE = "content-type: text/event-stream"
@@ -116,8 +116,7 @@ async def test_a_flood_of_interim_answers_is_a_failure_and_the_connection_is_dro
     with RawWorker(script) as raw:
         with pytest.raises(UpstreamFailed, match="interim"):
             await backend.post(_worker(raw), "/x", b"{}")
-        await eventually(raw.closed_by_client.is_set)
-        assert raw.closed_by_client.is_set()
+        assert await eventually(raw.closed_by_client.is_set)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
@@ -136,7 +135,7 @@ async def test_interim_heads_count_towards_the_head_limit(backend: Http1Backend,
         await ex.until_the_client_leaves()
         return False
 
-    with RawWorker(script) as raw, pytest.raises(UpstreamFailed, match="head exceeds"):
+    with RawWorker(script) as raw, pytest.raises(UpstreamFailed, match="headers exceed"):
         await _read(backend, _worker(raw), "/x", b"{}", stream)
 
 
@@ -168,6 +167,42 @@ async def test_switching_protocols_is_a_clean_failure(
             await _read(backend, w, "/x", b"{}", stream)
         await asyncio.sleep(0.05)  # room for the event loop to report a transport error, if there were one
         assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_trailers_are_not_read_as_headers(backend: Http1Backend, stream: bool) -> None:
+    async def script(ex: Exchange) -> bool:
+        trailers = "content-type: text/html\r\nx-checksum: 1\r\n\r\n"
+        await ex.send(head("200 OK", "content-type: application/json", "transfer-encoding: chunked"))
+        await ex.send(chunk(_own(ex)) + b"0\r\n" + trailers.encode())
+        return True
+
+    with RawWorker(script) as raw:
+        w = _worker(raw)
+        for n in range(2):
+            assert await _read(backend, w, "/x", b"%d" % n, stream) == (200, b'{"answers":%d}' % n)
+        assert (await backend.post(w, "/x", b"2")).content_type == "application/json"
+        assert raw.connections == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("shape", ["endless", "many"])
+async def test_trailers_count_towards_the_head_limit(backend: Http1Backend, shape: str, stream: bool) -> None:
+    """A worker cannot make the client hold unbounded bytes in trailers (the parser holds a field until its end)."""
+
+    async def script(ex: Exchange) -> bool:
+        await ex.send(head("200 OK", "transfer-encoding: chunked") + chunk(b"{}") + b"0\r\n")
+        if shape == "endless":
+            await ex.send(b"x-trailer: ")
+        for _ in range(64):
+            await ex.send(b"t" * 4096 if shape == "endless" else b"x-trailer: %s\r\n" % (b"t" * 4096))
+        await ex.until_the_client_leaves()
+        return False
+
+    with RawWorker(script) as raw:
+        with pytest.raises(UpstreamFailed, match="headers exceed"):
+            await _read(backend, _worker(raw), "/x", b"{}", stream)
+        assert await eventually(raw.closed_by_client.is_set)
 
 
 # -- 2. no POST is sent twice -------------------------------------------------------------------------------
@@ -263,6 +298,31 @@ async def test_bytes_a_worker_sends_while_the_connection_is_idle_are_never_an_an
         assert raw.requests == [b"0", b"1", b"2"]
 
 
+async def test_a_connection_idle_too_long_is_closed_not_reused() -> None:
+    """A worker closes idle connections after its keep-alive (uvicorn: 5 s); one reused near that moment could
+    meet the close with the request in flight, which is now a failure, not a resend: they are retired first."""
+    now = [0.0]
+    backend = Http1Backend(tls=AiohttpBackend(), max_idle_seconds=4.0, clock=lambda: now[0])
+
+    async def script(ex: Exchange) -> bool:
+        await ex.send(answer(_own(ex)))
+        return True
+
+    try:
+        with RawWorker(script) as raw:
+            w = _worker(raw)
+            await backend.post(w, "/x", b"1")
+            now[0] += 3.9
+            await backend.post(w, "/x", b"2")
+            assert raw.connections == 1
+            now[0] += 4.1
+            assert (await backend.post(w, "/x", b"3")).body == b'{"answers":3}'
+            assert raw.connections == 2
+            assert await eventually(raw.closed_by_client.is_set)  # the old one was closed, not left open
+    finally:
+        await backend.close()
+
+
 # -- 3. bodies cut short -----------------------------------------------------------------------------------
 
 
@@ -333,30 +393,53 @@ async def test_interim_answers_do_not_extend_the_deadline(backend: Http1Backend)
     with RawWorker(script) as raw:
         with pytest.raises(UpstreamTimeout):
             await backend.post(_worker(raw, timeout=0.3), "/x", b"{}")
-        await eventually(raw.closed_by_client.is_set)
-        assert raw.closed_by_client.is_set()
+        assert await eventually(raw.closed_by_client.is_set)
 
 
-async def test_after_every_kind_of_error_the_next_caller_gets_its_own_answer(backend: Http1Backend) -> None:
-    """One connection misbehaves in turn in each way; the request after each gets its own answer."""
-    ways: dict[bytes, bytes] = {
-        b"/interim-flood": head("100 Continue") * (MAX_INTERIM_ANSWERS + 1) + answer(b'"stale"'),
-        b"/upgrade": head("101 Switching Protocols") + answer(b'"stale"'),
-        b"/garbage": b"NOT HTTP\r\n\r\n" + answer(b'"stale"'),
-        b"/two": answer(b'"first"') + answer(b'"stale"'),
-        b"/bad-chunk": head("200 OK", "transfer-encoding: chunked") + b"zz\r\n" + answer(b'"stale"'),
-    }
+STALE = answer(b'"stale"')  # what a misbehaving worker sends after its failure: never anyone's answer
+WAYS: dict[str, bytes] = {
+    "/interim-flood": head("100 Continue") * (MAX_INTERIM_ANSWERS + 1) + STALE,
+    "/upgrade": head("101 Switching Protocols") + STALE,
+    "/garbage": b"NOT HTTP\r\n\r\n" + STALE,
+    "/two": answer(b'"first"') + STALE,
+    "/bad-chunk": head("200 OK", "transfer-encoding: chunked") + b"zz\r\n" + STALE,
+    "/interim-body": head("150 Odd", "content-length: 2") + b"{}" + STALE,
+    "/too-large": answer(b" " * 2_000_000) + STALE,
+    "/late": b"",  # answers after the client gave up (its timeout, or its caller left)
+    "/stream-abandoned": head("200 OK", SSE, "transfer-encoding: chunked") + chunk(b"data: 1\n\n"),
+}
+
+
+@pytest.mark.parametrize("way", list(WAYS))
+async def test_after_every_kind_of_error_the_next_caller_gets_its_own_answer(backend: Http1Backend, way: str) -> None:
+    """A connection misbehaves; whatever it sends next is never the answer to the next request."""
 
     async def script(ex: Exchange) -> bool:
         if ex.path.endswith(b"/ok"):
             await ex.send(answer(_own(ex)))
+            return True
+        if way == "/late":
+            await asyncio.sleep(0.3)
+            await ex.send(answer(b'"late"'))
+        elif way == "/stream-abandoned":
+            await ex.send(WAYS[way])
+            await asyncio.sleep(0.1)
+            await ex.send(chunk(b"data: 2\n\n") + b"0\r\n\r\n" + STALE)
         else:
-            await ex.send(ways[ex.path.rsplit(b"/v1", 1)[1]])
+            await ex.send(WAYS[way])
         return True
 
     with RawWorker(script) as raw:
-        w = _worker(raw)
-        for n, way in enumerate(ways):
-            with contextlib.suppress(UpstreamFailed):
-                await backend.post(w, way.decode(), b"{}")
-            assert (await backend.post(w, "/ok", b"%d" % n)).body == b'{"answers":%d}' % n
+        w = _worker(raw, timeout=0.15 if way == "/late" else 5.0)
+        assert (await backend.post(w, "/ok", b"0")).body == b'{"answers":0}'  # a pooled connection to misuse
+        if way == "/stream-abandoned":
+            stream = await backend.open_stream(w, way, b"{}")
+            await stream.chunks().__anext__()
+            await stream.aclose()
+        else:
+            with contextlib.suppress(UpstreamFailed, UpstreamTimeout, UpstreamTooLarge):
+                await backend.post(w, way, b"{}")
+        for n in range(1, 4):
+            assert (await backend.post(_worker(raw), "/ok", b"%d" % n)).body == b'{"answers":%d}' % n
+            await asyncio.sleep(0.1)  # room for stray bytes to arrive on the connection just used
+        assert (await backend.post(_worker(raw), "/ok", b"4")).body == b'{"answers":4}'

@@ -367,7 +367,7 @@ class Http1Backend:
         self._max_idle = max_idle_seconds
         self._clock = clock
         self._plans: dict[str, _Plan] = {}
-        self._idle: dict[str, list[_Connection]] = {}
+        self._idle: dict[str, collections.deque[_Connection]] = {}  # oldest first
         self._busy: set[_Connection] = set()  # closed at shutdown with the idle ones
 
     def _plan(self, worker: Worker) -> _Plan:
@@ -472,9 +472,14 @@ class Http1Backend:
     def release(self, worker: Worker, conn: _Connection) -> None:
         """An answer read to its end: the connection is kept for the next request if the worker allows."""
         self._busy.discard(conn)
-        idle = self._idle.setdefault(worker.name, [])
+        idle = self._idle.get(worker.name)
+        if idle is None:
+            idle = self._idle[worker.name] = collections.deque()
+        now = self._clock()
+        while idle and idle[0].idle_since < now - self._max_idle:  # the pool's oldest, idle too long
+            idle.popleft().abort()
         if conn.keep_alive() and len(idle) < MAX_IDLE_PER_WORKER:
-            conn.idle_since = self._clock()
+            conn.idle_since = now
             idle.append(conn)
         else:
             conn.abort()
@@ -492,10 +497,10 @@ class Http1Backend:
         oldest = self._clock() - self._max_idle
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to have been closed by the worker
-            if conn.idle_since < oldest:  # so were all below it, returned earlier
-                for old in (conn, *idle):
-                    old.abort()
-                idle.clear()
+            if conn.idle_since < oldest:  # and so were all the others, returned earlier
+                conn.abort()
+                while idle:
+                    idle.pop().abort()
                 return None
             if conn.usable():
                 return conn

@@ -323,6 +323,29 @@ async def test_a_connection_idle_too_long_is_closed_not_reused() -> None:
         await backend.close()
 
 
+async def test_connections_idle_too_long_are_retired_while_others_are_used() -> None:
+    now = [0.0]
+    backend = Http1Backend(tls=AiohttpBackend(), max_idle_seconds=4.0, clock=lambda: now[0])
+
+    async def script(ex: Exchange) -> bool:
+        await asyncio.sleep(0.05)  # two requests at once need two connections
+        await ex.send(answer(_own(ex)))
+        return True
+
+    try:
+        with RawWorker(script) as raw:
+            w = _worker(raw)
+            await asyncio.gather(backend.post(w, "/x", b"1"), backend.post(w, "/x", b"2"))
+            assert raw.connections == 2
+            for _ in range(3):  # one connection serves; the other idles past the limit and is closed
+                now[0] += 1.5
+                await backend.post(w, "/x", b"3")
+            assert await eventually(raw.closed_by_client.is_set)
+            assert raw.connections == 2
+    finally:
+        await backend.close()
+
+
 # -- 3. bodies cut short -----------------------------------------------------------------------------------
 
 

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from router.adapters.backend import AiohttpBackend
-from router.adapters.backend_http1 import HIGH_WATER, Http1Backend, Http1Stream
+from router.adapters.backend_http1 import Http1Backend, Http1Stream
+from router.adapters.http1_connection import HIGH_WATER
 from router.core.types import Prices, Role, Worker
 from router.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from tests.servers import free_port

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from router.adapters.backend import AiohttpBackend
-from router.adapters.backend_http1 import MAX_HEAD_BYTES, MAX_INTERIM_ANSWERS, Http1Backend
+from router.adapters.backend_http1 import Http1Backend
+from router.adapters.http1_connection import MAX_HEAD_BYTES, MAX_INTERIM_ANSWERS
 from router.core.types import Prices, Role, Worker
 from router.errors import UpstreamFailed, UpstreamTimeout, UpstreamTooLarge
 from tests.raw_worker import Exchange, RawWorker, answer, chunk, eventually, head
@@ -166,7 +167,7 @@ async def test_switching_protocols_is_a_clean_failure(
         with pytest.raises(UpstreamFailed, match="101"):
             await _read(backend, w, "/x", b"{}", stream)
         await asyncio.sleep(0.05)  # room for the event loop to report a transport error, if there were one
-        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])

@@ -44,7 +44,7 @@ class Connection(asyncio.Protocol):
         self._held = 0  # bytes in _chunks
         self._size = 0  # body bytes received
         self._stalled = 0  # bytes of the reads since the last body byte: bounds a header that never ends
-        self._head_bytes = 0  # bytes of the status lines and header (and trailer) fields parsed
+        self._head_bytes = 0  # bytes of the header (and trailer) fields, which the parser holds until each ends
         self._interim = 0  # 1xx answers received
         self._limit: int | None = None  # body bytes allowed in a whole answer; None: a stream, unbounded
         self._paused = False
@@ -110,9 +110,6 @@ class Connection(asyncio.Protocol):
             return
         self.content_type = ""
         self._length_known = self._message_interim = False
-
-    def on_status(self, status: bytes) -> None:
-        self._count_head(len(status) + 16)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.complete:

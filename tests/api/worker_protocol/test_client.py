@@ -426,6 +426,7 @@ WAYS: dict[str, bytes] = {
     "/upgrade": head("101 Switching Protocols") + STALE,
     "/garbage": b"NOT HTTP\r\n\r\n" + STALE,
     "/two": answer(b'"first"') + STALE,
+    "/two-halves": answer(b'"first"') + STALE[:20],  # the start of a second answer, in the same read
     "/bad-chunk": head("200 OK", "transfer-encoding: chunked") + b"zz\r\n" + STALE,
     "/interim-body": head("150 Odd", "content-length: 2") + b"{}" + STALE,
     "/too-large": answer(b" " * 2_000_000) + STALE,

@@ -72,10 +72,10 @@ class Metrics:
 
     def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self._dir = multiprocess_dir
-        # In multiprocess mode the values live in the folder's files, and a scrape reads them all from there:
-        # registering the metrics as well would count this process twice.
-        self._registry = CollectorRegistry(auto_describe=True)
-        registry = None if multiprocess_dir is not None else self._registry
+        # In multiprocess mode the values live in the folder's files and a scrape reads them all from there (a
+        # registry holding the metrics as well would count this process twice); else a registry of our own.
+        self._registry = CollectorRegistry() if multiprocess_dir is None else None
+        registry = self._registry
         self._requests = Counter(
             "triage_requests_total",
             "Requests that reached the routing service.",
@@ -87,7 +87,7 @@ class Metrics:
         )
         self._cost = Counter(
             "triage_cost_usd_total",
-            "Cost paid, and cost had the large model served it.",
+            "Cost paid (basis paid; shadow calls' apart), and cost had the large model served it (always_large).",
             ("model", "basis"),
             registry=registry,
         )
@@ -109,7 +109,6 @@ class Metrics:
         # Each series looked up once: labels() cost about 3 us a call, several calls a request.
         self._request_children: dict[tuple[str, str, str, int], Counter] = {}
         self._models: dict[str, _PerModel] = {}
-        self._metric_registry = registry
 
     @property
     def multiprocess(self) -> bool:
@@ -121,12 +120,12 @@ class Metrics:
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float], mode: MultiprocessMode) -> None:
         """A level read at scrape time; `mode` says how several processes' levels combine."""
-        gauge = Gauge(name, help_text, registry=self._metric_registry, multiprocess_mode=mode)
+        gauge = Gauge(name, help_text, registry=self._registry, multiprocess_mode=mode)
         self._reads.append(_ReadGauge(gauge, read))
 
     def counter(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A running total kept elsewhere, read at scrape time; processes' totals add up (dead ones' too)."""
-        counter = Counter(name, help_text, registry=self._metric_registry)
+        counter = Counter(name, help_text, registry=self._registry)
         self._reads.append(_ReadCounter(counter, read))
 
     def refresh(self) -> None:
@@ -183,7 +182,7 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition (format 0.0.4), this process's read values refreshed first."""
         self.refresh()
-        if self._dir is None:
+        if self._registry is not None:
             return generate_latest(self._registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self._dir))  # type: ignore[no-untyped-call]  # untyped upstream

@@ -149,3 +149,21 @@ def test_one_metrics_sums_every_process(
             assert m.get("triage_ledger_queue_depth") == 0
         _until(lambda: _scrape(url).get(errors) == sent, lambda: f"{_scrape(url).get(errors)} limiter errors")
     assert not folder.exists()  # removed when the supervisor stopped
+
+
+def test_a_metrics_folder_that_is_not_one_stops_the_start(
+    tmp_path: Path, upstreams: tuple[ThreadedServer, ThreadedServer, object]
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set by hand to a missing folder: a message naming it, not a traceback."""
+    cfg = _config(tmp_path, upstreams[0].url, upstreams[1].url, f"redis://127.0.0.1:{free_port()}/0")
+    missing = tmp_path / "nowhere"
+    done = subprocess.run(
+        [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(missing)},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"PROMETHEUS_MULTIPROC_DIR={missing}: not a folder" in done.stderr and "Traceback" not in done.stderr

@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import classifiers
-from classifiers.data import load_benchmark
-from classifiers.evaluate import run_protocols
+from classifiers.lab.data import load_benchmark
+from classifiers.lab.evaluate import run_protocols
 
 
 def latencies(fn: Callable[[str], object], texts: list[str]) -> np.ndarray:

@@ -303,27 +303,3 @@ class Featurizer:
             else:  # multiplied in float32, as _text_row does: the same bits
                 val += (np.asarray(counts, np.float32) * np.float32(spec.structure_weight)).tolist()
         return idx, val
-
-    def transform(self, texts: list[str]) -> Any:
-        """A scipy CSR matrix of all texts (training and evaluation; serving uses row())."""
-        import scipy.sparse as sp  # not needed to serve: keeps the gateway's memory down
-
-        indptr = [0]
-        indices: list[np.ndarray] = []
-        data: list[np.ndarray] = []
-        for text in texts:
-            idx, val = self.row(text)
-            indices.append(idx)
-            data.append(val)
-            indptr.append(indptr[-1] + len(idx))
-        matrix = sp.csr_matrix(
-            (
-                np.concatenate(data) if data else np.zeros(0, np.float32),
-                np.concatenate(indices) if indices else np.zeros(0, np.int64),
-                np.asarray(indptr),
-            ),
-            shape=(len(texts), self.spec.width),
-            dtype=np.float32,
-        )
-        matrix.sum_duplicates()  # also sorts the indices
-        return matrix

@@ -61,8 +61,11 @@ class Classifier:
         self._featurizer = Featurizer(self.spec)
 
     def raw_many(self, texts: list[str]) -> np.ndarray:
-        X = self._featurizer.transform(texts)
-        return np.asarray(X @ self.coef, dtype=np.float64) + self.intercept
+        rows = (self._featurizer.row(text) for text in texts)
+        raw = [
+            float(np.dot(values.astype(np.float64), self.coef[indices].astype(np.float64))) for indices, values in rows
+        ]
+        return np.asarray(raw, dtype=np.float64) + self.intercept
 
     def score(self, text: str) -> float:
         """Probability-like difficulty in [0, 1]: higher means the large model is needed."""

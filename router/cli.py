@@ -168,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _keys_parser(sub)
-    from classifiers.cli import add_commands as classifier_commands
+    from classifiers.lab.cli import add_commands as classifier_commands
     from router.analytics.cli import add_commands as analytics_commands
 
     analytics_commands(sub)
@@ -179,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
 
     label_command(sub)
     classifier_commands(sub)
-    from classifiers.cli_data import add_commands as data_commands
+    from classifiers.lab.cli_data import add_commands as data_commands
 
     data_commands(sub)
     return p

@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeGuard
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from router.core.limits import text_tokens
 from router.errors import InvalidRequest
 
 __all__ = [
@@ -20,14 +21,17 @@ __all__ = [
     "GenerationRequest",
     "StreamOptions",
     "affinity_key",
+    "asking_usage",
+    "choices",
     "decode_body",
     "draft_logprobs_request",
     "encode",
     "error_body",
-    "prompt_chars",
     "prompt_text",
+    "prompt_tokens",
     "read_draft",
     "strip_logprobs",
+    "wants_usage",
 ]
 
 
@@ -51,18 +55,23 @@ MAX_TOKENS_BOUND = 1 << 24  # no served model has a context near 16.7M tokens
 MAX_N = 128  # OpenAI's own ceiling for `n`; a tier's max_n is usually far lower
 MAX_JSON_DEPTH = 64
 
-_NUMBERS = ("max_tokens", "n", "temperature", "max_completion_tokens")
+# Counts are whole numbers: "100000", 99.5 and true are refused naming the field. A whole number written as a
+# float (100000.0, which JSON Schema and so the OpenAPI document count as an integer) is taken at its value and
+# forwarded as an int (see decode_body). A lax int took all of them while the body kept the float or string, and
+# the tier's cap, reading the body, let them through unreserved.
+MaxTokens = Annotated[int, Field(strict=True, ge=1, le=MAX_TOKENS_BOUND)]
+_COUNTS = ("max_tokens", "max_completion_tokens", "n")
 
 
 class GenerationRequest(_Open):
     model: str = Field(min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
-    n: int | None = Field(default=None, ge=1, le=MAX_N)
+    max_tokens: MaxTokens | None = None
+    n: Annotated[int, Field(strict=True, ge=1, le=MAX_N)] | None = None
     temperature: float | None = Field(default=None, ge=0)
 
-    @field_validator(*_NUMBERS, mode="before", check_fields=False)
+    @field_validator("temperature", mode="before")
     @classmethod
     def _not_a_boolean(cls, value: Any) -> Any:
         # JSON's true/false are not numbers, though Python's bool is an int.
@@ -70,10 +79,15 @@ class GenerationRequest(_Open):
             raise ValueError("must be a number, not a boolean")
         return value
 
+    @field_validator(*_COUNTS, mode="before", check_fields=False)
+    @classmethod
+    def _whole(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
+    max_completion_tokens: MaxTokens | None = None
 
 
 TokenId = Annotated[int, Field(ge=0, lt=1 << 31)]  # vocabularies are far smaller; JSON parsers stop at 64 bits
@@ -100,6 +114,9 @@ def decode_body(raw: bytes, schema: type[GenerationRequest]) -> tuple[dict[str, 
         first = exc.errors(include_url=False)[0]
         param = ".".join(str(part) for part in first["loc"]) or None
         raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+    for count in _COUNTS:
+        if type(payload.get(count)) is float:  # a whole number written as a float: the worker gets the int
+            payload[count] = getattr(typed, count)
     return payload, typed
 
 
@@ -145,14 +162,54 @@ def prompt_text(request: GenerationRequest) -> str:
     return ""
 
 
-def prompt_chars(request: GenerationRequest) -> int:
-    """Characters of everything the worker reads as the prompt (the whole conversation for a chat)."""
+_PROMPT_FIELDS = ("tools", "functions")  # request fields a chat template renders into the prompt
+
+
+def prompt_tokens(request: GenerationRequest) -> int:
+    """Estimated tokens of everything the worker reads as the prompt, before it counts them: a chat's whole
+    conversation (text parts, and a message's other fields such as tool calls, as JSON) and its tool
+    definitions; a completion's prompts, token ids one token each."""
     if isinstance(request, ChatCompletionRequest):
-        return sum(len(_text_of(m.content)) for m in request.messages)
-    if isinstance(request, CompletionRequest) and isinstance(request.prompt, list) and request.prompt:
-        first = request.prompt[0]
-        return sum(len(str(p)) for p in request.prompt) if isinstance(first, str) else len(request.prompt) * 4
-    return len(prompt_text(request))
+        total = 0
+        for m in request.messages:
+            total += text_tokens(_text_of(m.content))
+            if m.__pydantic_extra__:  # the field itself: `model_extra` is a property, ~0.4 us a message
+                total += _json_tokens(m.__pydantic_extra__)
+        extra = request.__pydantic_extra__ or {}
+        return total + sum(_json_tokens(extra[f]) for f in _PROMPT_FIELDS if extra.get(f))
+    if isinstance(request, CompletionRequest):
+        prompt = request.prompt
+        if isinstance(prompt, str):
+            return text_tokens(prompt)
+        return sum(text_tokens(p) if isinstance(p, str) else len(p) if isinstance(p, list) else 1 for p in prompt)
+    return 0
+
+
+def _json_tokens(value: Any) -> int:
+    try:
+        return text_tokens(orjson.dumps(value).decode())
+    except TypeError:  # not JSON (cannot come from a parsed body)
+        return 0
+
+
+def choices(request: GenerationRequest) -> int:
+    """Completions one request asks for: `n` for each prompt (a completions prompt may be a list of prompts,
+    as strings or as token-id lists; a single list of token ids is one prompt)."""
+    prompt = request.prompt if isinstance(request, CompletionRequest) else None
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+    return prompts * (request.n or 1)
+
+
+def wants_usage(request: GenerationRequest) -> bool:
+    """Whether the caller asked for a stream's usage chunk."""
+    return bool(request.stream_options and request.stream_options.include_usage)
+
+
+def asking_usage(payload: dict[str, Any]) -> dict[str, Any]:
+    """A stream's payload asking the worker for its usage chunk, so that the stream is settled from the
+    worker's count whether or not the caller asked (a chunk the caller did not ask for is taken out)."""
+    options = payload.get("stream_options")
+    return {**payload, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
 
 
 AFFINITY_CHARS = 2048  # enough to tell conversations apart; hashing more buys nothing

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from classifiers.data import data_folder
+from classifiers.lab.data import data_folder
 from tests.servers import ThreadedServer, serving
 from tests.upstream import Journal, make_upstream
 

@@ -5,6 +5,10 @@ the behaviour: {"sleep": s}, {"status": n, "body": "..."}, {"die_after": k} (str
 connection drops); the answer itself: {"content": text, "finish_reason": r, "logprob": per-token logprob}.
 {"chunked": bytes} (a 200 of that many bytes without content-length), {"die_mid_event": k} (stream: k
 events, then half of one, then the connection drops), {"crlf": true} and {"gate": true} (see `_events`).
+Usage: {"prompt_tokens": k} (what the worker says the prompt was; default 7); a stream sends its usage chunk
+only when asked, as vLLM does, or {"usage_on_last": true} on its last content chunk (llama.cpp's way), and
+{"null_usage": true} adds `"usage": null` to every other chunk (OpenAI's way). Like vLLM, the answer has `n`
+choices for each prompt of a completions prompt list.
 `Journal.always` applies a behaviour to every request. Every request is recorded, and so is each one the client
 abandoned."""
 
@@ -35,6 +39,13 @@ class Journal:
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _choices(body: dict[str, Any]) -> int:
+    """`n` for each prompt (a list of strings or of token-id lists is several prompts), as vLLM answers."""
+    prompt = body.get("prompt")
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+    return prompts * int(body.get("n") or 1)
 
 
 async def _hung_up_within(request: Request, seconds: float) -> bool:
@@ -99,6 +110,7 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
         text = test.get("content", "word " * completion)
         tokens = text.split()
         completion = len(tokens) if "content" in test else completion
+        count = _choices(body)
         choice: dict[str, Any] = {"index": 0, "finish_reason": test.get("finish_reason", "length")}
         lp = float(test.get("logprob", -0.5))
         if "messages" in body:
@@ -115,14 +127,17 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
                 "object": kind,
                 "created": int(time.time()),
                 "model": model,
-                "choices": [choice],
-                "usage": _usage(7, completion),
+                "choices": [{**choice, "index": i} for i in range(count)],
+                "usage": _usage(int(test.get("prompt_tokens", 7)), completion * count),
                 "echo": body,
             }
         )
 
     async def _events(body: dict[str, Any], test: dict[str, Any], journal: Journal) -> Any:
         n = int(body.get("max_tokens") or 5)
+        count = _choices(body)
+        usage = _usage(int(test.get("prompt_tokens", 7)), n * count)
+        asked = bool((body.get("stream_options") or {}).get("include_usage"))
         # {"crlf": true}: lines end in CRLF and fields have no space after the colon, as SSE allows (sse-starlette's
         # default, which llama-cpp-python's server uses)
         prefix, end = (b"data:", b"\r\n\r\n") if test.get("crlf") else (b"data: ", b"\n\n")
@@ -141,25 +156,35 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
                     raise ConnectionAbortedError("worker died mid-event")
                 if "chunk_sleep" in test:
                     await asyncio.sleep(test["chunk_sleep"])
-                chunk = {
-                    "id": "chunk-test",
-                    "object": "chat.completion.chunk",
-                    "created": 0,
-                    "model": model,
-                    # like vLLM, the last content chunk carries the finish reason
-                    "choices": [
-                        {"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": "length" if i == n - 1 else None}
-                    ],
-                }
-                yield prefix + json.dumps(chunk).encode() + end
-            if (body.get("stream_options") or {}).get("include_usage"):
+                for index in range(count):
+                    last = i == n - 1 and index == count - 1
+                    chunk: dict[str, Any] = {
+                        "id": "chunk-test",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": model,
+                        # like vLLM, the last content chunk carries the finish reason
+                        "choices": [
+                            {
+                                "index": index,
+                                "delta": {"content": f"w{i} "},
+                                "finish_reason": "length" if i == n - 1 else None,
+                            }
+                        ],
+                    }
+                    if asked and test.get("usage_on_last") and last:
+                        chunk["usage"] = usage
+                    elif asked and test.get("null_usage"):
+                        chunk["usage"] = None
+                    yield prefix + json.dumps(chunk).encode() + end
+            if asked and not test.get("usage_on_last"):
                 final = {
                     "id": "chunk-test",
                     "object": "chat.completion.chunk",
                     "created": 0,
                     "model": model,
                     "choices": [],
-                    "usage": _usage(7, n),
+                    "usage": usage,
                 }
                 yield prefix + json.dumps(final).encode() + end
             yield prefix + b"[DONE]" + end

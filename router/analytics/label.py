@@ -1,4 +1,4 @@
-"""`triage label`: shadow pairs turned into outcomes (classifiers.outcomes), which `triage classifier train
+"""`triage label`: shadow pairs turned into outcomes (classifiers.lab.outcomes), which `triage classifier train
 --outcomes` learns from and `triage analytics quality` reads.
 
 Two ways to label a pair:
@@ -155,7 +155,7 @@ def reference_scorer(spec: str) -> ReferenceScorer:
 
 
 def outcome_of(pair: ShadowPair, small: float, large: float, how: str) -> dict[str, Any]:
-    """An outcome record (classifiers.outcomes) for a labelled pair; `routed` and `tier` ride along for
+    """An outcome record (classifiers.lab.outcomes) for a labelled pair; `routed` and `tier` ride along for
     `triage analytics quality`."""
     return {
         "prompt": pair.prompt,

@@ -30,7 +30,6 @@ from router.adapters.limiter_memory import MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
 from router.adapters.metrics import FanOutSink, Metrics
 from router.adapters.pairs import RedisPairs, SqlitePairs, pairs_path
-from router.admission import AdmissionControl
 from router.analytics.quality import QualityGauge
 from router.api.auth import Authenticator
 from router.api.edge import Edge
@@ -48,8 +47,9 @@ from router.core.shadow import ShadowGate, ShadowPair, ShadowPolicy
 from router.core.tiers import Tier
 from router.core.types import Prices, Role, Worker
 from router.errors import ConfigError
-from router.recording import Recorder
-from router.service import Ports, RoutingService
+from router.service.admission import AdmissionControl
+from router.service.coordinator import Ports, RoutingService
+from router.service.recording import Recorder
 from router.settings import Settings
 
 __all__ = ["build_balancer", "build_cascade", "build_scorer", "build_tiers", "create_app", "resolve_workers"]

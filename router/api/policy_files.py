@@ -14,12 +14,12 @@ from pathlib import Path
 
 import classifiers
 from router.adapters.scorers import LengthScorer
-from router.context import RoutingPolicy
 from router.core.cascade import EscalationRule
 from router.core.conversation import ConversationPolicy
 from router.core.ports import AnswerScorer, Scorer
 from router.errors import ConfigError
-from router.service import RoutingService
+from router.service.context import RoutingPolicy
+from router.service.coordinator import RoutingService
 from router.settings import Settings
 
 __all__ = ["PolicyFiles", "PolicySource", "build_cascade", "build_policy", "build_scorer"]

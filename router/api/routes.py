@@ -18,6 +18,7 @@ from router.api.errors import error_response, internal_error_response
 from router.api.state import gateway
 from router.api.streaming import ClientGone, PassThroughStream, until_disconnect
 from router.core.ports import UpstreamReply
+from router.core.types import Routed
 from router.errors import InvalidRequest, Overloaded, PayloadTooLarge, RateLimited, TriageError
 from router.protocol import (
     ChatCompletionRequest,
@@ -26,7 +27,7 @@ from router.protocol import (
     decode_body,
     error_body,
 )
-from router.service import Endpoint, RequestOptions, Routed
+from router.service.context import Endpoint, RequestOptions
 
 __all__ = ["build_router", "generation_routes", "header_value"]
 

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from router.api.auth import Authenticator
 from router.api.policy_files import PolicySource
 from router.core.ports import Backend
-from router.service import RoutingService
+from router.service.coordinator import RoutingService
 
 __all__ = ["GatewayState", "MetricsView", "PolicyInfo", "gateway"]
 

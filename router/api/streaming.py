@@ -13,22 +13,13 @@ from starlette.types import Receive, Scope, Send
 from router.core.ports import UpstreamStream
 from router.errors import UpstreamError
 from router.protocol import error_body
+from router.sse import EVENT_ENDS, events_end
 
 __all__ = ["ClientGone", "PassThroughStream", "until_disconnect"]
 
 log = logging.getLogger("triage.api")
 T = TypeVar("T")
 MAX_HELD_BYTES = 1 << 20
-# How an event ends: a blank line, its lines ended by LF or CRLF as SSE allows (vLLM sends LF; sse-starlette,
-# behind llama-cpp-python's server among others, sends CRLF).
-_EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
-
-
-def _events_end(data: bytes) -> int:
-    """Where the last whole event in `data` ends (0: none has)."""
-    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
-    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-
 
 WATCH_AFTER = 0.05  # seconds before a disconnect watcher starts (see until_disconnect)
 
@@ -113,8 +104,8 @@ class PassThroughStream(Response):
             async for chunk in self._stream.chunks():
                 data = held + chunk if held else chunk
                 held = b""
-                if not data.endswith(_EVENT_ENDS):  # a worker's chunks are whole events, except when cut
-                    end = _events_end(data)
+                if not data.endswith(EVENT_ENDS):  # a worker's chunks are whole events, except when cut
+                    end = events_end(data)
                     if len(data) - end <= MAX_HELD_BYTES:  # a worker that never ends an event is not buffered
                         data, held = data[:end], data[end:]
                 if data:

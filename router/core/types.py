@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Decision", "Prices", "Reason", "Role", "Worker"]
+__all__ = ["Decision", "Prices", "Reason", "Role", "Routed", "Worker"]
 
 
 class Role(StrEnum):
@@ -100,3 +100,11 @@ class Decision:
     reason: Reason
     score: float | None = None
     threshold: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Where a request went: the worker that served it and the decision that chose the model."""
+
+    worker: Worker
+    decision: Decision

@@ -38,7 +38,7 @@ def test_shipped_answer_scorer_loads_with_the_same_api_and_prefers_right_arithme
 @pytest.mark.usefixtures("routing_data")
 def test_cascade_protocol_on_recorded_gsm8k_answers_beats_prompt_only_routing() -> None:
     """The README's cascade table, recomputed: same items, same folds, the small model's real answers."""
-    from classifiers.evaluate import run_protocols
+    from classifiers.lab.evaluate import run_protocols
 
     (result,) = run_protocols(protocols=("gsm8k cascade 5-fold",))
     rows = {r.router: r for r in result.rows}

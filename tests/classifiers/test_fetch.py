@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from classifiers import fetch as fetching
-from classifiers.data import data_folder, load_benchmark
-from classifiers.families import load_families
-from classifiers.fetch import SOURCES, FetchError, Pinned, Remote, Source, fetch, row_digest, verify
+from classifiers.lab import fetch as fetching
+from classifiers.lab.data import data_folder, load_benchmark
+from classifiers.lab.families import load_families
+from classifiers.lab.fetch import SOURCES, FetchError, Pinned, Remote, Source, fetch, row_digest, verify
 from router.cli import main
 from tests.servers import ThreadedServer, serving
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import classifiers
-from classifiers.families import FAMILIES, Family, FamilyItem, load_families
-from classifiers.features import FeatureSpec, Featurizer
-from classifiers.lodo import (
+from classifiers.features import FeatureSpec
+from classifiers.lab.families import FAMILIES, Family, FamilyItem, load_families
+from classifiers.lab.lodo import (
     PRIOR,
     RECIPES,
     Recipe,
@@ -23,7 +23,8 @@ from classifiers.lodo import (
     oracles,
     row_index,
 )
-from classifiers.train import fit_prior
+from classifiers.lab.matrix import feature_matrix
+from classifiers.lab.train import fit_prior
 
 SPEC = FeatureSpec(word_bits=12, char_bits=10)
 
@@ -47,7 +48,7 @@ def test_a_held_out_family_never_reaches_training() -> None:
         _family("beta", ("quimby", "snarfy"), 2),
         _family("gamma", ("flurpo", "glorbo"), 3),
     ]
-    X = Featurizer(SPEC).transform([p for f in families for p in f.prompts])
+    X = feature_matrix(SPEC, [p for f in families for p in f.prompts])
     recipe = Recipe("t", label="gap", alpha=1.0)
     held_out = lodo(X, SPEC, families, recipe)
     within = kfold_within(X, SPEC, families, recipe, "alpha")
@@ -69,11 +70,11 @@ def test_a_recipe_without_byte_ngrams_ships_without_them_and_scores_the_same() -
     words = Recipe("w", label="gap", alpha=1.0, features="words", blend=(structure, 0.5))
     assert words.serving_spec(SPEC) == FeatureSpec(word_bits=12, char_bits=0)
     assert Recipe("f", blend=(structure, 0.5)).serving_spec(SPEC) == SPEC  # byte n-grams read: kept
-    full_X = Featurizer(SPEC).transform(prompts)
+    full_X = feature_matrix(SPEC, prompts)
     coef, intercept = fit_recipe(full_X, SPEC, families, row_index(families), words)
     assert not coef[SPEC.char_offset : SPEC.structure_offset].any()
     small = words.serving_spec(SPEC)
-    small_X = Featurizer(small).transform(prompts)
+    small_X = feature_matrix(small, prompts)
     coef2, intercept2 = fit_recipe(small_X, small, families, row_index(families), words)
     assert small_X.shape[1] < full_X.shape[1]
     np.testing.assert_allclose(small_X @ coef2 + intercept2, full_X @ coef + intercept, rtol=1e-6, atol=1e-9)
@@ -104,7 +105,7 @@ def test_the_oracle_routes_by_what_the_peers_did() -> None:
 def real(routing_data: Path) -> tuple[list[Family], object]:
     families = list(load_families().values())
     spec = FeatureSpec()
-    return families, Featurizer(spec).transform([p for f in families for p in f.prompts])
+    return families, feature_matrix(spec, [p for f in families for p in f.prompts])
 
 
 def test_every_family_from_both_sources_is_read(real: tuple[list[Family], object]) -> None:

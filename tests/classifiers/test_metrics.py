@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from classifiers.metrics import oracle_curve, random_curve, route_metrics, routing_curve
+from classifiers.lab.metrics import oracle_curve, random_curve, route_metrics, routing_curve
 
 
 def test_curve_points_by_hand() -> None:

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 
 import classifiers
-from classifiers.calibrate import (
+from classifiers.features import FeatureSpec, Featurizer
+from classifiers.lab.calibrate import (
     read_prompts,
     threshold_for_budget,
     threshold_for_quality,
     threshold_for_share,
 )
-from classifiers.features import FeatureSpec, Featurizer
+from classifiers.lab.matrix import feature_matrix
+from classifiers.lab.train import fit
 from classifiers.model import PROBES, Classifier, ClassifierFileError
-from classifiers.train import fit
 
 SPEC = FeatureSpec(word_bits=12, char_bits=10)
 
@@ -189,7 +190,7 @@ def test_featurizer_is_stable_across_calls() -> None:
     a, b = f.row("Hello World 42"), f.row("Hello World 42")
     assert a[0].tolist() == b[0].tolist()
     assert a[1].tolist() == b[1].tolist()
-    assert f.transform(["Hello World 42", ""]).shape == (2, SPEC.width)
+    assert feature_matrix(f, ["Hello World 42", ""]).shape == (2, SPEC.width)
 
 
 def test_short_and_long_texts_get_the_same_features_either_way() -> None:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import classifiers
-from classifiers.outcomes import Outcome, OutcomesError, read_outcomes
-from classifiers.own import fit_own, learning_curve, own_weight
+from classifiers.lab.matrix import feature_matrix
+from classifiers.lab.outcomes import Outcome, OutcomesError, read_outcomes
+from classifiers.lab.own import fit_own, learning_curve, own_weight
 from router.cli import main
 
 WORDS = [f"w{i}x{j}" for i in range(40) for j in "abc"]
@@ -187,8 +188,8 @@ def test_the_own_model_s_weight_grows_with_its_outcomes() -> None:
 
 
 def test_the_learning_curve_gains_where_the_family_has_a_pattern_the_prior_lacks() -> None:
-    from classifiers.families import Family, FamilyItem
-    from classifiers.features import FeatureSpec, Featurizer
+    from classifiers.features import FeatureSpec
+    from classifiers.lab.families import Family, FamilyItem
 
     rng = random.Random(7)
     items = []
@@ -197,7 +198,7 @@ def test_the_learning_curve_gains_where_the_family_has_a_pattern_the_prior_lacks
         prompt = _hard(rng) if hard else _easy(rng)
         items.append(FamilyItem(prompt, 0.0 if hard else 1.0, 1.0, 0.5, "llmrouter"))
     family = Family("synthetic", tuple(items))
-    X = Featurizer(FeatureSpec()).transform(family.prompts)
+    X = feature_matrix(FeatureSpec(), family.prompts)
     prior = [np.random.default_rng(0).random(len(items))]  # a prior that knows nothing of this family
     curve = learning_curve(X, [family], prior, ks=(0, 100, 300), seeds=2)["synthetic"]
     assert curve[0][0] == pytest.approx(0.5, abs=0.1)

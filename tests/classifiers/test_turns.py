@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classifiers.turns import load_second_turns, paired_difference, turn_two
+from classifiers.lab.turns import load_second_turns, paired_difference, turn_two
 
 pytestmark = pytest.mark.usefixtures("routing_data")
 

@@ -133,3 +133,51 @@ def vllm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmStack]:
     finally:
         for proc in reversed(procs):
             proc.stop()
+
+
+@dataclass
+class RealWorker:
+    """One vLLM CPU worker serving the real small model under two names, so a gateway can use it as both its
+    small and its large worker (one 2 GB server instead of two)."""
+
+    proc: Proc
+    url: str
+
+
+@pytest.fixture(scope="session")
+def real_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealWorker]:
+    python = _vllm_python()
+    model = os.environ.get("TRIAGE_REAL_MODEL", "")
+    if not (Path(model) / "config.json").exists():
+        message = "TRIAGE_REAL_MODEL is not set to the prepared SmolLM2 folder (./dev test prepares it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    scratch = tmp_path_factory.mktemp("real")
+    port = free_port()
+    env = {**os.environ, "VLLM_PYTHON": python, "TRIAGE_RUN_DIR": str(scratch / "run")}
+    cmd = ["bash", str(CPU / "start_worker.sh"), model, "triage-small", str(port)]
+    cmd += ["--served-model-name", "triage-small", "triage-large", *TOOL_FLAGS]
+    proc = _start(cmd, scratch / "real.log", env, f"http://127.0.0.1:{port}")
+    try:
+        _wait_ready(proc, "/health", timeout=600)
+        yield RealWorker(proc, proc.url + "/v1")
+    finally:
+        proc.stop()
+
+
+# What the CPU profile passes to vLLM so that `tool_choice: "auto"` works (./dev run, deploy/compose.yaml).
+TOOL_FLAGS = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+
+
+def start_gateway(config: Path, scratch: Path) -> Proc:
+    """`triage serve --config` as a user runs it, in `scratch` (its default ledger lands there)."""
+    port = free_port()
+    gateway = _start(
+        [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)],
+        scratch / "gateway.log",
+        dict(os.environ),
+        f"http://127.0.0.1:{port}",
+    )
+    _wait_ready(gateway, "/health", timeout=60)
+    return gateway

@@ -16,11 +16,11 @@ import pytest
 import redis
 
 from router.adapters.limiter_redis import RedisLimiter
-from router.admission import AdmissionControl
 from router.core.limits import TierLimits
 from router.core.tiers import Caller, Tier
 from router.errors import LimiterFailed, LimiterUnavailable, Overloaded
 from router.protocol import ChatCompletionRequest
+from router.service.admission import AdmissionControl
 from tests.limits.conftest import REDIS_URL, require_redis
 from tests.limits.gateways import Gateway, config, flood
 from tests.servers import ThreadedServer

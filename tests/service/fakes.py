@@ -13,8 +13,6 @@ import orjson
 from router.adapters.cache_memory import MemoryCache
 from router.adapters.conversations import MemoryConversations
 from router.adapters.limiter_memory import MemoryLimiter
-from router.admission import AdmissionControl
-from router.context import Endpoint, Outcome, RequestOptions, RoutingPolicy
 from router.core.balance import Balancer
 from router.core.cascade import EscalationRule
 from router.core.conversation import ConversationPolicy
@@ -26,8 +24,10 @@ from router.core.tiers import Caller, Tier
 from router.core.types import Prices, Role, Worker
 from router.errors import LimiterUnavailable, UpstreamUnavailable
 from router.protocol import ChatCompletionRequest, decode_body
-from router.recording import Recorder
-from router.service import Ports, RoutingService
+from router.service.admission import AdmissionControl
+from router.service.context import Endpoint, Outcome, RequestOptions, RoutingPolicy
+from router.service.coordinator import Ports, RoutingService
+from router.service.recording import Recorder
 
 __all__ = [
     "Clock",

@@ -11,6 +11,8 @@ import pytest
 from router.core.cascade import EscalationRule
 from router.core.ports import UpstreamReply
 from router.errors import UpstreamUnavailable
+from router.protocol import CompletionRequest, decode_body
+from router.service.context import Endpoint, RequestOptions
 from tests.service.fakes import answer, ask, caller, stack
 
 CONFIDENT = UpstreamReply(200, answer("four", usage=(10, 2), logprob=-0.01), "application/json")
@@ -120,5 +122,9 @@ async def test_streams_and_named_models_skip_the_cascade() -> None:
     out = await ask(s, caller(cascade=True), {"model": "small-model"})
     assert out.routed.decision.reason == "requested"
     out = await ask(s, caller(cascade=True), {"n": 2})
+    assert out.routed.decision.reason == "at_or_above_threshold"
+    # A completions prompt list is a choice per prompt: the draft's first choice cannot vouch for the others.
+    payload, request = decode_body(b'{"model": "auto", "prompt": ["2+2=", "3+3="]}', CompletionRequest)
+    out = await s.service.handle(caller(cascade=True), Endpoint.COMPLETIONS, payload, request, RequestOptions())
     assert out.routed.decision.reason == "at_or_above_threshold"
     assert all("logprobs" not in body for _, body in s.backend.calls)

@@ -10,12 +10,12 @@ import orjson
 import pytest
 
 from router.adapters.ledger_queue import QueuedLedger
-from router.context import RequestOptions
-from router.core.limits import TierLimits, estimate_tokens
+from router.core.limits import TierLimits, estimate_tokens, text_tokens
 from router.core.ports import UpstreamReply
 from router.core.records import DecisionRecord
 from router.errors import LimiterUnavailable, UpstreamUnavailable
-from router.service import MAX_CACHED_BYTES
+from router.service.context import RequestOptions
+from router.service.coordinator import MAX_CACHED_BYTES
 from tests.service.fakes import FakeStream, answer, ask, caller, stack
 
 DETERMINISTIC = {"temperature": 0}
@@ -40,7 +40,7 @@ async def drain(reply: object) -> None:
         await stream.aclose()
 
 
-async def test_a_stream_without_a_usage_chunk_settles_an_estimate_bounded_by_the_reservation() -> None:
+async def test_a_stream_without_a_usage_chunk_settles_the_prompt_s_estimate_and_what_arrived() -> None:
     s = stack(score=0.1)
     s.backend.on("small-0", FakeStream(200, sse(*TOKENS)))
     s.backend.on("small-1", FakeStream(200, sse(*TOKENS)))
@@ -143,7 +143,9 @@ async def test_max_completion_tokens_is_capped_by_the_tier_and_the_reservation_f
     out = await ask(s, who, {"max_completion_tokens": 5000})
     sent = s.backend.calls[0][1]
     assert sent["max_completion_tokens"] == 100 and "max_tokens" not in sent
-    assert out.limit_headers["x-ratelimit-remaining-tokens"] == str(10_000 - estimate_tokens(len("What is 2+2?"), 100))
+    assert out.limit_headers["x-ratelimit-remaining-tokens"] == str(
+        10_000 - estimate_tokens(text_tokens("What is 2+2?"), 100)
+    )
 
 
 async def test_a_defect_is_recorded_as_an_internal_error_and_the_slot_freed() -> None:

@@ -47,13 +47,18 @@ def test_the_tree_keeps_every_contract(tree: Path) -> None:
     ("path", "line", "broken"),
     [
         ("router/core/costs.py", "import numpy", "core is pure: standard library only"),
-        ("router/core/policy.py", "import router.service", "api above service above core"),
+        ("router/core/policy.py", "import router.service.coordinator", "api above service above core"),
         (
             "router/api/newly_added.py",
             "import router.adapters.backend",
             "only app.py and policy_files.py wire adapters",
         ),
-        ("router/service.py", "import router.adapters.backend", "service (and its flows) sees only core"),
+        ("router/service/coordinator.py", "import router.adapters.backend", "service (and its flows) sees only core"),
+        ("router/service/admission.py", "import router.service.coordinator", "the coordinator above its flows"),
+        ("router/adapters/metrics.py", "import router.analytics.report", "adapters never reach up"),
+        ("router/analytics/report.py", "import router.api.errors", "analytics never import the API"),
+        ("classifiers/model.py", "import sklearn", "serving modules import numpy at most"),
+        ("classifiers/features.py", "import classifiers.lab.lodo", "serving modules import numpy at most"),
     ],
 )
 def test_a_deliberate_violation_breaks_its_contract(tree: Path, path: str, line: str, broken: str) -> None:

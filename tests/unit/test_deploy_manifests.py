@@ -24,6 +24,12 @@ from router.settings import load_settings
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
+VLLM_VERSION = (DEPLOY / "VLLM_VERSION").read_text().strip()  # the one pin: ./dev installs it, images use it
+
+
+def _serves_tools(args: list[str], parser: str) -> bool:
+    """`tool_choice: "auto"` needs both flags, or vLLM answers every such request with a 400."""
+    return "--enable-auto-tool-choice" in args and _flag(args, "--tool-call-parser") == parser
 
 
 def _tool(name: str) -> str:
@@ -132,6 +138,8 @@ def test_the_manifests_validate_and_agree(overlay: str, tmp_path: Path) -> None:
         assert int(_flag(vc["args"], "--port")) == int(wport)
         assert _flag(vc["args"], "--served-model-name") == worker.model
         assert "--enable-prefix-caching" in vc["args"]
+        assert _serves_tools(vc["args"], "llama3_json" if overlay == "gpu" else "hermes")
+        assert vc["image"].endswith(f":v{VLLM_VERSION}")
         assert vc["readinessProbe"]["httpGet"]["path"] == "/health"
         gpus[worker.role.value] = vc["resources"].get("requests", {}).get("nvidia.com/gpu")
         if overlay == "gpu" and "--tensor-parallel-size" in vc["args"]:
@@ -156,6 +164,14 @@ def test_the_compose_file_follows_the_compose_specification() -> None:
     assert services["vllm-small"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
     assert services["vllm-large"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 4
     assert {"cpu"} == set(services["vllm-small-cpu"]["profiles"]) == set(services["vllm-large-cpu"]["profiles"])
+    for name in ("vllm-small", "vllm-large", "vllm-small-cpu", "vllm-large-cpu"):
+        assert services[name]["image"].endswith(f":v{VLLM_VERSION}"), name
+        assert _serves_tools(services[name]["command"], "hermes" if name.endswith("-cpu") else "llama3_json"), name
+    # The CPU services read the folder `./dev models deploy/compose/models` writes, and the compose file says so.
+    assert "./dev models deploy/compose/models" in (DEPLOY / "compose.yaml").read_text()
+    for name in ("vllm-small-cpu", "vllm-large-cpu"):
+        assert services[name]["volumes"] == ["./compose/models:/models:ro"]
+        assert _flag(services[name]["command"], "--model") == "/models/smollm2-135m-instruct"
     gateway = load_settings(DEPLOY / "compose" / "gateway.yaml")
     hosts = {re.match(r"http://([\w-]+):", w.base_url or "").group(1) for w in gateway.workers}  # type: ignore[union-attr]
     aliases = {a for s in services.values() for a in s.get("networks", {}).get("default", {}).get("aliases", [])}

@@ -8,8 +8,8 @@ from typing import cast
 
 import pytest
 
-from router.metering import MeteredStream
-from router.recording import Trace
+from router.service.metering import MeteredStream
+from router.service.recording import Trace
 
 EVENTS = (
     b'data: {"choices": [{"index": 0, "delta": {"content": "w0 "}}]}\n\n'
@@ -47,7 +47,7 @@ class _Reads:
         pass
 
 
-def _metered(pieces: list[bytes]) -> tuple[tuple[int, int] | None, int, bytes]:
+def _metered(pieces: list[bytes], *, hide_usage: bool = False) -> tuple[tuple[int, int] | None, int, bytes]:
     trace = _Trace()
     ended: list[int] = []
 
@@ -55,7 +55,7 @@ def _metered(pieces: list[bytes]) -> tuple[tuple[int, int] | None, int, bytes]:
         ended.append(events)
 
     async def run() -> bytes:
-        stream = MeteredStream(_Reads(pieces), cast(Trace, trace), on_end)
+        stream = MeteredStream(_Reads(pieces), cast(Trace, trace), on_end, hide_usage=hide_usage)
         passed = b"".join([chunk async for chunk in stream.chunks()])
         await stream.aclose()
         return passed
@@ -76,3 +76,23 @@ def test_usage_and_events_survive_every_cut_of_the_stream(events: bytes) -> None
     for cut in range(1, len(events)):
         assert _metered([events[:cut], events[cut:]]) == ((17, 2), 4, events), cut
     assert _metered([events[i : i + 1] for i in range(len(events))]) == ((17, 2), 4, events)  # a byte per read
+
+
+@pytest.mark.parametrize("events", [EVENTS, CRLF], ids=["lf", "crlf"])
+def test_usage_the_caller_did_not_ask_for_is_read_then_taken_out_however_the_stream_is_cut(events: bytes) -> None:
+    """The gateway asks every worker for usage; a caller who did not ask never sees it, even when the usage
+    event arrives cut across reads, and the stream is still settled from it."""
+    end = b"\r\n\r\n" if events is CRLF else b"\n\n"
+    hidden = b"".join(e + end for e in events.split(end) if e and b"usage" not in e)
+    assert b"usage" not in hidden and hidden.endswith(b"[DONE]" + end)
+    assert _metered([events], hide_usage=True) == ((17, 2), 4, hidden)
+    for cut in range(1, len(events)):
+        assert _metered([events[:cut], events[cut:]], hide_usage=True) == ((17, 2), 4, hidden), cut
+    assert _metered([events[i : i + 1] for i in range(len(events))], hide_usage=True) == ((17, 2), 4, hidden)
+
+
+def test_a_last_event_without_its_blank_line_is_still_passed_on_without_usage() -> None:
+    tail = b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'
+    first = b'data: {"choices": [{"index": 0, "delta": {"content": "w0 "}}]}\n\n'
+    assert _metered([first, tail], hide_usage=True) == ((1, 1), 2, first)  # its usage read, and counted
+    assert _metered([first, b"data: [DONE]"], hide_usage=True)[2] == first + b"data: [DONE]"

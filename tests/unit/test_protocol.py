@@ -44,23 +44,23 @@ def test_prompt_text_of_completions(prompt: object, text: str) -> None:
     assert prompt_text(CompletionRequest.model_validate({"model": "m", "prompt": prompt})) == text
 
 
-def test_prompt_chars_counts_the_whole_conversation() -> None:
-    from router.protocol import prompt_chars
+def test_prompt_tokens_counts_the_whole_conversation() -> None:
+    from router.protocol import prompt_tokens
 
     chat = ChatCompletionRequest.model_validate(
         {
             "model": "m",
             "messages": [
-                {"role": "system", "content": "abc"},
-                {"role": "user", "content": "de"},
+                {"role": "system", "content": "abcd" * 3},
+                {"role": "user", "content": "de" * 2},
                 {"role": "assistant", "content": None},
-                {"role": "user", "content": [{"type": "text", "text": "fgh"}]},
+                {"role": "user", "content": [{"type": "text", "text": "fghi"}]},
             ],
         }
     )
-    assert prompt_chars(chat) == 8
-    assert prompt_chars(CompletionRequest.model_validate({"model": "m", "prompt": ["ab", "cde"]})) == 5
-    assert prompt_chars(CompletionRequest.model_validate({"model": "m", "prompt": [1, 2, 3]})) == 12
+    assert prompt_tokens(chat) == 3 + 1 + 1
+    assert prompt_tokens(CompletionRequest.model_validate({"model": "m", "prompt": ["abcd", "cdefghij"]})) == 3
+    assert prompt_tokens(CompletionRequest.model_validate({"model": "m", "prompt": [1, 2, 3]})) == 3
 
 
 def _nest(depth: int) -> object:

@@ -1,4 +1,4 @@
-"""Every reason a record can carry is a member of one enum, and the README lists each one."""
+"""Every reason a record can carry is a member of one enum, and the docs list each one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from router import errors
 from router.core.cascade import Draft, EscalationRule, judge
 from router.core.types import Reason
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 # Raised before the service (no record), or recorded under another reason (429 -> rate_limited).
 NOT_RECORDED = {"invalid_api_key", "request_too_large", "rate_limit_exceeded"}
 
@@ -43,6 +44,6 @@ def test_every_escalation_is_a_draft_member() -> None:
     assert Reason.of_draft("draft_status_400") is Reason.DRAFT_REJECTED
 
 
-def test_the_readme_documents_every_reason() -> None:
-    missing = [r.value for r in Reason if f"`{r.value}`" not in README]
+def test_the_docs_document_every_reason() -> None:
+    missing = [r.value for r in Reason if f"`{r.value}`" not in DOCS]
     assert not missing

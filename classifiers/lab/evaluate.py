@@ -21,10 +21,11 @@ import numpy as np
 from sklearn.model_selection import GroupKFold, KFold
 
 from classifiers.answer import answer_text
-from classifiers.data import Benchmark, load_benchmark
 from classifiers.features import FeatureSpec, Featurizer
-from classifiers.metrics import Curve, RouteMetrics, oracle_curve, random_curve, route_metrics, routing_curve
-from classifiers.train import DEFAULT_ALPHA, fit_raw
+from classifiers.lab.data import Benchmark, load_benchmark
+from classifiers.lab.matrix import feature_matrix
+from classifiers.lab.metrics import Curve, RouteMetrics, oracle_curve, random_curve, route_metrics, routing_curve
+from classifiers.lab.train import DEFAULT_ALPHA, fit_raw
 
 __all__ = ["PROTOCOLS", "ProtocolResult", "Row", "run_protocols"]
 
@@ -111,7 +112,7 @@ def run_protocols(
     feat = Featurizer(spec)
     benches = {name: load_benchmark(name, root) for name in ("mmlu", "gsm8k", "mt_bench")}
     progress("featurizing " + ", ".join(f"{n} ({len(b.items)})" for n, b in benches.items()))
-    X = {name: feat.transform(b.prompts) for name, b in benches.items()}
+    X = {name: feature_matrix(feat, b.prompts) for name, b in benches.items()}
     y = {name: _outcomes(b) for name, b in benches.items()}
     results = []
     for name in protocols:
@@ -175,9 +176,7 @@ def _cascade(
     if len(items) != len(bench.items):
         raise ValueError(f"{bench.name}: a cascade needs every item's recorded small-model answer")
     small, large = _outcomes(bench)
-    X_answer = Featurizer(replace(spec, answer=True)).transform(
-        [answer_text(i.prompt, i.small_answer or "") for i in items]
-    )
+    X_answer = feature_matrix(replace(spec, answer=True), [answer_text(i.prompt, i.small_answer or "") for i in items])
     folds = list(KFold(5, shuffle=True, random_state=0).split(X_prompt))
     routed = _oof(X_prompt, small, large, iter(folds), alpha)
     cascaded = _oof(X_answer, small, large, iter(folds), alpha)

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from classifiers.data import load_benchmark
+from classifiers.lab.data import load_benchmark
 
 __all__ = ["FAMILIES", "PEER_LARGE", "Family", "FamilyItem", "load_families"]
 
@@ -125,7 +125,7 @@ def _llmrouter(folder: Path) -> dict[str, list[FamilyItem]]:
 
 def load_families(root: str | Path | None = None) -> dict[str, Family]:
     """Every family, in FAMILIES order. `root` holds routellm/ and llmrouter/ (default: TRIAGE_DATA)."""
-    from classifiers.data import data_root
+    from classifiers.lab.data import data_root
 
     routellm_root = data_root(root)
     folder = routellm_root.parent / "llmrouter"

@@ -7,17 +7,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from router.admission import AdmissionControl
-from router.context import Outcome, RequestContext, Routed
 from router.core.balance import Balancer
 from router.core.limits import estimate_tokens
 from router.core.ports import Backend, UpstreamReply
 from router.core.tiers import Tier
-from router.core.types import Decision, Reason, Role, Worker
+from router.core.types import Decision, Reason, Role, Routed, Worker
 from router.errors import UpstreamError, UpstreamFailed
-from router.metering import MeteredStream, StreamEnd
-from router.protocol import GenerationRequest, affinity_key, encode, prompt_chars
-from router.recording import answer_usage
+from router.protocol import GenerationRequest, affinity_key, asking_usage, encode, prompt_tokens, wants_usage
+from router.service.admission import AdmissionControl
+from router.service.context import Outcome, RequestContext
+from router.service.metering import MeteredStream, StreamEnd
+from router.service.recording import answer_usage
 
 __all__ = ["Dispatcher"]
 
@@ -82,24 +82,27 @@ class Dispatcher:
 
     async def call(self, ctx: RequestContext, routed: Routed) -> Outcome:
         """One attempt on one worker; raises UpstreamError when it cannot answer (refused, down, 5xx, timeout)."""
-        body = encode(ctx.payload)
         worker = routed.worker
         self.balancer.begin(worker)
         ended = False
         failed: bool | None = None  # stays None when the client leaves: no verdict on the worker
         try:
             if ctx.request.stream:
+                # The worker's usage chunk is asked for always: without it a stream is settled from an estimate.
+                body = encode(asking_usage(ctx.payload))
                 stream = await self._backend.open_stream(worker, ctx.endpoint.value, body)
                 if stream.status == 200:  # the stream settles, records and ends its attempt when it closes
                     ended = True
-                    return Outcome(routed, MeteredStream(stream, ctx.trace, self._stream_end(ctx, worker)), {})
+                    hide = not wants_usage(ctx.request)
+                    metered = MeteredStream(stream, ctx.trace, self._stream_end(ctx, worker), hide_usage=hide)
+                    return Outcome(routed, metered, {})
                 try:
                     error = await stream.read_all()
                 finally:
                     await stream.aclose()
                 reply = UpstreamReply(stream.status, error, "application/json")
             else:
-                reply = await self._backend.post(worker, ctx.endpoint.value, body)
+                reply = await self._backend.post(worker, ctx.endpoint.value, encode(ctx.payload))
             failed = not _passes_on(reply.status)
             _raise_unless_passed_on(worker, reply)
             if reply.status == 200:
@@ -118,12 +121,10 @@ class Dispatcher:
         async def ended(failed: bool, events: int) -> None:
             self.balancer.end(worker, failed=failed)
             usage = ctx.trace.usage
-            # No usage chunk (the caller did not ask for one): vLLM sends about one token per event.
+            # No usage chunk (the stream was cut before it, or the worker does not send one): what arrived is
+            # counted, at vLLM's one token per event, on top of the prompt's estimate.
             completion = usage[1] if usage else max(0, events - 2)
-            tokens = sum(usage) if usage else None
-            if tokens is None and ctx.admission is not None:
-                prompt = estimate_tokens(prompt_chars(ctx.request), 0)
-                tokens = min(prompt + completion, ctx.admission.reserved)
+            tokens = sum(usage) if usage else estimate_tokens(prompt_tokens(ctx.request), completion)
             await self._admission.settle(ctx.caller, ctx.admission, tokens)
             broken = Reason.UPSTREAM_ERROR if failed else None
             ctx.trace.finish(200, reason=broken, estimated_completion=completion)

@@ -1,6 +1,7 @@
-"""A worker's stream, metered as it passes: the usage it reports is noted on the request's trace, and whoever
-opened it learns when it ends (done, broken by the worker, or abandoned by the client) through a callback,
-which settles the caller's reservation, ends the worker's attempt and records the request."""
+"""A worker's stream, metered as it passes: the usage it reports is noted on the request's trace (and taken out
+of the stream when the caller did not ask for it), and whoever opened it learns when it ends (done, broken by
+the worker, or abandoned by the client) through a callback, which settles the caller's reservation, ends the
+worker's attempt and records the request."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from router.core.ports import UpstreamStream
 from router.errors import TriageError
-from router.recording import Trace, usage_of
+from router.service.recording import Trace, usage_of
+from router.sse import EVENT_ENDS, events_end, without_usage
 
 __all__ = ["MeteredStream", "StreamEnd"]
 
@@ -17,12 +19,15 @@ MAX_LINE = 1 << 20  # a line longer than this is passed on without being read fo
 
 
 class MeteredStream:
-    def __init__(self, inner: UpstreamStream, trace: Trace, on_end: StreamEnd) -> None:
+    def __init__(self, inner: UpstreamStream, trace: Trace, on_end: StreamEnd, *, hide_usage: bool = False) -> None:
+        """`hide_usage`: the worker was asked for a usage chunk the caller did not ask for; it is taken out."""
         self._inner = inner
         self._trace = trace
         self._on_end = on_end
+        self._hide_usage = hide_usage
         self._events = 0
         self._tail = b""  # the last read's bytes after its last newline: a line the next read finishes
+        self._held = b""  # with hide_usage: the start of an event whose end has not arrived yet
         self._closed = False
         self._failed = False
 
@@ -35,10 +40,34 @@ class MeteredStream:
             async for chunk in self._inner.chunks():
                 self._trace.first_chunk()
                 self._observe(chunk)
+                if self._hide_usage:
+                    chunk = self._whole_events(chunk)
+                    if not chunk:
+                        continue
                 yield chunk
+            if self._tail:  # the worker ended without a newline after its last line: read it all the same
+                self._observe(b"\n")
+            if self._held:  # the worker ended without a blank line after its last event
+                last, self._held = without_usage(self._held), b""
+                if last:
+                    yield last
         except TriageError:
             self._failed = True
             raise
+
+    def _whole_events(self, chunk: bytes) -> bytes:
+        """The whole events read so far, without usage; a cut event waits for its end (usage is found only in
+        whole events). A worker that never ends an event is passed on unread past MAX_LINE."""
+        data = self._held + chunk if self._held else chunk
+        if data.endswith(EVENT_ENDS):
+            self._held = b""
+            return without_usage(data)
+        end = events_end(data)
+        if len(data) - end > MAX_LINE:
+            self._held = b""
+            return data
+        self._held = data[end:]
+        return without_usage(data[:end])
 
     def _observe(self, chunk: bytes) -> None:
         # Reads cut events anywhere: only whole lines are read, and a line's start waits for its end.

@@ -1,5 +1,5 @@
 """`triage classifier ... --outcomes`: training, evaluating and calibrating on a deployment's own outcomes
-(classifiers.outcomes), and the `own traffic` protocol that measures how much they help."""
+(classifiers.lab.outcomes), and the `own traffic` protocol that measures how much they help."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from classifiers.lab.matrix import feature_matrix
+from classifiers.lab.outcomes import Outcome, OutcomesError, read_outcomes
 from classifiers.model import Classifier
-from classifiers.outcomes import Outcome, OutcomesError, read_outcomes
 
 __all__ = ["calibrate_outcomes", "eval_outcomes", "eval_own_traffic", "load_or_exit", "train_outcomes"]
 
@@ -42,7 +43,7 @@ def _classifier_or_exit(path: str | Path) -> Classifier:
 
 def train_outcomes(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     import classifiers
-    from classifiers.own import fit_own
+    from classifiers.lab.own import fit_own
 
     outcomes = load_or_exit(args.outcomes)
     if args.answers and any(o.small_answer is None for o in outcomes):
@@ -74,7 +75,7 @@ def train_outcomes(args: argparse.Namespace, say: Callable[[str], None]) -> int:
 
 
 def _metrics_row(name: str, scores: Sequence[float] | np.ndarray, small: np.ndarray, large: np.ndarray) -> str:
-    from classifiers.metrics import route_metrics, routing_curve
+    from classifiers.lab.metrics import route_metrics, routing_curve
 
     m = route_metrics(routing_curve(np.asarray(scores), small, large), small.mean(), large.mean(), 0.24, 24.7)
     return f"| {name} | {m.apgr:.3f} | {_pct(m.cpt50)} | {_pct(m.cpt80)} | {_pct(m.share_at_95)} |"
@@ -87,8 +88,8 @@ def _pct(x: float) -> str:
 def eval_outcomes(args: argparse.Namespace) -> int:
     """A classifier file judged on held-out outcomes, beside random and the shipped prior."""
     import classifiers
-    from classifiers.lodo import MIN_GAP
-    from classifiers.metrics import route_metrics, routing_curve
+    from classifiers.lab.lodo import MIN_GAP
+    from classifiers.lab.metrics import route_metrics, routing_curve
 
     outcomes = load_or_exit(args.outcomes)
     small = np.array([o.small for o in outcomes])
@@ -127,7 +128,7 @@ def eval_outcomes(args: argparse.Namespace) -> int:
 
 def calibrate_outcomes(args: argparse.Namespace) -> int:
     import classifiers
-    from classifiers.calibrate import threshold_for_quality
+    from classifiers.lab.calibrate import threshold_for_quality
 
     outcomes = load_or_exit(args.outcomes)
     model = _classifier_or_exit(args.model or classifiers.default_path())
@@ -145,16 +146,16 @@ def calibrate_outcomes(args: argparse.Namespace) -> int:
 
 def eval_own_traffic(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     """The learning curve: APGR against the number of a family's own outcomes, each family held out of the
-    prior (classifiers.own.learning_curve)."""
-    from classifiers.families import load_families
-    from classifiers.features import FeatureSpec, Featurizer
-    from classifiers.lodo import PRIOR, RECIPES, held_out_scores
-    from classifiers.own import OWN_ALPHA, OWN_HALF, learning_curve
+    prior (classifiers.lab.own.learning_curve)."""
+    from classifiers.features import FeatureSpec
+    from classifiers.lab.families import load_families
+    from classifiers.lab.lodo import PRIOR, RECIPES, held_out_scores
+    from classifiers.lab.own import OWN_ALPHA, OWN_HALF, learning_curve
 
     families = list(load_families(args.data).values())
     spec = RECIPES[PRIOR].serving_spec(FeatureSpec())  # the prior's features: what `train --outcomes` fits on
     say(f"featurizing {sum(len(f.items) for f in families)} prompts from {len(families)} families")
-    X = Featurizer(spec).transform([p for f in families for p in f.prompts])
+    X = feature_matrix(spec, [p for f in families for p in f.prompts])
     prior = held_out_scores(X, spec, families, RECIPES[PRIOR], say)
     say("learning curves")
     ks = (0, 100, 300, 1000)

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from classifiers.families import Family
 from classifiers.features import STRUCTURE, FeatureSpec
-from classifiers.metrics import route_metrics, routing_curve
+from classifiers.lab.families import Family
+from classifiers.lab.metrics import route_metrics, routing_curve
 
 __all__ = [
     "IN_FAMILY",

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from classifiers.calibrate import threshold_for_quality
-from classifiers.families import Family
-from classifiers.features import FeatureSpec, Featurizer
+from classifiers.features import FeatureSpec
+from classifiers.lab.calibrate import threshold_for_quality
+from classifiers.lab.families import Family
+from classifiers.lab.matrix import feature_matrix
 from classifiers.model import Classifier
 
 __all__ = ["DEFAULT_ALPHA", "fit", "fit_prior", "fit_raw", "platt"]
@@ -63,7 +64,7 @@ def fit(
     spec = spec or FeatureSpec()
     small_a, large_a = np.asarray(small, dtype=np.float64), np.asarray(large, dtype=np.float64)
     progress(f"featurizing {len(texts)} prompts")
-    X = Featurizer(spec).transform(list(texts))
+    X = feature_matrix(spec, list(texts))
     oof = np.zeros(len(texts))
     if calibration_folds >= 2 and len(texts) >= 2 * calibration_folds:
         for i, (tr, te) in enumerate(KFold(calibration_folds, shuffle=True, random_state=0).split(X), 1):
@@ -92,15 +93,15 @@ def fit_prior(
     meta: dict[str, object] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Classifier:
-    """A routing prior trained across task families by a named recipe (classifiers.lodo). Its Platt scaling and
+    """A routing prior trained across task families by a named recipe (classifiers.lab.lodo). Its Platt scaling and
     suggested threshold come from out-of-fold scores of the items graded with the RouteLLM pair (GPT-4 against
     Mixtral), the pair whose quality the product promises to keep."""
-    from classifiers.lodo import RECIPES, fit_recipe, row_index
+    from classifiers.lab.lodo import RECIPES, fit_recipe, row_index
 
     recipe = RECIPES[recipe_name]
     spec = spec or recipe.serving_spec(FeatureSpec())
     progress(f"featurizing {sum(len(f.items) for f in families)} prompts from {len(families)} families")
-    X = Featurizer(spec).transform([p for f in families for p in f.prompts])
+    X = feature_matrix(spec, [p for f in families for p in f.prompts])
     rows = row_index(families)
     oof = np.zeros(X.shape[0])
     rng = np.random.default_rng(0)

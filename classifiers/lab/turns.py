@@ -1,6 +1,6 @@
 """MT-Bench's second turns: does scoring with the conversation's context, or keeping a conversation on one model,
 route a follow-up better than scoring the follow-up alone? Both models are graded on both turns (GPT-4 as judge,
-scores / 10). The scorer is the routing prior trained with MT-Bench held out (classifiers.lodo), so that its
+scores / 10). The scorer is the routing prior trained with MT-Bench held out (classifiers.lab.lodo), so that its
 first turns are not in the training data of what scores them.
 
 Routers compared on the turn-2 outcomes, each as a ranking of the 80 conversations:
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from classifiers.data import LARGE, SMALL, data_root
-from classifiers.metrics import route_metrics, routing_curve
+from classifiers.lab.data import LARGE, SMALL, data_root
+from classifiers.lab.metrics import route_metrics, routing_curve
 
 __all__ = ["Conversation", "TurnResult", "load_second_turns", "paired_difference", "turn_two"]
 

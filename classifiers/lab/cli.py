@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from classifiers.lab.matrix import feature_matrix
+
 __all__ = ["OWN_TRAFFIC", "add_commands"]
 
 OWN_TRAFFIC = "own traffic"  # the learning-curve protocol of `triage classifier eval`
@@ -45,13 +47,13 @@ def _train(args: argparse.Namespace) -> int:
     _need_training_libraries()
     from classifiers import default_answer_path, default_path
     from classifiers.answer import answer_text
-    from classifiers.data import load_benchmark
     from classifiers.features import FeatureSpec
-    from classifiers.train import fit
+    from classifiers.lab.data import load_benchmark
+    from classifiers.lab.train import fit
 
     say = _progress()
     if args.outcomes:
-        from classifiers.cli_outcomes import train_outcomes
+        from classifiers.lab.cli_outcomes import train_outcomes
 
         return train_outcomes(args, say)
     if not args.answers and not args.benchmarks:
@@ -94,9 +96,9 @@ def _train(args: argparse.Namespace) -> int:
 def _train_prior(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     """The default: a routing prior across every task family, by the recipe that won leave-one-family-out."""
     from classifiers import default_path
-    from classifiers.families import load_families
-    from classifiers.lodo import RECIPES
-    from classifiers.train import fit_prior
+    from classifiers.lab.families import load_families
+    from classifiers.lab.lodo import RECIPES
+    from classifiers.lab.train import fit_prior
 
     if args.recipe not in RECIPES:
         raise SystemExit(f"unknown recipe {args.recipe!r}; known: {', '.join(RECIPES)}")
@@ -105,7 +107,7 @@ def _train_prior(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         "recipe": args.recipe,
         "trained_on": {f.name: len(f.items) for f in families},
         "label": "blend of hashed word n-grams fitted to the RouteLLM pair's outcome gap and structure counts fitted "
-        "to open small models' failure rate (classifiers/lodo.py), Platt-scaled to P(large better)",
+        "to open small models' failure rate (classifiers/lab/lodo.py), Platt-scaled to P(large better)",
     }
     model = fit_prior(families, args.recipe, meta=meta, progress=say)
     out = Path(args.out or default_path())
@@ -116,9 +118,9 @@ def _train_prior(args: argparse.Namespace, say: Callable[[str], None]) -> int:
 
 
 def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    from classifiers.families import PEER_LARGE, load_families
-    from classifiers.features import FeatureSpec, Featurizer
-    from classifiers.lodo import (
+    from classifiers.features import FeatureSpec
+    from classifiers.lab.families import PEER_LARGE, load_families
+    from classifiers.lab.lodo import (
         MIN_GAP,
         PRIOR,
         RECIPES,
@@ -139,7 +141,7 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     families = list(load_families(args.data).values())
     spec = FeatureSpec()
     say(f"featurizing {sum(len(f.items) for f in families)} prompts from {len(families)} families")
-    X = Featurizer(spec).transform([p for f in families for p in f.prompts])
+    X = feature_matrix(spec, [p for f in families for p in f.prompts])
     spread, mean_spread = random_spread(families)
     scores = {n: held_out_scores(X, spec, families, RECIPES[n], say) for n in names}
     results = {n: [score_family(f, s) for f, s in zip(families, scores[n], strict=True)] for n in names}
@@ -198,15 +200,15 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 
 
 def _eval_turn_two(args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    from classifiers.families import load_families
     from classifiers.features import FeatureSpec, Featurizer
-    from classifiers.lodo import PRIOR, RECIPES, fit_recipe, row_index
-    from classifiers.turns import load_second_turns, turn_two
+    from classifiers.lab.families import load_families
+    from classifiers.lab.lodo import PRIOR, RECIPES, fit_recipe, row_index
+    from classifiers.lab.turns import load_second_turns, turn_two
 
     families = [f for f in load_families(args.data).values() if f.name != "mt_bench"]
     spec = RECIPES[PRIOR].serving_spec(FeatureSpec())
     say("training the prior without MT-Bench")
-    X = Featurizer(spec).transform([p for f in families for p in f.prompts])
+    X = feature_matrix(spec, [p for f in families for p in f.prompts])
     coef, intercept = fit_recipe(X, spec, families, row_index(families), RECIPES[PRIOR])
     featurizer = Featurizer(spec)
 
@@ -227,12 +229,12 @@ def _eval_turn_two(args: argparse.Namespace, say: Callable[[str], None]) -> None
 
 def _eval(args: argparse.Namespace) -> int:
     _need_training_libraries()
-    from classifiers.evaluate import PROTOCOLS, ROUTELLM_PUBLISHED, run_protocols
-    from classifiers.train import DEFAULT_ALPHA
+    from classifiers.lab.evaluate import PROTOCOLS, ROUTELLM_PUBLISHED, run_protocols
+    from classifiers.lab.train import DEFAULT_ALPHA
 
     say = _progress()
     if args.outcomes:
-        from classifiers.cli_outcomes import eval_outcomes
+        from classifiers.lab.cli_outcomes import eval_outcomes
 
         return eval_outcomes(args)
     protocols = tuple(args.protocol) if args.protocol else (*PROTOCOLS, "lodo")
@@ -276,11 +278,11 @@ def _eval(args: argparse.Namespace) -> int:
     if turn_two_too:
         _eval_turn_two(args, say)
     if own_too:
-        from classifiers.cli_outcomes import eval_own_traffic
+        from classifiers.lab.cli_outcomes import eval_own_traffic
 
         eval_own_traffic(args, say)
     if args.plots:
-        from classifiers.plots import plot_results
+        from classifiers.lab.plots import plot_results
 
         for path in plot_results(results, Path(args.plots)):
             say(f"wrote {path}")
@@ -296,10 +298,10 @@ def _calibrate(args: argparse.Namespace) -> int:
                 "triage: --outcomes goes with --quality-floor (--share and --budget need no outcomes)", file=sys.stderr
             )
             return 2
-        from classifiers.cli_outcomes import calibrate_outcomes
+        from classifiers.lab.cli_outcomes import calibrate_outcomes
 
         return calibrate_outcomes(args)
-    from classifiers.calibrate import (
+    from classifiers.lab.calibrate import (
         read_prompts,
         threshold_for_budget,
         threshold_for_quality,
@@ -330,8 +332,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from classifiers.lodo import PRIOR
-    from classifiers.train import DEFAULT_ALPHA
+    from classifiers.lab.lodo import PRIOR
+    from classifiers.lab.train import DEFAULT_ALPHA
 
     p = sub.add_parser("classifier", help="train, evaluate and calibrate the difficulty classifier")
     cmds = p.add_subparsers(dest="classifier_command", required=True)
@@ -389,7 +391,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     e.add_argument("--outcomes", nargs="+", metavar="FILE", help="judge --model on these held-out outcomes instead")
     e.add_argument("--model", help="with --outcomes: the classifier file to judge (default: the shipped one)")
     e.add_argument(
-        "--recipe", action="append", help="with lodo: a recipe to evaluate (repeatable; see classifiers/lodo.py)"
+        "--recipe", action="append", help="with lodo: a recipe to evaluate (repeatable; see classifiers/lab/lodo.py)"
     )
     e.add_argument("--small-price", type=float, default=0.24, help="USD per million tokens (default 0.24)")
     e.add_argument("--large-price", type=float, default=24.7, help="USD per million tokens (default 24.7)")

@@ -10,14 +10,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from router.context import Outcome, RequestContext, Routed
 from router.core.ports import PairSink, UpstreamReply
 from router.core.shadow import ShadowGate, ShadowPair
-from router.core.types import Decision, Reason, Role
-from router.dispatch import Dispatcher
+from router.core.types import Decision, Reason, Role, Routed
 from router.errors import TriageError
 from router.protocol import prompt_text, read_draft
-from router.recording import Recorder, Trace
+from router.service.context import Outcome, RequestContext
+from router.service.dispatch import Dispatcher
+from router.service.recording import Recorder, Trace
 
 __all__ = ["Shadow"]
 

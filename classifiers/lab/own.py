@@ -1,4 +1,4 @@
-"""Learning from a deployment's own outcomes (classifiers.outcomes): a ridge fitted to their outcome gap,
+"""Learning from a deployment's own outcomes (classifiers.lab.outcomes): a ridge fitted to their outcome gap,
 blended with a prior classifier (by default the shipped one, itself trained on the public outcomes).
 
 The blend is one linear model in the prior's feature space, so it ships in the same file format: the weighted
@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from classifiers.answer import answer_text
-from classifiers.calibrate import threshold_for_quality
-from classifiers.features import FeatureSpec, Featurizer
+from classifiers.features import FeatureSpec
+from classifiers.lab.calibrate import threshold_for_quality
+from classifiers.lab.matrix import feature_matrix
+from classifiers.lab.outcomes import Outcome
+from classifiers.lab.train import platt
 from classifiers.model import Classifier
-from classifiers.outcomes import Outcome
-from classifiers.train import platt
 
 __all__ = ["OWN_ALPHA", "OWN_HALF", "blend", "fit_own", "learning_curve", "own_weight"]
 
@@ -76,7 +77,7 @@ def fit_own(
     small = np.array([o.small for o in outcomes])
     large = np.array([o.large for o in outcomes])
     progress(f"featurizing {len(texts)} outcomes")
-    X = Featurizer(spec).transform(texts)
+    X = feature_matrix(spec, texts)
     base = (prior.coef.astype(np.float64), prior.intercept) if prior is not None else None
     weight = own_weight(len(texts), half) if prior is not None else 1.0
     oof = np.zeros(len(texts))
@@ -113,10 +114,10 @@ def learning_curve(
 ) -> dict[str, dict[int, tuple[float, float]]]:
     """The `own traffic` protocol: for each scored family, k of its graded items (drawn `seeds` times) become a
     deployment's outcomes, blended with the prior trained without the family (`prior_scores`, from
-    classifiers.lodo.held_out_scores), and the family's other items are scored. Per family and k: the mean APGR
+    classifiers.lab.lodo.held_out_scores), and the family's other items are scored. Per family and k: the mean APGR
     of the blend and of the prior alone on the same items. A k is left out where fewer than 100 items would be
     left to score."""
-    from classifiers.lodo import MIN_GAP, row_index
+    from classifiers.lab.lodo import MIN_GAP, row_index
 
     alpha, half = OWN_ALPHA, OWN_HALF
     rows = row_index(families)
@@ -148,7 +149,7 @@ def learning_curve(
 
 
 def _apgr(scores: np.ndarray, small: np.ndarray, large: np.ndarray) -> float:
-    from classifiers.metrics import route_metrics, routing_curve
+    from classifiers.lab.metrics import route_metrics, routing_curve
 
     return float(route_metrics(routing_curve(scores, small, large), small.mean(), large.mean(), 0.24, 24.7).apgr)
 

@@ -11,7 +11,7 @@ from typing import TypeAlias
 
 import numpy as np
 
-from classifiers.metrics import routing_curve
+from classifiers.lab.metrics import routing_curve
 
 Floats: TypeAlias = Sequence[float] | np.ndarray
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from classifiers.evaluate import ProtocolResult
+from classifiers.lab.evaluate import ProtocolResult
 
 __all__ = ["plot_results"]
 

@@ -12,9 +12,9 @@ from router.core.conversation import ConversationPolicy
 from router.core.limits import Admission
 from router.core.ports import AnswerScorer, Scorer, UpstreamReply, UpstreamStream
 from router.core.tiers import Caller, Tier
-from router.core.types import Decision, Worker
+from router.core.types import Routed
 from router.protocol import GenerationRequest
-from router.recording import Trace
+from router.service.recording import Trace
 
 __all__ = ["Endpoint", "Outcome", "RequestContext", "RequestOptions", "Routed", "RoutingPolicy"]
 
@@ -40,12 +40,6 @@ class RoutingPolicy:
 
     def conversation_for(self, tier: Tier) -> ConversationPolicy:
         return self.conversation if tier.conversation is None else tier.conversation
-
-
-@dataclass(frozen=True, slots=True)
-class Routed:
-    worker: Worker
-    decision: Decision
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,11 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router.context import RequestContext, Routed
 from router.core.conversation import ConversationPolicy, remembered_role, steer
 from router.core.ports import ConversationMemory
-from router.core.types import Decision, Reason, Role, Worker
+from router.core.types import Decision, Reason, Role, Routed, Worker
 from router.protocol import ChatCompletionRequest, GenerationRequest, affinity_key
+from router.service.context import RequestContext
 
 __all__ = ["Conversations", "Turn"]
 

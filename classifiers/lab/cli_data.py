@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from classifiers.data import cache_folder
-from classifiers.fetch import GITHUB_RAW, FetchError, Remote, fetch
+from classifiers.lab.data import cache_folder
+from classifiers.lab.fetch import GITHUB_RAW, FetchError, Remote, fetch
 
 __all__ = ["add_commands"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from classifiers.families import FAMILIES
+from classifiers.lab.families import FAMILIES
 
 __all__ = [
     "GITHUB_RAW",

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import logging
 
-from router.admission import AdmissionControl
-from router.context import Outcome, RequestContext, Routed, RoutingPolicy
 from router.core.cascade import Draft, judge
 from router.core.ports import UpstreamReply, UpstreamStream
-from router.core.types import Decision, Reason, Role
-from router.dispatch import Dispatcher
+from router.core.types import Decision, Reason, Role, Routed
 from router.errors import UpstreamError
 from router.protocol import (
     ChatCompletionRequest,
@@ -22,7 +19,10 @@ from router.protocol import (
     read_draft,
     strip_logprobs,
 )
-from router.recording import Recorder, Trace
+from router.service.admission import AdmissionControl
+from router.service.context import Outcome, RequestContext, RoutingPolicy
+from router.service.dispatch import Dispatcher
+from router.service.recording import Recorder, Trace
 
 __all__ = ["Cascade"]
 

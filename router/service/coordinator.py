@@ -1,10 +1,10 @@
 """RoutingService: the coordinator of one request's steps, in order:
 
     check the model name against the tier -> admit (rate limits) -> the response cache -> route by score, or
-    run the cascade -> call a worker, failing over (router.dispatch) -> settle and record
+    run the cascade -> call a worker, failing over (router.service.dispatch) -> settle and record
 
-Each flow lives in its own module (router.dispatch, router.cascading, router.recording) and a request's context
-travels as one object (router.context.RequestContext). This module sees only ports (router.core.ports): no
+Each flow lives in its own module of this package (dispatch, cascade, recording, ...) and a request's context
+travels as one object (context.RequestContext). This module sees only ports (router.core.ports): no
 HTTP framework, Redis or classifier here."""
 
 from __future__ import annotations
@@ -14,10 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.admission import AdmissionControl
-from router.cascading import Cascade
-from router.context import Endpoint, Outcome, RequestContext, RequestOptions, Routed, RoutingPolicy
-from router.conversing import Conversations, Turn
 from router.core.balance import Balancer
 from router.core.caching import cache_key
 from router.core.limits import headers
@@ -25,12 +21,16 @@ from router.core.policy import decide
 from router.core.ports import Backend, ConversationMemory, PairSink, ResponseCache, UpstreamReply
 from router.core.shadow import ShadowGate
 from router.core.tiers import Caller, Tier, allowed_role
-from router.core.types import Decision, Reason, Worker
-from router.dispatch import Dispatcher
+from router.core.types import Decision, Reason, Routed, Worker
 from router.errors import ModelNotFound, PermissionDenied, RateLimited, TriageError
-from router.protocol import GenerationRequest, prompt_text
-from router.recording import Recorder, Trace, usage_of
-from router.shadowing import Shadow
+from router.protocol import GenerationRequest, choices, prompt_text
+from router.service.admission import AdmissionControl
+from router.service.cascade import Cascade
+from router.service.context import Endpoint, Outcome, RequestContext, RequestOptions, RoutingPolicy
+from router.service.conversation import Conversations, Turn
+from router.service.dispatch import Dispatcher
+from router.service.recording import Recorder, Trace, usage_of
+from router.service.shadow import Shadow
 
 __all__ = ["Endpoint", "Health", "Outcome", "Ports", "RequestOptions", "Routed", "RoutingPolicy", "RoutingService"]
 
@@ -182,7 +182,7 @@ class RoutingService:
                     await self._admission.settle(caller, ctx.admission, 0)  # nothing was generated
                     settled = True
                     return Outcome(cached.routed, cached.reply, limit_headers, "hit")
-            if caller.tier.cascade and named is None and not request.stream and (request.n or 1) == 1:
+            if caller.tier.cascade and named is None and not request.stream and choices(request) == 1:
                 outcome = await self._cascade.run(ctx)
             else:
                 routed, turn = await self._steered(ctx, self.route(request, caller.tier, named), named is None)

@@ -8,7 +8,6 @@ import functools
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import orjson
 
@@ -17,12 +16,10 @@ from router.core.limits import estimate_tokens
 from router.core.ports import DecisionSink
 from router.core.records import DecisionRecord
 from router.core.tiers import Caller
-from router.core.types import Prices, Reason, Worker
+from router.core.types import Prices, Reason, Routed, Worker
 from router.errors import UpstreamFailed
-from router.protocol import GenerationRequest, prompt_chars, prompt_text
-
-if TYPE_CHECKING:
-    from router.context import Routed
+from router.protocol import GenerationRequest, prompt_text
+from router.protocol import prompt_tokens as estimated_prompt
 
 __all__ = ["Recorder", "Trace", "answer_usage", "usage_of"]
 
@@ -66,7 +63,7 @@ class Trace:
         rec, routed = self.recorder, self.routed
         usage = self.usage
         if usage is None and estimated_completion is not None:
-            usage = (estimate_tokens(prompt_chars(self.request), 0), estimated_completion)
+            usage = (estimate_tokens(estimated_prompt(self.request), 0), estimated_completion)
         prompt_tokens, completion_tokens = usage if usage else (None, None)
         cost = cost_large = 0.0
         if usage and routed is not None:

@@ -1,0 +1,1 @@
+"""One request's path through the gateway: the coordinator (`coordinator.py`) and the flows it sequences."""

@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+from router.errors import ConfigError
+
 __all__ = ["CHILD_ENV", "reuse_port_socket", "supervise"]
 
 CHILD_ENV = "TRIAGE_SERVE_CHILD"  # set in the processes the supervisor starts
@@ -39,7 +41,13 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 
 def supervise(count: int, argv: Sequence[str]) -> int:
     """Run `count` copies of this command as gateway processes until a signal stops them."""
-    metrics_dir = tempfile.mkdtemp(prefix="triage-metrics-")  # 0700: this user's processes only
+    try:
+        metrics_dir = tempfile.mkdtemp(prefix="triage-metrics-")  # 0700: this user's processes only
+    except OSError as exc:  # a read-only root file system, say
+        raise ConfigError(
+            f"--workers {count}: no folder for the processes' metrics in {tempfile.gettempdir()} ({exc.strerror}); "
+            "point TMPDIR at a writable folder"
+        ) from None
     try:
         return _run(count, argv, {**os.environ, CHILD_ENV: "1", METRICS_ENV: metrics_dir}, metrics_dir)
     finally:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.prometheus import Scrape, parse
 from tests.servers import ThreadedServer, free_port
@@ -167,3 +168,26 @@ def test_a_metrics_folder_that_is_not_one_stops_the_start(
     )
     assert done.returncode == 2, done.stderr
     assert f"PROMETHEUS_MULTIPROC_DIR={missing}: not a folder" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_no_writable_temporary_folder_stops_the_supervisor_with_a_message(
+    tmp_path: Path,
+    upstreams: tuple[ThreadedServer, ThreadedServer, object],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The supervisor's metrics folder cannot be made (a read-only root file system): a message, exit 2, and no
+    process started."""
+    from router.cli import main
+
+    def refuse(prefix: str) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("router.processes.tempfile.mkdtemp", refuse)
+    started: list[object] = []
+    monkeypatch.setattr("router.processes.subprocess.Popen", lambda *a, **k: started.append(a))
+    cfg = _config(tmp_path, upstreams[0].url, upstreams[1].url, f"redis://127.0.0.1:{free_port()}/0")
+    assert main(["serve", "--config", str(cfg), "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers 2: no folder for the processes' metrics in" in err and "Permission denied" in err
+    assert started == []

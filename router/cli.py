@@ -7,13 +7,24 @@ import gc
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
 
 from classifiers import ClassifierFileError
 from router.errors import ConfigError
 from router.processes import CHILD_ENV, reuse_port_socket, supervise
 from router.settings import RoutingSettings, ServerSettings, Settings, WorkerSettings, load_settings
+
+if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
+
+    from router.api.app import ShutdownClock
 
 __all__ = ["build_settings", "main", "parser"]
 
@@ -78,7 +89,11 @@ def build_settings(args: argparse.Namespace) -> Settings:
     }
     routing = {k: v for k, v in {"threshold": args.threshold, "alias": args.alias}.items() if v is not None}
     data["server"] = ServerSettings(**{**data["server"], **server}).model_dump()
-    data["routing"] = RoutingSettings(**{**data["routing"], **routing}).model_dump()
+    try:
+        data["routing"] = RoutingSettings(**{**data["routing"], **routing}).model_dump()
+    except ValidationError as exc:  # e.g. --threshold beside the file's routing.target_large_share
+        messages = "; ".join(str(e["msg"]) for e in exc.errors(include_url=False))
+        raise ConfigError(f"--threshold/--alias: {messages}") from None
     if args.redis:
         data["limits"] = {**data["limits"], "redis_url": args.redis}
     return Settings.model_validate(data)
@@ -126,12 +141,25 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.server.graceful_shutdown_timeout,
         proxy_headers=False,  # X-Forwarded-For is trusted by auth.trusted_proxies alone, never by uvicorn
     )
-    server = uvicorn.Server(config)
+    server = _server(config, app.state.shutdown)
     if child:  # one of --workers N: the port is shared, the kernel spreads connections
         server.run(sockets=[reuse_port_socket(settings.server.host, settings.server.port)])
     else:
         server.run()
     return 0
+
+
+def _server(config: uvicorn.Config, clock: ShutdownClock) -> uvicorn.Server:
+    """uvicorn's server, telling the app when it began to shut down: the in-flight requests' wait and the shadow
+    calls' wait (in the app's lifespan) then share one graceful timeout."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            clock.began = time.monotonic()
+            await super().shutdown(sockets)
+
+    return Server(config)
 
 
 def _tune_gc() -> None:

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from router.core.types import Prices, Role, Worker
 from router.errors import ConfigError
@@ -110,6 +118,13 @@ class RoutingSettings(_Strict):
     alias: str = Field(default="auto", min_length=1)  # the model name that asks for routing
     # score >= threshold -> large model; unset: the classifier's suggested threshold (0.5 for `length`)
     threshold: float | None = Field(default=None, ge=0, le=1)
+    # Share target: the share of routed requests sent to the large model, held whatever the traffic's score
+    # level by a threshold that moves with the recent scores (a quantile of the last `target_window`; shared by
+    # replicas through Redis when limits use Redis). Unset: the threshold decides, and the share follows.
+    target_large_share: float | None = Field(default=None, gt=0, lt=1)
+    target_window: int = Field(default=1000, ge=10, le=100_000)  # recent routed scores the quantile is over
+    target_min_scores: int = Field(default=100, ge=1)  # fewer in the window: the suggested threshold applies
+    target_refresh: float = Field(default=0.5, gt=0, le=60)  # seconds between a replica's syncs with Redis
     scorer: Literal["classifier", "length"] = "classifier"
     classifier_path: Path | None = None  # unset: the classifier shipped with llm-triage
     length_midpoint: int = Field(default=400, gt=0)  # length scorer: characters that score 0.5
@@ -118,7 +133,31 @@ class RoutingSettings(_Strict):
     # sticky keeps the first turn's model; per_turn routes every turn by its own score.
     conversation: Literal["per_turn", "sticky", "escalate_only"] = "escalate_only"
     conversation_ttl: float = Field(default=3600, gt=0)  # seconds a conversation is remembered after its last write
-    conversation_max: int = Field(default=100_000, gt=0)  # conversations remembered in process (without Redis)
+    conversation_max: int = Field(default=100_000, gt=0)  # conversations remembered (in process, or in Redis)
+
+    @field_validator("target_large_share")
+    @classmethod
+    def _target_or_threshold(cls, value: float | None, info: ValidationInfo) -> float | None:
+        return _one_of_threshold_or_target(value, info, "routing.")
+
+    @model_validator(mode="after")
+    def _window_fills(self) -> RoutingSettings:
+        if self.target_min_scores > self.target_window:
+            raise ValueError(
+                f"target_min_scores ({self.target_min_scores}) exceeds target_window ({self.target_window}): "
+                "the window would never hold enough scores to move the threshold"
+            )
+        return self
+
+
+def _one_of_threshold_or_target(value: float | None, info: ValidationInfo, where: str) -> float | None:
+    """A fixed threshold and a share target cannot both hold: refused at start, naming both keys."""
+    if value is not None and info.data.get("threshold") is not None:
+        raise ValueError(
+            f"{where}threshold and {where}target_large_share are both set: a fixed threshold leaves the share to "
+            "the traffic's scores, a target moves the threshold to hold the share; keep one"
+        )
+    return value
 
 
 class BalancingSettings(_Strict):
@@ -167,12 +206,19 @@ class TierSettings(_Strict):
     conversation: Literal["per_turn", "sticky", "escalate_only"] | None = None  # None: routing.conversation
     models: list[Role] = Field(default=[Role.SMALL, Role.LARGE], min_length=1)  # model sizes it may reach
     threshold: float | None = Field(default=None, ge=0, le=1)  # unset: routing.threshold
+    # unset: routing.target_large_share, unless this tier sets a threshold; held over this tier's own window
+    target_large_share: float | None = Field(default=None, gt=0, lt=1)
     on_limiter_error: Literal["open", "closed"] = "open"  # Redis unreachable: admit, or refuse with 503
     lease_ttl: float = Field(default=600.0, gt=0)  # seconds a request may hold a concurrency slot
     cache: bool = True  # temperature-0 requests may be answered from the response cache (per tier)
     # route: the classifier picks the model. cascade: the small model drafts every routed non-streamed
     # request and the large model answers when the draft looks unreliable (streams are routed as in `route`).
     mode: Literal["route", "cascade"] = "route"
+
+    @field_validator("target_large_share")
+    @classmethod
+    def _target_or_threshold(cls, value: float | None, info: ValidationInfo) -> float | None:
+        return _one_of_threshold_or_target(value, info, "")
 
 
 class KeySettings(_Strict):
@@ -264,6 +310,11 @@ class Settings(_Strict):
         for name, tier in self.tiers.items():
             if tier.mode == "cascade" and set(tier.models) != {Role.SMALL, Role.LARGE}:
                 raise ValueError(f"tier {name!r}: mode cascade needs models [small, large]")
+            if tier.target_large_share is not None and (tier.mode == "cascade" or len(set(tier.models)) < 2):
+                raise ValueError(
+                    f"tiers.{name}.target_large_share: the tier routes nothing by score (mode {tier.mode}, models "
+                    f"{[str(m) for m in tier.models]}); a share target needs mode route and models [small, large]"
+                )
         if self.auth.anonymous_tier not in self.tiers:
             raise ValueError(
                 f"auth.anonymous_tier {self.auth.anonymous_tier!r} is not one of tiers: {list(self.tiers)}"

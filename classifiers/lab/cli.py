@@ -106,8 +106,7 @@ def _train_prior(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     meta: dict[str, object] = {
         "recipe": args.recipe,
         "trained_on": {f.name: len(f.items) for f in families},
-        "label": "blend of hashed word n-grams fitted to the RouteLLM pair's outcome gap and structure counts fitted "
-        "to open small models' failure rate (classifiers/lab/lodo.py), Platt-scaled to P(large better)",
+        "label": f"recipe {args.recipe} (classifiers/lab/lodo.py), Platt-scaled to P(large better)",
     }
     model = fit_prior(families, args.recipe, meta=meta, progress=say)
     out = Path(args.out or default_path())
@@ -122,28 +121,38 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     from classifiers.lab.families import PEER_LARGE, load_families
     from classifiers.lab.lodo import (
         MIN_GAP,
+        PREVIOUS_PRIOR,
         PRIOR,
         RECIPES,
         FamilyResult,
         familiarity_effect,
+        held_out_fits,
         held_out_scores,
         in_family,
         kfold_within,
+        large_shares,
         oracles,
         random_spread,
         score_family,
     )
+    from classifiers.lab.lodo_report import level_table, pooled_table
 
-    names = args.recipe or ["shipped-v1", PRIOR]
+    names = args.recipe or ["shipped-v1", PREVIOUS_PRIOR, PRIOR]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise SystemExit(f"unknown recipe {unknown[0]!r}; known: {', '.join(RECIPES)}")
     families = list(load_families(args.data).values())
-    spec = FeatureSpec()
+    recipes = [RECIPES[n] for n in names]
+    # Only the features some recipe reads: byte n-grams are most of the hashing, and the matrix's width
+    spec = FeatureSpec(
+        char_bits=FeatureSpec().char_bits if any(r.reads_bytes() for r in recipes) else 0,
+        tasks=any(r.reads_tasks() for r in recipes),
+    )
     say(f"featurizing {sum(len(f.items) for f in families)} prompts from {len(families)} families")
     X = feature_matrix(spec, [p for f in families for p in f.prompts])
     spread, mean_spread = random_spread(families)
-    scores = {n: held_out_scores(X, spec, families, RECIPES[n], say) for n in names}
+    fits = {n: held_out_fits(X, spec, families, RECIPES[n], say) for n in names}
+    scores = {n: held_out_scores(X, spec, families, RECIPES[n], fits=fits[n]) for n in names}
     results = {n: [score_family(f, s) for f, s in zip(families, scores[n], strict=True)] for n in names}
     mmlu = {n: kfold_within(X, spec, families, RECIPES[n], "mmlu").apgr for n in names}
     say("in-family reference (each family's own outcomes, 5-fold)")
@@ -179,6 +188,8 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     pair_means = " | ".join(f"{mean(rs, pair):.3f}" for rs in runs)
     print(f"| mean, families graded GPT-4 vs Mixtral | | | | | {pair_means} |")
     print("| MMLU 5-fold (in-family, for reference) | | | | | " + " | ".join(f"{mmlu[n]:.3f}" for n in names) + " | |")
+    print(pooled_table(families, scores, {n: mean(results[n]) for n in names}, mean_spread))
+    print(level_table(families, {n: large_shares(X, families, fits[n]) for n in names}))
     last = {r.family: r.apgr for r in results[names[-1]]}
     known = oracles(families)
     print("\n## routing by what other models actually did on each item (families scored with the open pair)")
@@ -358,7 +369,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     t.add_argument(
         "--recipe",
         default=PRIOR,
-        help=f"how to train across all task families (default {PRIOR}, the leave-one-family-out winner); "
+        help=f"how to train across all task families (default {PRIOR}, the pooled leave-one-family-out winner); "
         "ignored with --benchmarks or --answers",
     )
     t.add_argument(

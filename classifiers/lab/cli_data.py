@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import urllib.parse
 from pathlib import Path
 
 from classifiers.lab.data import cache_folder
@@ -19,12 +21,28 @@ def _fetch(args: argparse.Namespace) -> int:
     except FetchError as e:
         changed = f"{', '.join(e.updated)} already updated" if e.updated else "nothing was changed"
         print(f"error: {e}; {changed} in {root}", file=sys.stderr)
+        print(
+            f"hint: where {urllib.parse.urlsplit(args.mirror).netloc or args.mirror} cannot be reached, serve the "
+            "files from a mirror of your own (--mirror URL, laid out as OWNER/REPO/COMMIT/PATH; see data/README.md), "
+            "or point TRIAGE_DATA at a copy of the data folder",
+            file=sys.stderr,
+        )
         return 1
     if args.to is None:
         print(f"TRIAGE_DATA defaults to {root} where ../shared/data is absent")
     else:
         print(f"use it with: export TRIAGE_DATA={root}")
     return 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds above 0")
+    return value
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,5 +60,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--mirror", default=GITHUB_RAW, help=f"base URL serving OWNER/REPO/COMMIT/PATH (default {GITHUB_RAW})"
     )
     f.add_argument("--force", action="store_true", help="download again even where the files already match")
-    f.add_argument("--timeout", type=float, default=60.0, help="seconds per file (default 60)")
+    f.add_argument(
+        "--timeout", type=_seconds, default=60.0, help="seconds for each file, its whole download (default 60)"
+    )
     f.set_defaults(run=_fetch)

@@ -7,18 +7,18 @@ of its rows (serialisation aside), since the pins were taken from copies seriali
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import shutil
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from classifiers.lab.families import FAMILIES
 
@@ -69,7 +69,7 @@ class Source:
 @dataclass(frozen=True, slots=True)
 class Remote:
     base: str = GITHUB_RAW  # serves OWNER/REPO/COMMIT/PATH, as raw.githubusercontent.com does
-    timeout: float = 60.0  # seconds per file
+    timeout: float = 60.0  # seconds per file, its whole download
 
 
 def _routellm_upstream(path: str) -> str:
@@ -262,19 +262,6 @@ def _parse_rows(name: str, data: bytes) -> list[Any]:
     return rows
 
 
-def _keep_families(raw: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    """Drop the rows of every task family the project does not train on; dcrouter rows carry no family and
-    are kept when their question is one of a kept family's queries."""
-    kept: dict[str, list[Any]] = {}
-    questions: set[str] = set()
-    for name in ("query_train.jsonl", "query_test.jsonl"):
-        kept[name] = [r for r in raw[name] if r.get("task_name") in KEPT_FAMILIES]
-        questions.update(r.get("query") for r in kept[name])
-    for name in ("dcrouter_train.json", "dcrouter_test.json"):
-        kept[name] = [r for r in raw[name] if r.get("question") in questions]
-    return kept
-
-
 def _serialise(name: str, rows: list[Any]) -> bytes:
     if name.endswith(".jsonl"):
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
@@ -315,62 +302,155 @@ def verify(folder: Path, source: Source) -> list[str]:
     return problems
 
 
-def _download(url: str, timeout: float) -> bytes:
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(parts.scheme)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_REDIRECTS = 5
+
+
+async def _download(client: httpx.AsyncClient, url: str, dest: Path, within: float) -> str:
+    """`url` streamed into `dest`, its sha256 computed on the way; the whole file within `within` seconds (not
+    each read: a mirror trickling bytes is as stuck as a silent one)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            data: bytes = response.read(MAX_FILE_BYTES + 1)
-    except urllib.error.HTTPError as e:
-        raise FetchError(f"{url}: HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = e.reason if isinstance(e, urllib.error.URLError) else e
-        raise FetchError(f"{url}: {reason}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise FetchError(f"{url}: more than {MAX_FILE_BYTES} bytes")
-    return data
+        async with asyncio.timeout(within):
+            return await _stream_into(client, url, dest)
+    except TimeoutError:
+        raise FetchError(f"{url}: timed out (the whole file within {within:g} s)") from None
+    except httpx.HTTPError as e:
+        raise FetchError(f"{url}: {e or type(e).__name__}") from None
+    except OSError as e:
+        raise FetchError(f"cannot write {dest}: {e.strerror or e}") from None
 
 
-def _contents(source: Source, remote: Remote) -> dict[str, bytes]:
-    base = remote.base.rstrip("/")
-    urls = {f.path: f"{base}/{source.repo}/{source.commit}/{f.upstream}" for f in source.files}
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        got = dict(zip(urls, pool.map(lambda u: _download(u, remote.timeout), urls.values()), strict=True))
-    if not source.filtered:
-        for f in source.files:
-            digest = hashlib.sha256(got[f.path]).hexdigest()
+async def _stream_into(client: httpx.AsyncClient, url: str, dest: Path) -> str:
+    first = url
+    for _ in range(MAX_REDIRECTS + 1):
+        async with client.stream("GET", url) as response:
+            if response.is_redirect:
+                target = urllib.parse.urljoin(url, response.headers["location"])
+                if _origin(target) != _origin(first):  # a mirror serves its own files: elsewhere is not pinned
+                    raise FetchError(f"{first}: redirected to another origin ({target}); refused")
+                url = target
+                continue
+            if response.status_code != 200:
+                raise FetchError(f"{url}: HTTP {response.status_code}")
+            digest, size = hashlib.sha256(), 0
+            with dest.open("wb") as out:
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_FILE_BYTES:
+                        raise FetchError(f"{url}: more than {MAX_FILE_BYTES} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+            return digest.hexdigest()
+    raise FetchError(f"{first}: more than {MAX_REDIRECTS} redirects")
+
+
+class _Arrivals:
+    """One source's files arriving into its scratch folder, each checked as it lands. A filtered source keeps
+    the query files' rows of kept families; its dcrouter files keep rows whose question is one of those, so
+    they are checked once every query file has been."""
+
+    def __init__(self, source: Source, scratch: Path, client: httpx.AsyncClient, remote: Remote) -> None:
+        self.source, self.scratch, self._client, self._remote = source, scratch, client, remote
+        self._base = remote.base.rstrip("/")
+        self._questions: set[Any] = set()
+        self._queries_left = sum(f.path.startswith("query_") for f in source.files)
+        self._queries_done = asyncio.Event()
+        if not self._queries_left:
+            self._queries_done.set()
+
+    def url(self, f: Pinned) -> str:
+        return f"{self._base}/{self.source.repo}/{self.source.commit}/{f.upstream}"
+
+    async def one(self, f: Pinned, gate: asyncio.Semaphore) -> None:
+        url, dest = self.url(f), self.scratch / f.path
+        if self.source.filtered:
+            dest = self.scratch / ".raw" / f.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        async with gate:
+            digest = await _download(self._client, url, dest, self._remote.timeout)
+        if not self.source.filtered:
             if digest != f.sha256:
-                raise FetchError(f"{urls[f.path]}: sha256 {digest}, pinned {f.sha256}")
-        return got
-    kept = _keep_families({f.path: _parse_rows(f.path, got[f.path]) for f in source.files})
-    for f in source.files:
-        digest = row_digest(kept[f.path])
-        if digest != f.sha256:
-            raise FetchError(f"{urls[f.path]}: the kept rows' digest is {digest}, pinned {f.sha256}")
-    return {name: _serialise(name, rows) for name, rows in kept.items()}
+                raise FetchError(f"{url}: sha256 {digest}, pinned {f.sha256}")
+            return
+        if f.path.startswith("query_"):
+            kept = [r for r in _parse_rows(f.path, dest.read_bytes()) if r.get("task_name") in KEPT_FAMILIES]
+            self._questions.update(r.get("query") for r in kept)
+            self._queries_left -= 1
+            if not self._queries_left:
+                self._queries_done.set()
+        else:
+            await self._queries_done.wait()
+            kept = [r for r in _parse_rows(f.path, dest.read_bytes()) if r.get("question") in self._questions]
+        rows_digest = row_digest(kept)
+        if rows_digest != f.sha256:
+            raise FetchError(f"{url}: the kept rows' digest is {rows_digest}, pinned {f.sha256}")
+        (self.scratch / f.path).parent.mkdir(parents=True, exist_ok=True)
+        (self.scratch / f.path).write_bytes(_serialise(f.path, kept))
+        dest.unlink()
 
 
-def _install(root: Path, source: Source, contents: dict[str, bytes]) -> None:
-    """Write into a scratch folder beside the target and swap it in, so a failure leaves no half folder."""
-    root.mkdir(parents=True, exist_ok=True)
-    scratch = root / f".{source.folder}.partial-{os.getpid()}"
+def _scratch(root: Path, source: Source) -> Path:
+    return root / f".{source.folder}.partial-{os.getpid()}"
+
+
+async def _arrive(root: Path, sources: Sequence[Source], remote: Remote) -> None:
+    """Every file of `sources` into its source's scratch folder, checked on arrival; the first failure stops
+    the rest. Files go to disk as they come: only the one being filtered is held in memory."""
+    gate = asyncio.Semaphore(8)
+    async with httpx.AsyncClient(follow_redirects=False, timeout=remote.timeout) as client:
+        for source in sources:
+            scratch = _scratch(root, source)
+            arrivals = _Arrivals(source, scratch, client, remote)
+            try:
+                shutil.rmtree(scratch, ignore_errors=True)
+                scratch.mkdir(parents=True)
+            except OSError as e:
+                raise FetchError(f"cannot write {scratch}: {e.strerror or e}") from None
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for f in source.files:
+                        group.create_task(arrivals.one(f, gate))
+            except BaseExceptionGroup as group_error:  # the first failure is the one to report
+                raise _first(group_error) from None
+            shutil.rmtree(scratch / ".raw", ignore_errors=True)
+            (scratch / "PROVENANCE.md").write_text(_provenance(source), encoding="utf-8")
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The failure to report from a group: a FetchError over a cancellation."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        e = pending.pop(0)
+        if isinstance(e, BaseExceptionGroup):
+            pending.extend(e.exceptions)
+        else:
+            leaves.append(e)
+    return next((e for e in leaves if isinstance(e, FetchError)), leaves[0])
+
+
+def _swap(root: Path, source: Source) -> None:
+    """The checked scratch folder in place of the source's folder; the previous one back if that fails."""
+    scratch, target = _scratch(root, source), root / source.folder
     old = root / f".{source.folder}.old-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
     try:
-        for name, data in contents.items():
-            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
-            (scratch / name).write_bytes(data)
-        (scratch / "PROVENANCE.md").write_text(_provenance(source), encoding="utf-8")
-        target = root / source.folder
-        if target.exists():
-            target.rename(old)
-        try:
-            scratch.rename(target)
-        except OSError:
-            if old.exists():  # put the previous folder back rather than lose it
-                old.rename(target)
-            raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        scratch.rename(target)
+    except OSError:
+        if old.exists():  # put the previous folder back rather than lose it
+            old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def fetch(
@@ -385,20 +465,26 @@ def fetch(
     Everything is downloaded and checked before any folder is touched: a failure changes nothing."""
     if urllib.parse.urlsplit(remote.base).scheme not in ("http", "https"):
         raise FetchError(f"the mirror must be an http(s) URL, not {remote.base!r}")
-    arrived = []
+    todo = []
     for source in sources:
         folder = root / source.folder
         if not force and (folder / "PROVENANCE.md").is_file() and not verify(folder, source):
             say(f"{source.folder}: already in {folder}, every file matches its pin")
             continue
         say(f"{source.folder}: {len(source.files)} files from {source.repo}@{source.commit[:12]}")
-        arrived.append((source, _contents(source, remote)))
-    updated: list[str] = []
-    for source, contents in arrived:
-        try:
-            _install(root, source, contents)
-        except OSError as e:
-            raise FetchError(f"cannot write {root / source.folder}: {e.strerror or e}", tuple(updated)) from None
-        updated.append(source.folder)
-        size = sum(len(b) for b in contents.values())
-        say(f"{source.folder}: {size / 1e6:.1f} MB in {root / source.folder}, every file matches its pin")
+        todo.append(source)
+    try:
+        if todo:
+            asyncio.run(_arrive(root, todo, remote))
+        updated: list[str] = []
+        for source in todo:
+            try:
+                _swap(root, source)
+            except OSError as e:
+                raise FetchError(f"cannot write {root / source.folder}: {e.strerror or e}", tuple(updated)) from None
+            updated.append(source.folder)
+            folder = root / source.folder
+            say(f"{source.folder}: {_size(folder) / 1e6:.1f} MB in {folder}, every file matches its pin")
+    finally:
+        for source in todo:
+            shutil.rmtree(_scratch(root, source), ignore_errors=True)

@@ -1,6 +1,7 @@
 """Where conversations' earlier routing is remembered: in process (bounded, with a time to live), or in Redis
-when limits use Redis, so that every replica agrees. A store that fails is a conversation it does not know,
-never an error: routing falls back to the turn's own score."""
+when limits use Redis, so that every replica agrees. Both hold at most `max_entries` conversations (the
+routing.conversation_max setting). A store that fails is a conversation it does not know, never an error:
+routing falls back to the turn's own score."""
 
 from __future__ import annotations
 
@@ -46,10 +47,36 @@ class MemoryConversations:
             self._entries.popitem(last=False)  # the least recently used conversation is forgotten
 
 
+# One write: the conversation's key with its time to live, and an index of keys by expiry in microseconds (a
+# sorted set) that bounds how many there are. Expired members leave the index first; past the bound, those that
+# expire soonest (written longest ago: the time to live is one setting) are forgotten. Redis's TIME is the
+# clock, so replicas with skewed clocks agree. KEYS: the conversation, the index. ARGV: role, ttl ms, max entries.
+PUT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('ZADD', KEYS[2], now + ttl * 1000, KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+if over > 0 then
+  local gone = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #gone, 2 do redis.call('DEL', gone[i]) end
+end
+redis.call('PEXPIRE', KEYS[2], ttl)
+return over
+"""
+
+
 class RedisConversations:
-    def __init__(self, url: str, *, prefix: str = "triage", timeout: float = 0.1) -> None:
+    def __init__(self, url: str, *, prefix: str = "triage", timeout: float = 0.1, max_entries: int = 100_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
         self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=max(1.0, timeout))
         self._prefix = f"{prefix}:conv:"
+        self._index = f"{prefix}:conv-index"
+        self._max = max_entries
+        self._put = self._redis.register_script(PUT)
         self.errors = 0
 
     async def get(self, key: str) -> Role | None:
@@ -67,7 +94,8 @@ class RedisConversations:
 
     async def put(self, key: str, role: Role, ttl: float) -> None:
         try:
-            await self._redis.set(self._prefix + key, role.value, px=max(1, int(ttl * 1000)))
+            ttl_ms = max(1, int(ttl * 1000))
+            await self._put(keys=[self._prefix + key, self._index], args=[role.value, ttl_ms, self._max])
         except (RedisError, OSError) as exc:
             self._failed(exc)
 

@@ -4,7 +4,7 @@ One process: a registry of this gateway's own. Under `triage serve --workers N` 
 the supervisor), every process writes its values to files in that folder and a scrape, whichever process answers
 it, sums them all (the library's multiprocess mode). Values kept elsewhere (the ledger's queue, the limiter's
 failures...) are copied in by `refresh()`: on every scrape in the process that answers it, and every
-`refresh_interval` seconds in each process when there are several (`run_refresh`)."""
+`interval` seconds in each process when there are several (`start`)."""
 
 from __future__ import annotations
 
@@ -109,10 +109,7 @@ class Metrics:
         # Each series looked up once: labels() cost about 3 us a call, several calls a request.
         self._request_children: dict[tuple[str, str, str, int], Counter] = {}
         self._models: dict[str, _PerModel] = {}
-
-    @property
-    def multiprocess(self) -> bool:
-        return self._dir is not None
+        self._refresher: asyncio.Task[None] | None = None
 
     @property
     def content_type(self) -> str:
@@ -135,9 +132,19 @@ class Metrics:
             except Exception:  # one broken reading must not cost the whole scrape
                 log.exception("reading a metric failed")
 
-    async def run_refresh(self, interval: float) -> None:
-        """Copy the read values in every `interval` seconds, until cancelled (multiprocess mode: a scrape
-        answered by another process sees this one's values at most that old)."""
+    def start(self, interval: float) -> None:
+        """Several processes: copy the read values into the shared files every `interval` seconds, for the
+        scrapes another process answers (which see this one's at most that old). One process: nothing to do."""
+        if self._dir is not None and self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self._run_refresh(interval))
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+
+    async def _run_refresh(self, interval: float) -> None:
         while True:
             self.refresh()
             await asyncio.sleep(interval)

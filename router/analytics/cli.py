@@ -15,7 +15,7 @@ from pathlib import Path
 from router.adapters.ledger_redis import read_stream_records
 from router.adapters.ledger_sqlite import read_records
 from router.analytics.quality import QualityEstimate, estimate, read_labelled
-from router.analytics.report import Bucket, Summary, by_tier, summarize, timeline
+from router.analytics.report import Bucket, ShareBucket, Summary, by_tier, share_timeline, summarize, timeline
 from router.core.records import COLUMNS, DecisionRecord
 
 __all__ = ["add_commands", "parse_time", "render"]
@@ -107,12 +107,22 @@ def _records(args: argparse.Namespace) -> list[DecisionRecord]:
         ]
     ledger = Path(args.ledger)
     if not ledger.exists():
-        raise FileNotFoundError(
-            f"no ledger at {ledger}: `triage serve` writes one there once it has served traffic "
-            "(with Redis configured it writes a stream instead: --ledger redis://HOST:PORT/DB)"
-        )
+        raise FileNotFoundError(_no_ledger(ledger))
     where, params = _filters(args)
     return list(read_records(ledger, where, params))
+
+
+def _no_ledger(ledger: Path) -> str:
+    where = ""
+    if not ledger.is_absolute():  # ledger.path is relative to the folder `triage serve` ran in, not to this one
+        where = (
+            f" (that is {ledger.absolute()}: a relative ledger path is relative to the folder `triage serve` ran "
+            "in; run this there, or pass --ledger with the path the gateway's ledger.path names)"
+        )
+    return (
+        f"no ledger at {ledger}{where}: `triage serve` writes one there once it has served traffic (with Redis "
+        "configured it writes a stream instead: --ledger redis://HOST:PORT/DB)"
+    )
 
 
 def _quality_of(path: Path) -> QualityEstimate | None:
@@ -185,6 +195,46 @@ def _timeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _targets(args: argparse.Namespace) -> dict[str, float]:
+    """Each tier's share target as the gateway's config sets it: a tier's own, else the gateway's for a tier
+    that routes by score without a threshold of its own."""
+    if args.config is None:
+        return {}
+    from router.settings import load_settings  # only this command reads the gateway's config
+
+    settings = load_settings(Path(args.config))
+    targets = {}
+    for name, tier in settings.tiers.items():
+        share = tier.target_large_share
+        if share is None and tier.threshold is None:
+            share = settings.routing.target_large_share
+        if share is not None and tier.mode == "route" and len(set(tier.models)) == 2:
+            targets[name] = share
+    return targets
+
+
+def _shares_out(buckets: list[ShareBucket], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([{**asdict(b), "large_share": b.large_share} for b in buckets], indent=2)
+    lines = ["period start (UTC)     tier              routed  large share   target  off by  threshold p50"]
+    for b in buckets:
+        target = "-" if b.target is None else f"{b.target:.1%}"
+        off = "-" if b.target is None else f"{b.large_share - b.target:+.1%}"
+        lines.append(
+            f"{b.start:<22} {b.tier:<16} {b.routed:7d} {b.large_share:12.1%} {target:>8} {off:>7} "
+            f"{b.threshold_p50:14.4f}"
+        )
+    return "\n".join(lines)
+
+
+def _share(args: argparse.Namespace) -> int:
+    if args.target is not None and not 0 < args.target < 1:
+        raise ValueError(f"--target {args.target}: a share between 0 and 1, e.g. 0.3")
+    buckets = share_timeline(_records(args), _step(args.step), _targets(args), args.target)
+    print(_shares_out(buckets, args.format))
+    return 0
+
+
 def _tiers(args: argparse.Namespace) -> int:
     print(_buckets_out(by_tier(_records(args)), "tier", args.format))
     return 0
@@ -250,6 +300,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     q = _with_filters(cmds.add_parser("quality", help="quality kept by routing, from labelled shadow pairs"))
     q.add_argument("--format", choices=["table", "json"], default="table")
     q.set_defaults(run=_quality)
+    h = _with_filters(
+        cmds.add_parser("share", help="the large model's share of routed requests per period, against its target")
+    )
+    h.add_argument("--step", default="1h", help="period length: 15m, 1h, 1d (default 1h)")
+    h.add_argument("--config", help="the gateway's config: each tier's target_large_share is read from it")
+    h.add_argument("--target", type=float, help="the target share for tiers the config gives none (or no --config)")
+    h.add_argument("--format", choices=["table", "json"], default="table")
+    h.set_defaults(run=_share)
     e = _with_filters(cmds.add_parser("export", help="the records themselves, for a spreadsheet"))
     e.add_argument("--format", choices=["csv", "json"], default="csv")
     e.add_argument("--out", help="file to write (default: standard output)")

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from router.adapters.pairs import pairs_path, read_pairs
+from router.analytics.arguments import count, positive
 from router.core.shadow import ShadowPair
 from router.core.types import Role
 from router.errors import ConfigError
@@ -40,6 +41,7 @@ __all__ = [
     "JUDGE_SYSTEM",
     "JUDGE_USER",
     "Judge",
+    "JudgeError",
     "Spend",
     "add_command",
     "outcome_of",
@@ -91,6 +93,7 @@ class Judge:
     timeout: float = 120.0
 
     async def verdict(self, client: httpx.AsyncClient, prompt: str, a: str, b: str) -> str:
+        """The judge's verdict text; JudgeError when its answer is not one (too big, too slow, malformed)."""
         body = {
             "model": self.model,
             "messages": [
@@ -101,22 +104,82 @@ class Judge:
             "max_tokens": 4,
         }
         headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        r = await client.post(f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=self.timeout)
-        r.raise_for_status()
-        doc = r.json()
+        try:
+            async with asyncio.timeout(self.timeout):  # the whole answer, not each read: a trickle is slow too
+                raw = await _bounded_post(client, f"{self.base_url}/chat/completions", body, headers)
+        except TimeoutError:
+            raise JudgeError(f"no answer within {self.timeout:g} s") from None
+        content, prompt_tokens, completion_tokens = _judge_answer(raw)
         self.spend.calls += 1
-        usage = doc.get("usage") or {}
-        self.spend.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        self.spend.completion_tokens += int(usage.get("completion_tokens") or 0)
-        content = doc["choices"][0]["message"].get("content")
-        return content if isinstance(content, str) else ""
+        self.spend.prompt_tokens += prompt_tokens
+        self.spend.completion_tokens += completion_tokens
+        return content
 
     async def label(self, client: httpx.AsyncClient, pair: ShadowPair) -> tuple[float, float] | None:
-        small_first, large_first = await asyncio.gather(
+        verdicts = await asyncio.gather(
             self.verdict(client, pair.prompt, pair.small_answer, pair.large_answer),
             self.verdict(client, pair.prompt, pair.large_answer, pair.small_answer),
+            return_exceptions=True,  # both calls end here: neither is left running when the other failed
         )
+        small_first, large_first = verdicts
+        for v in verdicts:
+            if isinstance(v, BaseException):
+                raise v
+        assert isinstance(small_first, str) and isinstance(large_first, str)
         return pairwise_outcomes(small_first, large_first)
+
+
+class JudgeError(ValueError):
+    """The judge's answer cannot be used: the pair stays unlabelled."""
+
+
+MAX_JUDGE_ANSWER_BYTES = 1 << 20  # a verdict is a word; an answer this big is not one
+MAX_JUDGE_TOKENS = 1 << 31  # usage beyond this is not a count of tokens (no context is near 2 billion)
+
+
+async def _bounded_post(client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:
+    async with client.stream("POST", url, json=body, headers=headers) as r:
+        if r.status_code != 200:
+            raise JudgeError(f"HTTP {r.status_code} from {url}")
+        chunks, size = [], 0
+        async for chunk in r.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_JUDGE_ANSWER_BYTES:
+                raise JudgeError(f"an answer of more than {MAX_JUDGE_ANSWER_BYTES} bytes from {url}")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _judge_answer(raw: bytes) -> tuple[str, int, int]:
+    """(verdict text, prompt tokens, completion tokens) of a chat completion; JudgeError when it is not one."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # not JSON, or a number past the int parser's 4,300 digits
+        raise JudgeError(f"not JSON ({str(exc)[:80]})") from None
+    if not isinstance(doc, dict):
+        raise JudgeError(f"a JSON {type(doc).__name__}, not a chat completion")
+    choices = doc.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise JudgeError("no choices[0].message in the answer")
+    usage = doc.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        raise JudgeError(f"usage is a JSON {type(usage).__name__}, not an object")
+    tokens = [_token_count(usage or {}, name) for name in ("prompt_tokens", "completion_tokens")]
+    content = message.get("content")
+    return (content if isinstance(content, str) else ""), tokens[0], tokens[1]
+
+
+def _token_count(usage: dict[str, Any], name: str) -> int:
+    value = usage.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < MAX_JUDGE_TOKENS:
+        raise JudgeError(f"usage.{name} is {str(value)[:40]}, not a token count")
+    if value != int(value):
+        raise JudgeError(f"usage.{name} is {value}, not a whole number")
+    return int(value)
 
 
 ReferenceScorer = Callable[[str, str, str], float]
@@ -187,7 +250,7 @@ def _judge_from(args: argparse.Namespace) -> Judge:
     if args.judge_url:
         if not args.judge_model:
             raise ConfigError("--judge-url needs --judge-model")
-        return Judge(args.judge_url.rstrip("/"), args.judge_model, args.judge_key)
+        return Judge(args.judge_url.rstrip("/"), args.judge_model, args.judge_key, timeout=args.judge_timeout)
     if args.config is None:
         raise ConfigError("say which model judges: --config (its large worker) or --judge-url and --judge-model")
     settings = load_settings(args.config)
@@ -196,7 +259,8 @@ def _judge_from(args: argparse.Namespace) -> Judge:
         raise ConfigError(f"worker {worker.name!r} needs base_url and model to judge; or pass --judge-url")
     resolved = worker.to_worker()
     spend = Spend(price_input=resolved.prices.input, price_output=resolved.prices.output)
-    return Judge(resolved.base_url.rstrip("/"), worker.model, args.judge_key or resolved.api_key, spend)
+    key = args.judge_key or resolved.api_key
+    return Judge(resolved.base_url.rstrip("/"), worker.model, key, spend, timeout=args.judge_timeout)
 
 
 def _references(path: str) -> dict[str, str]:
@@ -229,7 +293,7 @@ async def _one(
     assert judge is not None
     try:
         return await judge.label(client, pair)
-    except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
+    except (httpx.HTTPError, JudgeError) as exc:
         print(f"\ntriage: the judge failed on {pair.request_id}: {exc}", file=sys.stderr)
         return None
 
@@ -297,6 +361,12 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--judge-key", help="API key for the judge (default: the worker's)")
     p.add_argument("--references", help="JSONL of {prompt, reference}: score answers against these, no judge")
     p.add_argument("--scorer", default="exact", help="with --references: exact, regex:PATTERN or module:function")
-    p.add_argument("--concurrency", type=int, default=4, help="judge calls in flight (default 4)")
-    p.add_argument("--limit", type=int, help="label at most this many pairs this run")
+    p.add_argument(
+        "--judge-timeout",
+        type=positive,
+        default=120.0,
+        help="seconds a judge call may take, its whole answer (default 120); a late answer leaves the pair unlabelled",
+    )
+    p.add_argument("--concurrency", type=count, default=4, help="judge calls in flight (default 4)")
+    p.add_argument("--limit", type=count, help="label at most this many pairs this run")
     p.set_defaults(run=_label)

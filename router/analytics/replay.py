@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from router.analytics.arguments import count, positive
+
 __all__ = ["ReplayLine", "ReplayResult", "add_command", "read_lines", "replay"]
 
 
@@ -32,6 +34,7 @@ class ReplayResult:
     statuses: Counter[int] = field(default_factory=Counter)
     models: Counter[str] = field(default_factory=Counter)
     failures: int = 0  # no HTTP answer at all
+    failure: str = ""  # the first of them, for the message
 
 
 def read_lines(path: Path) -> list[ReplayLine]:
@@ -80,8 +83,9 @@ async def replay(
                 result.statuses[r.status_code] += 1
                 if r.status_code == 200:
                     result.models[r.headers.get("x-triage-model", "?")] += 1
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 result.failures += 1
+                result.failure = result.failure or _why(exc)
             result.sent += 1
             if progress:
                 done = result.sent / len(lines)
@@ -101,6 +105,24 @@ async def replay(
     return result
 
 
+def _why(exc: httpx.HTTPError) -> str:
+    """What went wrong, naming the URL (httpx's own messages often do not)."""
+    url = str(exc.request.url) if _has_request(exc) else "the gateway"
+    if isinstance(exc, httpx.ConnectError):
+        return f"{url} refused the connection or could not be reached ({exc}): is `triage serve` running there?"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{url} did not answer in time ({type(exc).__name__})"
+    return f"{url}: {exc or type(exc).__name__}"
+
+
+def _has_request(exc: httpx.HTTPError) -> bool:
+    try:
+        exc.request  # noqa: B018 - httpx raises RuntimeError when the error carries no request
+    except RuntimeError:
+        return False
+    return True
+
+
 def _run(args: argparse.Namespace) -> int:
     keys = dict(k.split("=", 1) for k in args.key or [])
     lines = read_lines(Path(args.file))
@@ -115,13 +137,16 @@ def _run(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
         )
     )
+    counts = [f"{code}: {n}" for code, n in sorted(result.statuses.items())]
     print(
-        f"sent {result.sent}: "
-        + ", ".join(f"{code}: {n}" for code, n in sorted(result.statuses.items()))
-        + (f", no answer: {result.failures}" if result.failures else "")
+        f"sent {result.sent}: " + ", ".join([*counts, *([f"no answer: {result.failures}"] if result.failures else [])])
     )
-    print("served by: " + ", ".join(f"{m} {n}" for m, n in result.models.most_common()))
-    print("the gateway's ledger has the decisions: triage analytics summary")
+    if result.failures:
+        print(f"no answer for {result.failures} of {result.sent}: {result.failure} (--url sets the gateway's URL)")
+    if result.models:
+        print("served by: " + ", ".join(f"{m} {n}" for m, n in result.models.most_common()))
+    if result.failures < result.sent:
+        print("the gateway's ledger has the decisions: triage analytics summary")
     return 0 if result.failures == 0 else 1
 
 
@@ -135,8 +160,8 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("file", help="JSONL: prompt or messages, optional tier and max_tokens per line")
     p.add_argument("--url", default="http://127.0.0.1:9000/v1", help="the gateway's base URL")
     p.add_argument("--model", default="auto", help="model to ask for (default auto: routed)")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
-    p.add_argument("--rate", type=float, help="requests started per second (default: as fast as concurrency allows)")
-    p.add_argument("--max-tokens", type=int, default=64, help="max_tokens for lines that set none (default 64)")
+    p.add_argument("--concurrency", type=count, default=4, help="requests in flight at once (default 4)")
+    p.add_argument("--rate", type=positive, help="requests started per second (default: as fast as concurrency allows)")
+    p.add_argument("--max-tokens", type=count, default=64, help="max_tokens for lines that set none (default 64)")
     p.add_argument("--key", action="append", metavar="TIER=KEY", help="API key to send for lines of that tier")
     p.set_defaults(run=_run)

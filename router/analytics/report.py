@@ -11,7 +11,11 @@ from typing import Any
 
 from router.core.records import SHADOW, DecisionRecord, is_extra_call
 
-__all__ = ["Bucket", "Summary", "by_tier", "percentile", "summarize", "timeline"]
+__all__ = ["Bucket", "ShareBucket", "Summary", "by_tier", "percentile", "share_timeline", "summarize", "timeline"]
+
+# Decisions a routing threshold made: what a share target holds (not a named model, a cache hit, a cascade, a
+# tier's pinned model, nor the conversation policy or a failover moving a request afterwards).
+ROUTED_REASONS = frozenset({"below_threshold", "at_or_above_threshold"})
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -151,3 +155,41 @@ def by_tier(records: list[DecisionRecord]) -> list[Bucket]:
     for r in records:
         groups[r.tier].append(r)
     return [_bucket(tier, groups[tier]) for tier in sorted(groups)]
+
+
+@dataclass(frozen=True, slots=True)
+class ShareBucket:
+    """One period of one tier: the share of its routed decisions that went large, against its target."""
+
+    start: str  # period start (ISO, UTC)
+    tier: str
+    routed: int
+    large: int
+    target: float | None  # None: the tier has no share target (or none was given)
+    threshold_p50: float  # the median threshold in force over the period's decisions
+
+    @property
+    def large_share(self) -> float:
+        return self.large / self.routed if self.routed else 0.0
+
+
+def share_timeline(
+    records: Iterable[DecisionRecord], step_seconds: int, targets: dict[str, float], default: float | None = None
+) -> list[ShareBucket]:
+    """Routed decisions per period and tier: the large model's share and the threshold in force, with each
+    tier's target beside them (`targets` by tier name, else `default`)."""
+    groups: dict[tuple[int, str], list[DecisionRecord]] = defaultdict(list)
+    for r in records:
+        if r.reason in ROUTED_REASONS and r.threshold is not None:
+            groups[(int(r.ts // step_seconds) * step_seconds, r.tier)].append(r)
+    return [
+        ShareBucket(
+            start=datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            tier=tier,
+            routed=len(group),
+            large=sum(r.role == "large" for r in group),
+            target=targets.get(tier, default),
+            threshold_p50=percentile([r.threshold for r in group if r.threshold is not None], 50),
+        )
+        for (start, tier), group in sorted(groups.items())
+    ]

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -30,6 +31,7 @@ from router.adapters.limiter_memory import MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
 from router.adapters.metrics import FanOutSink, Metrics
 from router.adapters.pairs import RedisPairs, SqlitePairs, pairs_path
+from router.adapters.score_windows import MemoryScores, RedisScores
 from router.analytics.quality import QualityGauge
 from router.api.auth import Authenticator
 from router.api.edge import Edge
@@ -44,6 +46,7 @@ from router.core.limits import TierLimits
 from router.core.ports import Scorer
 from router.core.records import DecisionRecord
 from router.core.shadow import ShadowGate, ShadowPair, ShadowPolicy
+from router.core.share import ShareTargets
 from router.core.tiers import Tier
 from router.core.types import Prices, Role, Worker
 from router.errors import ConfigError
@@ -52,7 +55,28 @@ from router.service.coordinator import Ports, RoutingService
 from router.service.recording import Recorder
 from router.settings import Settings
 
-__all__ = ["build_balancer", "build_cascade", "build_scorer", "build_tiers", "create_app", "resolve_workers"]
+__all__ = [
+    "ShutdownClock",
+    "build_balancer",
+    "build_cascade",
+    "build_scorer",
+    "build_tiers",
+    "create_app",
+    "resolve_workers",
+]
+
+
+@dataclass(slots=True)
+class ShutdownClock:
+    """When the server began to shut down (time.monotonic), kept on `app.state.shutdown`: `triage serve`'s server
+    sets it as it stops accepting. The in-flight requests' wait and the shadow calls' wait share one graceful
+    timeout from then; without it (a server that does not say) the shadow calls get the whole timeout."""
+
+    began: float | None = None
+
+    def remaining(self, grace: float) -> float:
+        return grace if self.began is None else max(0.0, grace - (time.monotonic() - self.began))
+
 
 log = logging.getLogger("triage.app")
 
@@ -90,6 +114,7 @@ def build_tiers(settings: Settings) -> dict[str, Tier]:
             ),
             roles=frozenset(t.models),
             threshold=t.threshold,
+            target_large_share=t.target_large_share,
             max_tokens=t.max_tokens,
             max_n=t.max_n,
             max_body_bytes=t.max_body_bytes,
@@ -169,8 +194,31 @@ def _conversations(settings: Settings) -> MemoryConversations | RedisConversatio
         return None
     url = _redis_url(settings)
     if url:
-        return RedisConversations(url, prefix=settings.limits.key_prefix, timeout=settings.limits.redis_timeout)
+        return RedisConversations(
+            url,
+            prefix=settings.limits.key_prefix,
+            timeout=settings.limits.redis_timeout,
+            max_entries=routing.conversation_max,
+        )
     return MemoryConversations(max_entries=routing.conversation_max)
+
+
+def _scores(settings: Settings) -> MemoryScores | RedisScores | None:
+    """The share targets' windows: in Redis when limits use it (replicas hold one share), else in process;
+    None when no share target is configured."""
+    routing = settings.routing
+    if routing.target_large_share is None and all(t.target_large_share is None for t in settings.tiers.values()):
+        return None
+    url = _redis_url(settings)
+    if url:
+        return RedisScores(
+            url,
+            size=routing.target_window,
+            prefix=settings.limits.key_prefix,
+            refresh=routing.target_refresh,
+            timeout=settings.limits.redis_timeout,
+        )
+    return MemoryScores(routing.target_window)
 
 
 def _pairs(settings: Settings) -> QueuedLedger[ShadowPair] | None:
@@ -311,6 +359,7 @@ def create_app(
     ledger = _ledger(settings)
     pairs = _pairs(settings)
     conversations = _conversations(settings)
+    scores = _scores(settings)
     shadow = settings.routing.shadow
     cache = _cache(settings)
     metrics = Metrics(_metrics_dir())
@@ -329,6 +378,7 @@ def create_app(
             pairs=pairs,
             conversations=conversations,
             conversation_ttl=settings.routing.conversation_ttl,
+            shares=ShareTargets(scores, settings.routing.target_min_scores) if scores is not None else None,
             shadow=ShadowGate(
                 ShadowPolicy(shadow.rate, frozenset(shadow.tiers), shadow.max_per_minute, shadow.max_in_flight)
             ),
@@ -356,6 +406,8 @@ def create_app(
         ),
     )
 
+    shutdown = ShutdownClock()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await direct.start()
@@ -366,20 +418,15 @@ def create_app(
         if pairs is not None:
             await pairs.start()
         hangup = _on_sighup(policy_files)
-        # Several processes: each copies its read values into the shared files now and then, for the scrapes
-        # that another process answers.
-        refresher = (
-            asyncio.create_task(metrics.run_refresh(settings.server.metrics_refresh)) if metrics.multiprocess else None
-        )
+        metrics.start(settings.server.metrics_refresh)
         try:
             yield
         finally:
             hangup()
-            if refresher is not None:
-                refresher.cancel()
-                await asyncio.gather(refresher, return_exceptions=True)
+            await metrics.stop()
             # uvicorn has finished in-flight requests by now (graceful shutdown): drain their records.
-            await service.close()  # shadow calls under way finish first: they record too
+            # Shadow calls under way finish first (they record too), within what is left of the graceful timeout.
+            await service.close(shutdown.remaining(settings.server.graceful_shutdown_timeout))
             if pairs is not None:
                 await pairs.close()
             if ledger is not None:
@@ -393,6 +440,8 @@ def create_app(
                 await cache.close()
             if isinstance(conversations, RedisConversations):
                 await conversations.close()
+            if isinstance(scores, RedisScores):
+                await scores.close()
             metrics.refresh()  # this process's last totals stay in the files after it exits
 
     # No slash redirects: a 307 built from the Host header is an open redirect, and SDKs never add the slash.
@@ -405,6 +454,7 @@ def create_app(
         redoc_url=None,
         redirect_slashes=False,
     )
+    app.state.shutdown = shutdown
     app.state.triage = GatewayState(
         service=service,
         backend=backend,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
@@ -13,7 +15,7 @@ from starlette.responses import Response
 from router.errors import TriageError
 from router.protocol import error_body
 
-__all__ = ["error_response", "install_error_handlers", "internal_error_response"]
+__all__ = ["error_response", "install_error_handlers", "internal_error_response", "worker_error_body"]
 
 log = logging.getLogger("triage.api")
 
@@ -43,6 +45,63 @@ def internal_error_response(headers: dict[str, str] | None = None) -> Response:
         media_type="application/json",
         headers=headers,
     )
+
+
+def worker_error_body(status: int, body: bytes) -> bytes:
+    """A worker's 4xx as OpenAI's envelope, which the SDKs parse: passed on as it is when it is one; its fields
+    mended when they are not what the SDKs expect (vLLM sends `code` as an integer, the SDKs' type says a string
+    or null); built around the worker's words when it is no envelope at all (a proxy's page, FastAPI's
+    `detail`, a bare string)."""
+    try:
+        doc: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict):
+        if _well_formed(error):
+            return body
+        mended = {
+            **error,
+            "message": _text(error.get("message")) or f"the worker answered {status}",
+            "type": error.get("type") if isinstance(error.get("type"), str) else _type_of(status),
+            "param": error.get("param") if isinstance(error.get("param"), str) else None,
+            "code": _code(error.get("code")),
+        }
+        return orjson.dumps({"error": mended})
+    words = error if isinstance(error, str) else None
+    if words is None and isinstance(doc, dict):
+        words = next((v for k in ("message", "detail") if isinstance(v := doc.get(k), str)), None)
+    if words is None:
+        words = body[:500].decode("utf-8", "replace").strip()
+    return error_body(words[:500] or f"the worker answered {status}", _type_of(status), None)
+
+
+def _well_formed(error: dict[str, Any]) -> bool:
+    return (
+        isinstance(error.get("message"), str)
+        and isinstance(error.get("type"), str)
+        and (error.get("param") is None or isinstance(error.get("param"), str))
+        and (error.get("code") is None or isinstance(error.get("code"), str))
+    )
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return "" if value is None else orjson.dumps(value, default=str).decode()[:500]
+
+
+def _code(value: object) -> str | None:
+    """OpenAI's codes are strings or null: a worker's number becomes its digits; anything else, null."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _type_of(status: int) -> str:
+    return _HTTP_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -93,7 +93,16 @@ def build_policy(settings: Settings, scorer: Scorer | None = None) -> tuple[Rout
     answer_digest = answer_scorer.model.digest if isinstance(answer_scorer, _ClassifierAnswerScorer) else ""
     source = PolicySource(name, digest, answer_digest, time.time())
     conversation = ConversationPolicy(settings.routing.conversation)
-    return RoutingPolicy(scorer, threshold, settings.routing.alias, rule, answer_scorer, conversation), source
+    policy = RoutingPolicy(
+        scorer,
+        threshold,
+        settings.routing.alias,
+        rule,
+        answer_scorer,
+        conversation,
+        settings.routing.target_large_share,
+    )
+    return policy, source
 
 
 class PolicyFiles:

@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from router.api.errors import error_response, internal_error_response
+from router.api.errors import error_response, internal_error_response, worker_error_body
 from router.api.state import gateway
 from router.api.streaming import ClientGone, PassThroughStream, until_disconnect
 from router.core.ports import UpstreamReply
@@ -25,7 +25,6 @@ from router.protocol import (
     CompletionRequest,
     GenerationRequest,
     decode_body,
-    error_body,
 )
 from router.service.context import Endpoint, RequestOptions
 
@@ -91,19 +90,9 @@ def _headers(routed: Routed, request_id: str) -> dict[str, str]:
 
 def _reply(reply: UpstreamReply, headers: dict[str, str]) -> Response:
     body, media_type = reply.body, reply.content_type
-    if reply.status >= 400 and not _is_envelope(body):
-        # A worker's 4xx without OpenAI's envelope still reaches the SDK as one.
-        text = body[:500].decode("utf-8", "replace") or f"worker answered {reply.status}"
-        body, media_type = error_body(text, "invalid_request_error", reply.status), "application/json"
+    if reply.status >= 400:  # a worker's 4xx reaches the SDK as OpenAI's envelope, whatever the worker sent
+        body, media_type = worker_error_body(reply.status, body), "application/json"
     return Response(body, status_code=reply.status, media_type=media_type, headers=headers)
-
-
-def _is_envelope(body: bytes) -> bool:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
 
 
 async def _generate(request: Request, endpoint: Endpoint, schema: type[GenerationRequest]) -> Response:

@@ -17,6 +17,7 @@ class Tier:
     limits: TierLimits = field(default_factory=TierLimits)
     roles: frozenset[Role] = frozenset({Role.SMALL, Role.LARGE})  # model sizes this tier may reach
     threshold: float | None = None  # None: the gateway's threshold
+    target_large_share: float | None = None  # share of routed requests sent large (a moving threshold)
     max_tokens: int = 0  # cap on a request's max_tokens; 0: no cap
     max_n: int = 16  # most choices (`n`) one request may ask for
     max_body_bytes: int = 0  # 0: the server's limit

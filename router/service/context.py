@@ -11,6 +11,7 @@ from router.core.cascade import EscalationRule
 from router.core.conversation import ConversationPolicy
 from router.core.limits import Admission
 from router.core.ports import AnswerScorer, Scorer, UpstreamReply, UpstreamStream
+from router.core.share import ShareTarget, target_for
 from router.core.tiers import Caller, Tier
 from router.core.types import Routed
 from router.protocol import GenerationRequest
@@ -34,9 +35,14 @@ class RoutingPolicy:
     rule: EscalationRule = field(default_factory=EscalationRule)
     answer_scorer: AnswerScorer | None = None
     conversation: ConversationPolicy = ConversationPolicy.PER_TURN  # a tier's own policy overrides it
+    # routing.target_large_share: `threshold` is then only the cold start's, before the window fills
+    target_large_share: float | None = None
 
     def threshold_for(self, tier: Tier) -> float:
         return self.threshold if tier.threshold is None else tier.threshold
+
+    def target_for(self, tier: Tier) -> ShareTarget | None:
+        return target_for(tier, self.target_large_share)
 
     def conversation_for(self, tier: Tier) -> ConversationPolicy:
         return self.conversation if tier.conversation is None else tier.conversation

@@ -1,18 +1,23 @@
 """The conversation flow: before a routed turn is sent, the tier's conversation policy may move it to the model
 its conversation's earlier turns got (reason `conversation`); after it is answered, what the policy needs is
-remembered. A conversation is its caller plus what prefix affinity keys on (the system turns and the first user
-turn, which every later turn repeats)."""
+remembered. A conversation is its caller, the caller's end user when it names one (OpenAI's `safety_identifier`,
+else `user`: one API key often serves many people), and the whole of the system turns and the first user turn,
+which every later turn repeats (not prefix affinity's first 2,048 characters: a long system prompt would make
+every conversation of a key one)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from router.core.conversation import ConversationPolicy, remembered_role, steer
 from router.core.ports import ConversationMemory
 from router.core.types import Decision, Reason, Role, Routed, Worker
-from router.protocol import ChatCompletionRequest, GenerationRequest, affinity_key
+from router.protocol import ChatCompletionRequest
 from router.service.context import RequestContext
 
 __all__ = ["Conversations", "Turn"]
@@ -23,7 +28,7 @@ class Turn:
     """What the flow learnt before sending a turn, for remembering after it."""
 
     identity: str
-    request: GenerationRequest
+    request: ChatCompletionRequest
     policy: ConversationPolicy
     first: bool  # no assistant turn yet: the conversation starts here
     known: Role | None  # what was remembered for it
@@ -52,7 +57,7 @@ class Conversations:
         if policy is ConversationPolicy.PER_TURN or not isinstance(request, ChatCompletionRequest):
             return routed, None
         first = not any(m.role == "assistant" for m in request.messages)
-        turn = Turn(ctx.caller.identity, request, policy, first, None)
+        turn = Turn(_who(ctx.caller.identity, ctx.payload), request, policy, first, None)
         if not first:
             turn.known = await self._memory.get(turn.conversation())
         known = turn.known
@@ -68,6 +73,35 @@ class Conversations:
             await self._memory.put(turn.conversation(), role, self._ttl)
 
 
-def _key(identity: str, request: GenerationRequest) -> str:
-    digest = hashlib.sha256(identity.encode() + b"\0" + affinity_key(request))
+END_USER_FIELDS = ("safety_identifier", "user")  # OpenAI's names for the end user behind a request
+
+
+def _who(identity: str, payload: dict[str, Any]) -> str:
+    """The caller, and its end user when the request names one (a string; anything else names nobody)."""
+    for name in END_USER_FIELDS:
+        value = payload.get(name)
+        if isinstance(value, str) and value:
+            return f"{identity}\0{name}\0{value}"
+    return identity
+
+
+def _key(who: str, request: ChatCompletionRequest) -> str:
+    """A digest of who and the conversation's opening: its system turns and first user turn, every character
+    (lengths go in first, so that no text can pass for a boundary)."""
+    digest = hashlib.sha256()
+    for part in (who, *_opening(request)):
+        data = part.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big") + data)
     return digest.hexdigest()[:32]
+
+
+def _opening(request: ChatCompletionRequest) -> Iterator[str]:
+    for message in request.messages:
+        yield message.role
+        content = message.content
+        if content is None or isinstance(content, str):
+            yield content or ""
+        else:  # parts: images and the like count too, so two openings differing by an image stay apart
+            yield orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
+        if message.role == "user":
+            return

@@ -20,6 +20,7 @@ from router.core.limits import headers
 from router.core.policy import decide
 from router.core.ports import Backend, ConversationMemory, PairSink, ResponseCache, UpstreamReply
 from router.core.shadow import ShadowGate
+from router.core.share import ShareTargets
 from router.core.tiers import Caller, Tier, allowed_role
 from router.core.types import Decision, Reason, Routed, Worker
 from router.errors import ModelNotFound, PermissionDenied, RateLimited, TriageError
@@ -62,6 +63,7 @@ class Ports:
     shadow: ShadowGate | None = None  # which routed requests get a shadow call (routing.shadow)
     conversations: ConversationMemory | None = None  # where conversations' routing is remembered
     conversation_ttl: float = 3600.0
+    shares: ShareTargets | None = None  # thresholds for share targets (routing.target_large_share)
 
 
 class RoutingService:
@@ -84,6 +86,7 @@ class RoutingService:
             Conversations(ports.conversations, ports.conversation_ttl) if ports.conversations is not None else None
         )
         self._by_name = {w.name: w for w in self.workers}
+        self._shares = ports.shares
 
     def use_policy(self, policy: RoutingPolicy) -> None:
         """Route by `policy` from the next request on (a reload of the classifier files); requests under way
@@ -100,10 +103,10 @@ class RoutingService:
         shadow = (gate.sent, gate.dropped) if gate else (0, 0)
         return Health(breakers, self._admission.health.errors, self._admission.shed, *shadow)
 
-    async def close(self) -> None:
-        """Let background shadow calls finish (shutdown, before the ledger drains)."""
+    async def close(self, grace: float | None = None) -> None:
+        """Let background shadow calls finish (shutdown, before the ledger drains), for at most `grace` s."""
         if self._shadow is not None:
-            await self._shadow.close()
+            await self._shadow.close(grace)
 
     def model_ids(self) -> list[str]:
         """What GET /v1/models lists: the routed alias first, then each served model once."""
@@ -130,7 +133,13 @@ class RoutingService:
         if named is not None:
             worker = self._dispatch.pick(named, request)
             return Routed(worker, Decision(worker.role, Reason.REQUESTED))
-        decision = decide(self._policy.scorer.score(prompt_text(request)), self._policy.threshold_for(tier))
+        score = self._policy.scorer.score(prompt_text(request))
+        threshold, shares = self._policy.threshold_for(tier), self._shares
+        target = self._policy.target_for(tier) if shares is not None else None
+        if shares is None or target is None:
+            decision = decide(score, threshold)
+        else:  # the threshold in force moves with the traffic; the record carries it
+            decision = shares.decide(target, score, threshold)
         role = allowed_role(tier, decision.role)
         if role is not None and role is not decision.role:
             decision = Decision(role, Reason.TIER_POLICY, decision.score, decision.threshold)

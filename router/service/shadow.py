@@ -58,13 +58,18 @@ class Shadow:
             )
             trace = Trace(self._recorder, ctx.caller, ctx.request, ctx.trace.request_id)
             trace.baseline = False  # the request's own record carries the always-large baseline
-            payload = dict(ctx.payload)
-            shadow_ctx = RequestContext(ctx.caller, ctx.endpoint, payload, ctx.request, trace)
+            # Only choice 0 is compared: the caller's `n` would pay for n - 1 answers nobody reads.
+            payload = {k: v for k, v in ctx.payload.items() if k != "n"}
+            request = ctx.request.model_copy(update={"n": None}) if ctx.request.n is not None else ctx.request
+            shadow_ctx = RequestContext(ctx.caller, ctx.endpoint, payload, request, trace)
             try:
                 answer = await self._dispatch.serve(shadow_ctx, shadow, named=True)
             except TriageError as exc:
                 trace.finish(exc.status, reason=Reason.SHADOW)
                 return
+            except asyncio.CancelledError:  # stopped at shutdown: the worker may have spent tokens, say so
+                trace.finish(499, reason=Reason.SHADOW)
+                raise
             shadow_reply = answer.reply
             status = shadow_reply.status if isinstance(shadow_reply, UpstreamReply) else 502
             trace.finish(status, reason=Reason.SHADOW)
@@ -93,7 +98,15 @@ class Shadow:
         finally:
             self.gate.done()
 
-    async def close(self) -> None:
-        """Wait for shadow calls under way (at shutdown, before the ledger drains)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def close(self, grace: float | None = None) -> None:
+        """Wait for shadow calls under way (at shutdown, before the ledger drains), at most `grace` seconds:
+        then those still waiting on a worker are cancelled (recorded with status 499). Nobody waits for a
+        shadow answer, so it must not hold a shutdown past the graceful timeout the operator set."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        if pending:
+            log.warning("shutdown: %d shadow calls still waiting on a worker were cancelled", len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)

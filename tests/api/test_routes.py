@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import openai
 import pytest
 
 from tests.api.conftest import Stack
@@ -228,3 +229,47 @@ def test_unknown_route_and_method_use_envelope(stack: Stack) -> None:
     r405 = stack.client.get("/v1/chat/completions")
     assert r404.status_code == 404 and "error" in r404.json()
     assert r405.status_code == 405 and "error" in r405.json()
+
+
+@pytest.mark.parametrize(
+    ("sent", "message", "code"),
+    [
+        (  # vLLM's own 404: an integer code
+            {"error": {"message": "no such model", "type": "NotFoundError", "param": "model", "code": 404}},
+            "no such model",
+            "404",
+        ),
+        ({"error": {"message": ["a", 1], "code": True, "param": 7}}, '["a",1]', None),
+        ({"error": "a bare string"}, "a bare string", None),
+        ({"detail": "Not Found"}, "Not Found", None),  # FastAPI's shape
+        ([1, 2], "[1, 2]", None),
+        ("", "the worker answered 409", None),
+        ("<html>bad gateway page</html>", "<html>bad gateway page</html>", None),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_worker_4xx_reaches_the_caller_as_a_well_formed_envelope(
+    stack: Stack, sent: object, message: str, code: str | None, stream: bool
+) -> None:
+    body = sent if isinstance(sent, str) else json.dumps(sent)
+    r = chat(stack, model="auto", stream=stream, x_test={"status": 409, "body": body})
+    assert r.status_code == 409 and r.headers["content-type"].startswith("application/json")
+    error = r.json()["error"]
+    assert error["message"] == message and error["code"] == code
+    assert isinstance(error["type"], str) and (error["param"] is None or isinstance(error["param"], str))
+    # The SDK reads it as its own error, with the code as it is typed: a string or None.
+    client = openai.OpenAI(base_url=f"{stack.gateway.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.ConflictError) as raised:
+        client.chat.completions.create(
+            model="auto",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"x_test": {"status": 409, "body": body}},
+        )
+    assert raised.value.code == code and isinstance(raised.value.body, dict)
+    assert raised.value.body["message"] == message
+
+
+def test_a_well_formed_worker_envelope_passes_as_it_is(stack: Stack) -> None:
+    sent = {"error": {"message": "too long", "type": "BadRequestError", "param": None, "code": "ctx", "more": 1}}
+    r = chat(stack, model="auto", x_test={"status": 400, "body": json.dumps(sent)})
+    assert r.status_code == 400 and r.json() == sent

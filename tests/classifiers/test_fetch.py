@@ -8,13 +8,15 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from classifiers.lab import fetch as fetching
@@ -182,6 +184,7 @@ def test_the_command_names_what_failed_and_exits_1(
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "lm-sys/RouteLLM/0b64fdafe049e596a3f5657c219329f24af24198/" in err
     assert "nothing was changed" in err and not (tmp_path / "d" / "routellm").exists()
+    assert "--mirror URL" in err and "TRIAGE_DATA" in err  # the two ways round a source out of reach
     assert main(["data", "fetch", "--to", str(tmp_path / "d"), "--mirror", "file:///etc"]) == 1
     assert "http(s) URL" in capsys.readouterr().err
 
@@ -248,9 +251,114 @@ def test_a_folder_that_cannot_be_written_is_a_clear_error(
     with pytest.raises(FetchError, match="cannot write") as refused:
         fetch(tmp_path / "file", Remote(server.url, 5), sources=_sources())
     assert refused.value.updated == ()
-    # The second source's scratch folder is taken by a file: the first was swapped in, and the error says so.
-    (tmp_path / "root").mkdir()
-    (tmp_path / "root" / f".filtered.partial-{os.getpid()}").write_text("in the way")
+    # The second source's scratch folder is taken by a file: found before any folder is swapped in.
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / f".filtered.partial-{os.getpid()}").write_text("in the way")
+    with pytest.raises(FetchError, match="cannot write") as early:
+        fetch(root, Remote(server.url, 5), sources=_sources())
+    assert early.value.updated == () and not (root / "plain").exists()
+    (root / f".filtered.partial-{os.getpid()}").unlink()
+    # The second source's old folder cannot be moved aside: the first was swapped in, and the error says so.
+    (root / "filtered").mkdir()
+    (root / f".filtered.old-{os.getpid()}" / "x").mkdir(parents=True)
     with pytest.raises(FetchError, match="cannot write") as partly:
-        fetch(tmp_path / "root", Remote(server.url, 5), sources=_sources())
-    assert partly.value.updated == ("plain",) and (tmp_path / "root" / "plain" / "sub" / "file.csv").exists()
+        fetch(root, Remote(server.url, 5), sources=_sources())
+    assert partly.value.updated == ("plain",) and (root / "plain" / "sub" / "file.csv").exists()
+    assert sorted(p.name for p in root.iterdir()) == [f".filtered.old-{os.getpid()}", "filtered", "plain"]
+
+
+def _plain(*files: tuple[str, bytes]) -> Source:
+    pins = tuple(Pinned(name, f"evals/{name}", hashlib.sha256(data).hexdigest()) for name, data in files)
+    return Source("plain", "owner/plain", "c" * 40, "MIT", pins, filtered=False)
+
+
+def _at(name: str) -> str:
+    return f"/owner/plain/{'c' * 40}/evals/{name}"
+
+
+def test_the_timeout_bounds_a_whole_file_not_one_read(tmp_path: Path) -> None:
+    async def trickle(_: Request) -> Response:
+        async def slowly() -> AsyncIterator[bytes]:
+            for i in range(len(PLAIN)):  # every read is quick; the file takes about 7 s
+                yield PLAIN[i : i + 1]
+                await asyncio.sleep(0.2)
+
+        return StreamingResponse(slowly())
+
+    with (
+        serving(Starlette(routes=[Route(_at("a.csv"), trickle)])) as server,
+        pytest.raises(FetchError, match=r"a\.csv: timed out \(the whole file within 1 s\)"),
+    ):
+        fetch(tmp_path, Remote(server.url, 1), sources=[_plain(("a.csv", PLAIN))])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_redirect_to_another_origin_is_refused(tmp_path: Path) -> None:
+    async def serve_file(_: Request) -> Response:
+        return Response(PLAIN)
+
+    with serving(Starlette(routes=[Route(_at("a.csv"), serve_file)])) as elsewhere:
+
+        async def away(_: Request) -> Response:
+            return RedirectResponse(elsewhere.url + _at("a.csv"), status_code=302)
+
+        async def here(_: Request) -> Response:
+            return RedirectResponse(_at("a.csv"), status_code=301)
+
+        app = Starlette(routes=[Route(_at("a.csv"), serve_file), Route(_at("b.csv"), here), Route(_at("c.csv"), away)])
+        with serving(app) as mirror:
+            # Within the mirror's origin a redirect is followed.
+            fetch(tmp_path, Remote(mirror.url, 5), sources=[_plain(("b.csv", PLAIN))])
+            assert (tmp_path / "plain" / "b.csv").read_bytes() == PLAIN
+            with pytest.raises(FetchError, match=r"c\.csv: redirected to another origin \(http://127\.0\.0\.1:"):
+                fetch(tmp_path, Remote(mirror.url, 5), force=True, sources=[_plain(("c.csv", PLAIN))])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["PROVENANCE.md", "b.csv"]  # untouched
+
+
+def test_each_file_is_checked_and_on_disk_as_it_arrives(tmp_path: Path) -> None:
+    """A wrong file fails the fetch while another is still downloading; and a file that arrived is on disk,
+    not held in memory until the last one comes."""
+    release = threading.Event()
+    seen_on_disk: list[bool] = []
+    scratch = tmp_path / f".plain.partial-{os.getpid()}"
+
+    async def good(_: Request) -> Response:
+        return Response(PLAIN)
+
+    async def last(_: Request) -> Response:
+        deadline = time.monotonic() + 10
+        while not (scratch / "good.csv").is_file() or (scratch / "good.csv").read_bytes() != PLAIN:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        seen_on_disk.append((scratch / "good.csv").is_file())
+        return Response(PLAIN)
+
+    async def wrong(_: Request) -> Response:
+        return Response(PLAIN + b"tampered\n")
+
+    async def hung(_: Request) -> Response:
+        await asyncio.to_thread(release.wait, 30)
+        return Response(PLAIN)
+
+    routes = [Route(_at(n), h) for n, h in (("good.csv", good), ("last.csv", last), ("w.csv", wrong), ("h.csv", hung))]
+    with serving(Starlette(routes=routes)) as mirror:
+        fetch(tmp_path, Remote(mirror.url, 20), sources=[_plain(("good.csv", PLAIN), ("last.csv", PLAIN))])
+        assert seen_on_disk == [True]
+        try:
+            with pytest.raises(FetchError, match=r"w\.csv: sha256 [0-9a-f]{64}, pinned"):
+                fetch(
+                    tmp_path, Remote(mirror.url, 20), force=True, sources=[_plain(("w.csv", PLAIN), ("h.csv", PLAIN))]
+                )
+        finally:
+            release.set()
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["PROVENANCE.md", "good.csv", "last.csv"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_the_timeout_must_be_a_positive_number(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["data", "fetch", "--to", str(tmp_path), "--timeout", value])
+    assert refused.value.code == 2 and "--timeout" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,14 @@ from classifiers.features import FeatureSpec, Featurizer
 from classifiers.lab.calibrate import (
     read_prompts,
     threshold_for_budget,
+    threshold_for_mean_quality,
     threshold_for_quality,
     threshold_for_share,
 )
 from classifiers.lab.matrix import feature_matrix
 from classifiers.lab.train import fit
 from classifiers.model import PROBES, Classifier, ClassifierFileError
+from classifiers.tasks import TASKS, task_kind
 
 SPEC = FeatureSpec(word_bits=12, char_bits=10)
 
@@ -202,7 +205,7 @@ def test_short_and_long_texts_get_the_same_features_either_way() -> None:
     texts = ["", "a", "What is 2+2?", "  spaced   out  ", "ü", "x" * 40, "a b c d e"]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 250))) for _ in range(500)]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1500, 2500))) for _ in range(5)]
-    for spec in (SPEC, classifiers.load().spec):
+    for spec in (SPEC, replace(SPEC, tasks=True), classifiers.load().spec):
         f = Featurizer(spec)
         for text in texts:
             lowered = text.lower()
@@ -268,3 +271,55 @@ def test_read_prompts_accepts_jsonl_chat_and_text(tmp_path: Path) -> None:
     bad.write_text('{"nothing": 1}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
         read_prompts(bad)
+
+
+def test_the_threshold_for_a_mean_quality_is_the_highest_that_keeps_it() -> None:
+    """Against the definition, threshold by threshold: the mean over groups of each group's quality (routed by
+    the threshold) as a share of its large model's, at least the floor; each group weighs the same."""
+    rng = np.random.default_rng(5)
+    scores = np.round(rng.random(300), 2)  # ties
+    small = (rng.random(300) < 0.6).astype(float)
+    large = np.maximum(small, (rng.random(300) < 0.7).astype(float))
+    groups = [np.arange(0, 250), np.arange(250, 280), np.arange(280, 300)]
+    for floor in (0.8, 0.9, 0.95, 0.99, 1.0):
+        expected = float("-inf")
+        for t in np.unique(np.concatenate([scores[g] for g in groups]))[::-1]:
+            kept = [np.where(scores[g] >= t, large[g], small[g]).mean() / large[g].mean() for g in groups]
+            if np.mean(kept) >= floor - 1e-12:
+                expected = float(t)
+                break
+        assert threshold_for_mean_quality(scores, small, large, groups, floor) == expected, floor
+    # A floor above what sending everything large keeps is never reached
+    assert threshold_for_mean_quality(scores, small, large, groups, 2.0) == float("-inf")
+
+
+def test_task_indicators_by_hand() -> None:
+    def kinds(text: str) -> set[str]:
+        return {name for name, v in zip(TASKS, task_kind(text), strict=True) if v == 1.0}
+
+    assert kinds('def add(a, b):\n    """Add two numbers."""\n') == {"code"}
+    assert kinds("```js\nconsole.log(1)\n```") == {"code"}
+    assert kinds("Tom has 3 apples and buys 4 more. How many apples does he have?") == {"arithmetic"}
+    assert kinds("If $x^2 = 4$, what is $x$?") == {"latex_math"}  # a question only where it starts as one
+    assert kinds("Write a poem about the sea.") == {"instruction"}
+    assert kinds("Who wrote Hamlet?") == {"short_question"}
+    assert kinds("dog, frisbee, catch, throw") == {"word_list"}
+    assert kinds("") == set() and kinds("The sky is blue.") == set()
+    assert all(v in (0.0, 1.0) for v in task_kind("x" * 3000 + "$\\frac{1}{2}$ how many 1 2"))
+
+
+def test_task_indicators_extend_the_feature_space_and_old_files_are_unchanged(tmp_path: Path) -> None:
+    """A spec with task indicators has len(TASKS) more columns after the structure counts and says so in its
+    file; a spec without them writes no `tasks` key, so files written before them stay byte for byte the same."""
+    plain, tasks = SPEC, replace(SPEC, tasks=True)
+    assert tasks.width == plain.width + len(TASKS) and tasks.task_offset == plain.width
+    assert "tasks" not in plain.to_json() and tasks.to_json()["tasks"] is True
+    assert FeatureSpec.from_json(tasks.to_json()) == tasks and FeatureSpec.from_json(plain.to_json()) == plain
+    idx, val = Featurizer(tasks).row("Who wrote Hamlet?")
+    short_question = tasks.task_offset + TASKS.index("short_question")
+    assert dict(zip(idx.tolist(), val.tolist(), strict=True))[short_question] == 1.0
+    texts, small, large = synthetic(100)
+    model = fit(texts, small, large, spec=tasks, alpha=1.0, calibration_folds=0)
+    model.save(tmp_path / "t.json")
+    again = Classifier.load(tmp_path / "t.json")
+    assert again.spec == tasks and again.score_many(texts[:5]) == model.score_many(texts[:5])

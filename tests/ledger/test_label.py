@@ -3,14 +3,16 @@ and pairs stores that are missing or not pairs stores."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from router.adapters.pairs import SqlitePairs, read_pairs
@@ -150,3 +152,74 @@ async def test_missing_or_foreign_pairs_stores_are_clear_errors(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert list(read_pairs(locked)) == [pair(1)]
+
+
+def odd_judge(mode: str) -> Starlette:
+    """A judge answering the verdict TIE, wrapped in what `mode` says."""
+
+    async def chat(_: Request) -> Response:
+        good = {"choices": [{"message": {"content": "TIE"}}], "usage": {"prompt_tokens": 9, "completion_tokens": 1}}
+        if mode == "null":
+            return Response(b"null", media_type="application/json")
+        if mode == "[]":
+            return Response(b"[]", media_type="application/json")
+        if mode == "usage []":
+            return JSONResponse({**good, "usage": []})
+        if mode == "usage 1e999":  # Python's json reads it as infinity
+            return Response(json.dumps(good).replace("9,", "1e999,").encode(), media_type="application/json")
+        if mode == "usage 10^30":
+            return JSONResponse({**good, "usage": {"prompt_tokens": 10**30, "completion_tokens": 1}})
+        if mode == "usage 5000 digits":  # past the int parser's limit
+            return Response(json.dumps(good).replace("9,", "9" * 5000 + ",").encode(), media_type="application/json")
+        if mode == "2 MiB":
+            return JSONResponse({**good, "choices": [{"message": {"content": "TIE" + " " * (2 << 20)}}]})
+        if mode == "trickle":  # a byte every 0.1 s: each read is quick, the whole answer takes 20 s
+            body = json.dumps(good).encode().ljust(200)
+
+            async def slowly() -> AsyncIterator[bytes]:
+                for i in range(len(body)):
+                    yield body[i : i + 1]
+                    await asyncio.sleep(0.1)
+
+            return StreamingResponse(slowly(), media_type="application/json")
+        return JSONResponse(good)
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+@pytest.mark.parametrize(
+    "mode", ["null", "[]", "usage []", "usage 1e999", "usage 10^30", "usage 5000 digits", "2 MiB", "trickle"]
+)
+async def test_a_judge_s_odd_answer_is_an_unlabelled_pair_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    pairs = tmp_path / "pairs.sqlite"
+    await store(pairs, [pair(i) for i in range(2)])
+    out = tmp_path / "o.jsonl"
+    with serving(odd_judge(mode)) as judge:
+        argv = ["label", "--pairs", str(pairs), "--out", str(out), "--judge-url", f"{judge.url}/v1"]
+        assert await _run([*argv, "--judge-model", "j", "--judge-timeout", "1"]) == 0
+    said = capsys.readouterr()
+    assert "labelled 0 pairs" in said.out and "2 left unlabelled" in said.out, said
+    assert "the judge failed on req-" in said.err and "Traceback" not in said.err
+    assert not out.exists() or out.read_text() == ""
+    assert "judge:" not in said.out  # nothing it answered was counted as spend
+    with serving(odd_judge("fine")) as judge:  # the same pairs, judged by a judge that answers well
+        argv = ["label", "--pairs", str(pairs), "--out", str(out), "--judge-url", f"{judge.url}/v1"]
+        assert await _run([*argv, "--judge-model", "j"]) == 0
+    said = capsys.readouterr()
+    assert "labelled 2 pairs" in said.out and "judge: 4 calls, 36 prompt + 4 completion tokens" in said.out
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--judge-timeout", v) for v in ("0", "-1", "nan", "inf", "soon")]
+    + [(flag, v) for flag in ("--limit", "--concurrency") for v in ("0", "-1", "1.5")],
+)
+async def test_timeouts_and_counts_must_be_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    argv = ["label", "--pairs", str(tmp_path / "p.sqlite"), "--judge-url", "http://127.0.0.1:9/v1"]
+    with pytest.raises(SystemExit) as refused:
+        await _run([*argv, "--judge-model", "j", flag, value])
+    assert refused.value.code == 2 and flag in capsys.readouterr().err

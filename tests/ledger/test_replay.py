@@ -66,3 +66,27 @@ def test_bad_replay_file_names_the_line(tmp_path: Path) -> None:
     bad.write_text('{"prompt": "ok"}\n{"nothing": 1}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
         read_lines(bad)
+
+
+def test_replay_with_no_gateway_names_the_url_that_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.servers import free_port
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n{"prompt": "and you?"}\n')
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nobody listens there
+    assert main(["replay", str(prompts), "--url", url]) == 1
+    out = capsys.readouterr().out
+    assert f"no answer for 2 of 2: {url}/chat/completions refused the connection" in out
+    assert "is `triage serve` running there?" in out and "--url" in out
+    assert "ledger has the decisions" not in out  # nothing reached a gateway: nothing to look at there
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--concurrency", "0"), ("--max-tokens", "-1"), ("--rate", "nan")])
+def test_replay_refuses_counts_and_rates_that_are_not_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    with pytest.raises(SystemExit) as refused:  # --concurrency 0 waited forever on a semaphore of 0
+        main(["replay", str(prompts), "--url", "http://127.0.0.1:9/v1", flag, value])
+    assert refused.value.code == 2 and flag in capsys.readouterr().err

@@ -233,3 +233,73 @@ def test_shadow_calls_and_conversation_moves_are_counted_apart() -> None:
     assert (s.requests, s.conversation_moves, s.shadow_calls) == (2, 1, 1)
     assert s.cost == pytest.approx(1.2) and s.shadow_cost == pytest.approx(1.0)  # routing's cost; learning's apart
     assert s.saving == pytest.approx(1 - 1.2 / 2.0)
+
+
+def test_the_default_ledger_missing_says_it_is_relative_to_where_the_gateway_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["analytics", "summary"]) == 2
+    err = capsys.readouterr().err
+    assert f"no ledger at .triage/ledger.sqlite (that is {tmp_path}/.triage/ledger.sqlite" in err
+    assert "relative to the folder `triage serve` ran in" in err and "--ledger" in err
+
+
+SHARE_CONFIG = """\
+routing: {scorer: length, target_large_share: 0.3}
+workers:
+  - {name: small, role: small, base_url: "http://127.0.0.1:1/v1", model: small}
+  - {name: large, role: large, base_url: "http://127.0.0.1:2/v1", model: large}
+tiers:
+  free: {}
+  anonymous: {models: [small]}
+  paid: {target_large_share: 0.5}
+  fixed: {threshold: 0.6}
+"""
+
+
+def test_share_against_its_target_per_period_and_tier_by_hand() -> None:
+    from router.analytics.report import share_timeline
+
+    records = [
+        rec(0, "large", reason="at_or_above_threshold", threshold=0.7),
+        rec(1, "small", reason="below_threshold", threshold=0.8),
+        rec(2, "small", reason="below_threshold", threshold=0.9),
+        rec(3, "large", reason="requested"),  # a named model: not routed
+        rec(4, "large", reason="cached"),
+        rec(5, "large", reason="conversation"),  # moved after the decision: not what the threshold did
+        rec(6, "large", reason="escalated"),  # a cascade
+        rec(7, "large", reason="tier_policy"),  # a pinned tier
+        rec(65, "large", reason="at_or_above_threshold", threshold=0.5, tier="paid"),
+        rec(66, "", status=502, reason="at_or_above_threshold", threshold=0.5, tier="paid"),
+    ]
+    buckets = share_timeline(records, 60, {"paid": 0.5}, default=None)
+    assert [(b.start[-9:], b.tier, b.routed, b.large, b.target, b.threshold_p50) for b in buckets] == [
+        ("00:00:00Z", "free", 3, 1, None, 0.8),
+        ("00:01:00Z", "paid", 2, 1, 0.5, 0.5),  # a decided request that failed still counts: it was decided
+    ]
+    assert buckets[0].large_share == pytest.approx(1 / 3)
+
+
+async def test_share_command_reads_targets_from_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    records = [rec(float(i), "large" if i % 3 == 0 else "small", reason="below_threshold") for i in range(30)]
+    records += [
+        rec(30.0 + i, "large" if i % 2 else "small", reason="below_threshold", tier=t)
+        for t in ("paid", "fixed")
+        for i in range(4)
+    ]
+    path = await _ledger(tmp_path, records)
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(SHARE_CONFIG)
+    base = ["analytics", "share", "--ledger", str(path), "--step", "1d"]
+    assert main([*base, "--config", str(cfg), "--format", "json"]) == 0
+    rows = {r["tier"]: r for r in json.loads(capsys.readouterr().out)}
+    assert (rows["free"]["routed"], rows["free"]["large"], rows["free"]["target"]) == (30, 10, 0.3)
+    assert (rows["paid"]["target"], rows["fixed"]["target"]) == (0.5, None)  # its threshold beats the target
+    assert main([*base, "--config", str(cfg)]) == 0
+    table = capsys.readouterr().out
+    assert "free" in table and "33.3%" in table and "30.0%" in table and "+3.3%" in table
+    assert main([*base, "--target", "0.25", "--format", "json"]) == 0
+    assert {r["target"] for r in json.loads(capsys.readouterr().out)} == {0.25}
+    assert main([*base, "--target", "30"]) == 2
+    assert "--target 30.0: a share between 0 and 1" in capsys.readouterr().err

@@ -28,20 +28,22 @@ def config(
     tiers: dict[str, object],
     keys: list[dict[str, str]] | None = None,
     redis_timeout: float = 0.2,
+    routing: dict[str, object] | None = None,
+    ledger: dict[str, object] | None = None,
 ) -> Path:
     path = tmp / f"gateway-{uuid.uuid4().hex[:6]}.json"
     path.write_text(
         json.dumps(
             {
                 "server": {"log_level": "warning"},
-                "routing": {"scorer": "length"},
+                "routing": {"scorer": "length", **(routing or {})},
                 "workers": [
                     {"name": "small", "role": "small", "base_url": small, "model": "tiny-small"},
                     {"name": "large", "role": "large", "base_url": large, "model": "tiny-large"},
                 ],
                 "tiers": tiers,
                 "auth": {"keys": keys or []},
-                "ledger": {"enabled": False},
+                "ledger": ledger or {"enabled": False},
                 "limits": {
                     "redis_url": redis_url,
                     "key_prefix": f"test-{uuid.uuid4().hex[:8]}",

@@ -83,3 +83,31 @@ def test_replicas_share_the_conversation_memory(
     finally:
         one.kill(signal.SIGTERM)
         two.kill(signal.SIGTERM)
+
+
+async def test_the_redis_memory_holds_at_most_conversation_max() -> None:
+    require_redis()
+    from router.adapters.conversations import RedisConversations
+    from router.core.types import Role
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    memory = RedisConversations(REDIS_URL, prefix=prefix, timeout=1, max_entries=3)
+    try:
+        for i in range(10):
+            await memory.put(f"c{i}", Role.LARGE, ttl=60)
+        remembered = [i for i in range(10) if await memory.get(f"c{i}") is Role.LARGE]
+        assert remembered == [7, 8, 9]  # the three written last
+        await memory.put("c7", Role.SMALL, ttl=60)  # written again: the newest now
+        await memory.put("c10", Role.LARGE, ttl=60)
+        assert [await memory.get(f"c{i}") for i in (7, 8, 9, 10)] == [Role.SMALL, None, Role.LARGE, Role.LARGE]
+        import redis.asyncio as aioredis
+
+        raw = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            assert len(await raw.keys(f"{prefix}:conv:*")) == 3  # forgotten keys are deleted, not left to expire
+            await raw.delete(*await raw.keys(f"{prefix}:*"))
+        finally:
+            await raw.aclose()
+    finally:
+        await memory.close()
+    assert memory.errors == 0

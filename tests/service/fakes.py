@@ -20,6 +20,7 @@ from router.core.limits import Admission, TierLimits
 from router.core.ports import ConversationMemory, DecisionSink, UpstreamReply, UpstreamStream
 from router.core.records import DecisionRecord
 from router.core.shadow import ShadowGate, ShadowPair, ShadowPolicy
+from router.core.share import ShareTargets
 from router.core.tiers import Caller, Tier
 from router.core.types import Prices, Role, Worker
 from router.errors import LimiterUnavailable, UpstreamUnavailable
@@ -229,6 +230,8 @@ def stack(
     shadow: ShadowPolicy | None = None,
     conversation: ConversationPolicy = ConversationPolicy.PER_TURN,
     memory: ConversationMemory | None = None,
+    shares: ShareTargets | None = None,
+    target: float | None = None,
 ) -> Stack:
     """A service over fake ports: two small replicas and one large worker unless told otherwise, the routing
     threshold at 0.5, and one clock for the limiter, the breakers and the cache. Records go to `sink` (a list)
@@ -239,11 +242,15 @@ def stack(
     admission = AdmissionControl(limiter)
     balancer = Balancer(workers, affinity=False, failures_to_open=breaker_failures, cooldown=5.0, clock=clock)
     response_cache = MemoryCache(clock=clock) if cache else None
-    policy = RoutingPolicy(scorer, 0.5, rule=rule or EscalationRule(), conversation=conversation)
+    policy = RoutingPolicy(
+        scorer, 0.5, rule=rule or EscalationRule(), conversation=conversation, target_large_share=target
+    )
     memory = memory or MemoryConversations(clock=clock)
     pairs = ListPairs()
     gate = ShadowGate(shadow, sample=lambda: 0.0, clock=clock) if shadow else None
-    ports = Ports(backend, admission, balancer, response_cache, pairs=pairs, shadow=gate, conversations=memory)
+    ports = Ports(
+        backend, admission, balancer, response_cache, pairs=pairs, shadow=gate, conversations=memory, shares=shares
+    )
     service = RoutingService(workers, policy, ports, Recorder(ledger or sink, LARGE_PRICES))
     return Stack(service, backend, limiter, admission, balancer, sink, clock, response_cache, scorer, pairs, gate)
 

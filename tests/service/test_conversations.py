@@ -124,3 +124,35 @@ async def test_a_failed_memory_routes_by_the_turn_s_own_score(policy: Conversati
     s = stack(conversation=policy, memory=Broken())
     assert await turn(s, 0.9, "hi") == ("large", "at_or_above_threshold")
     assert await turn(s, 0.1, "hi", "and?") == ("small", "below_threshold")
+
+
+async def test_end_users_of_one_key_are_different_conversations() -> None:
+    s = stack(conversation=ConversationPolicy.ESCALATE_ONLY)
+
+    async def as_user(score: float, turns: tuple[str, ...], **who: str) -> str:
+        s.scorer.value = score
+        out = await ask(s, caller(), {"messages": conversation(*turns), **who})
+        return out.routed.decision.reason.value
+
+    assert await as_user(0.9, ("hi",), user="alice") == "at_or_above_threshold"
+    assert await as_user(0.1, ("hi", "and?"), user="bob") == "below_threshold"  # bob's own conversation
+    assert await as_user(0.1, ("hi", "and?")) == "below_threshold"  # nobody named: not alice's either
+    assert await as_user(0.1, ("hi", "and?"), user="alice") == "conversation"
+    # safety_identifier, OpenAI's newer field, names the end user when present.
+    assert await as_user(0.9, ("hi",), safety_identifier="carol", user="alice-app") == "at_or_above_threshold"
+    assert await as_user(0.1, ("hi", "and?"), safety_identifier="dave", user="alice-app") == "below_threshold"
+    assert await as_user(0.1, ("hi", "and?"), safety_identifier="carol") == "conversation"
+
+
+async def test_a_long_system_prompt_does_not_merge_a_key_s_conversations() -> None:
+    s = stack(conversation=ConversationPolicy.ESCALATE_ONLY)
+    system = {"role": "system", "content": "You follow the house style. " * 120}  # 3,360 characters
+
+    async def say(score: float, *texts: str) -> str:
+        s.scorer.value = score
+        messages = [system, *conversation(*texts)[1:]]
+        return (await ask(s, caller(), {"messages": messages})).routed.decision.reason.value
+
+    assert await say(0.9, "prove the theorem") == "at_or_above_threshold"
+    assert await say(0.1, "what is the weather", "and tomorrow?") == "below_threshold"  # another conversation
+    assert await say(0.1, "prove the theorem", "and the second case?") == "conversation"

@@ -126,3 +126,56 @@ def test_a_litellm_worker_needs_no_base_url_and_an_openai_one_does(tmp_path: Pat
     assert load_settings(write(tmp_path, hosted)).workers[1].to_worker().model == "openai/gpt-4o"
     with pytest.raises(ConfigError, match="base_url is required"):
         load_settings(write(tmp_path, GOOD.replace("    base_url: http://127.0.0.1:8002/v1\n", "")))
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            GOOD.replace("  threshold: 0.3", "  threshold: 0.3\n  target_large_share: 0.3"),
+            ":5: routing.target_large_share: Value error, routing.threshold and routing.target_large_share are both",
+        ),
+        (
+            GOOD.replace("  threshold: 0.3", "  alias: auto")
+            + "tiers:\n  anonymous:\n    threshold: 0.4\n    target_large_share: 0.2\n",
+            ":17: tiers.anonymous.target_large_share: Value error, threshold and target_large_share are both set",
+        ),
+        (
+            GOOD + "tiers:\n  anonymous:\n    models: [small]\n    target_large_share: 0.2\n",
+            "tiers.anonymous.target_large_share: the tier routes nothing by score (mode route, models ['small'])",
+        ),
+        (
+            GOOD + "tiers:\n  anonymous:\n    mode: cascade\n    target_large_share: 0.2\n",
+            "tiers.anonymous.target_large_share: the tier routes nothing by score (mode cascade",
+        ),
+        (
+            GOOD.replace("  threshold: 0.3", "  target_large_share: 1"),
+            ":4: routing.target_large_share: Input should be less than 1",
+        ),
+        (
+            GOOD.replace("  threshold: 0.3", "  target_large_share: 0.3\n  target_window: 50\n  target_min_scores: 80"),
+            "target_min_scores (80) exceeds target_window (50)",
+        ),
+    ],
+)
+def test_a_share_target_beside_a_fixed_threshold_is_refused(tmp_path: Path, text: str, needle: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert needle in str(info.value)
+
+
+def test_a_share_target_loads_per_gateway_and_per_tier(tmp_path: Path) -> None:
+    text = GOOD.replace("  threshold: 0.3", "  target_large_share: 0.3") + (
+        "tiers:\n  anonymous: {}\n  paid:\n    target_large_share: 0.5\n  fixed:\n    threshold: 0.7\n"
+    )
+    s = load_settings(write(tmp_path, text))
+    assert s.routing.target_large_share == 0.3 and s.routing.threshold is None
+    assert s.tiers["paid"].target_large_share == 0.5
+    assert s.tiers["fixed"].threshold == 0.7  # a tier's own threshold beats the gateway's target
+
+
+def test_a_threshold_flag_beside_a_share_target_in_the_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("  threshold: 0.3", "  target_large_share: 0.3"))
+    with pytest.raises(ConfigError, match=r"--threshold/--alias: .*routing.threshold and routing.target_large_share"):
+        build_settings(parser().parse_args(["serve", "--config", str(path), "--threshold", "0.4"]))

@@ -240,49 +240,70 @@ def _pairs(settings: Settings) -> QueuedLedger[ShadowPair] | None:
     return store
 
 
-def _gauges(
+def _metrics_dir() -> Path | None:
+    """The folder of prometheus_client's multiprocess mode: set by `triage serve --workers N`'s supervisor for its
+    processes (or by whoever runs several gateways that way), None for one process."""
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR={value}: not a folder (metrics of several processes go there)")
+    return path
+
+
+def _read_metrics(
     metrics: Metrics,
     ledger: QueuedLedger[DecisionRecord] | None,
     service: RoutingService,
     cache: MemoryCache | RedisCache | None,
     quality_path: Path,
 ) -> None:
+    """Values kept by the parts themselves, read at scrape time: levels are gauges, running totals counters."""
     metrics.gauge(
-        "triage_ledger_queue_depth", "Records waiting to be written.", lambda: float(ledger.depth if ledger else 0)
+        "triage_ledger_queue_depth",
+        "Records waiting to be written.",
+        lambda: float(ledger.depth if ledger else 0),
+        "livesum",
     )
-    metrics.gauge(
+    metrics.counter(
         "triage_ledger_dropped_total",
         "Records dropped because the queue was full.",
         lambda: float(ledger.dropped if ledger else 0),
     )
-    metrics.gauge(
+    metrics.counter(
         "triage_limiter_errors_total",
         "Times the rate-limit store did not answer.",
         lambda: float(service.health().limiter_errors),
     )
-    metrics.gauge(
+    metrics.counter(
         "triage_overloaded_total",
         "Requests refused with 503 `overloaded`: too many were waiting for the rate limiter (load shed).",
         lambda: float(service.health().shed),
     )
-    metrics.gauge(
+    metrics.counter(
         "triage_cache_errors_total",
         "Times the response cache's Redis did not answer (each one a miss or a skipped store).",
         lambda: float(cache.errors if isinstance(cache, RedisCache) else 0),
     )
     quality = QualityGauge(quality_path)
+    # Every process reads the same labelled file: the newest reading stands for all.
     metrics.gauge(
         "triage_quality_kept_ratio",
         "Routed answers' quality as a share of the large model's, from labelled shadow pairs (ledger.outcomes).",
         lambda: quality.read()[0],
+        "livemostrecent",
     )
     metrics.gauge(
-        "triage_quality_pairs", "Labelled shadow pairs behind the quality gauge.", lambda: float(quality.read()[1])
+        "triage_quality_pairs",
+        "Labelled shadow pairs behind the quality gauge.",
+        lambda: float(quality.read()[1]),
+        "livemostrecent",
     )
-    metrics.gauge(
+    metrics.counter(
         "triage_shadow_calls_total", "Shadow calls made (routing.shadow).", lambda: float(service.health().shadow_sent)
     )
-    metrics.gauge(
+    metrics.counter(
         "triage_shadow_dropped_total",
         "Requests sampled for a shadow call but not shadowed: budget spent, too many in flight, or the gateway busy.",
         lambda: float(service.health().shadow_dropped),
@@ -341,7 +362,7 @@ def create_app(
     scores = _scores(settings)
     shadow = settings.routing.shadow
     cache = _cache(settings)
-    metrics = Metrics()
+    metrics = Metrics(_metrics_dir())
     large = [w for w in workers if w.role is Role.LARGE]
     service = RoutingService(
         workers,
@@ -368,7 +389,7 @@ def create_app(
             settings.ledger.store_prompts,
         ),
     )
-    _gauges(metrics, ledger, service, cache, settings.ledger.outcomes)
+    _read_metrics(metrics, ledger, service, cache, settings.ledger.outcomes)
     policy_files = PolicyFiles(settings, service, source)
     tiers = build_tiers(settings)
     auth = Authenticator(
@@ -397,10 +418,12 @@ def create_app(
         if pairs is not None:
             await pairs.start()
         hangup = _on_sighup(policy_files)
+        metrics.start(settings.server.metrics_refresh)
         try:
             yield
         finally:
             hangup()
+            await metrics.stop()
             # uvicorn has finished in-flight requests by now (graceful shutdown): drain their records.
             # Shadow calls under way finish first (they record too), within what is left of the graceful timeout.
             await service.close(shutdown.remaining(settings.server.graceful_shutdown_timeout))
@@ -419,6 +442,7 @@ def create_app(
                 await conversations.close()
             if isinstance(scores, RedisScores):
                 await scores.close()
+            metrics.refresh()  # this process's last totals stay in the files after it exits
 
     # No slash redirects: a 307 built from the Host header is an open redirect, and SDKs never add the slash.
     app = Edge(

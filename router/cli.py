@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     import uvicorn
 
-    from router.api.app import ShutdownClock
+    from router.api.wiring import ShutdownClock
 
 __all__ = ["build_settings", "main", "parser"]
 

@@ -50,6 +50,14 @@ def _wait_for(gw: Gateway, key: str, value: object) -> dict[str, object]:
     raise AssertionError(f"/ready never showed {key}={value!r}: {_ready(gw)}")
 
 
+def _wait_len(answers: list[str], n: int) -> None:
+    """Until the load threads have had `n` answers (a count, not a time: the machine is shared)."""
+    deadline = time.monotonic() + 30
+    while len(answers) < n:
+        assert time.monotonic() < deadline, f"only {len(answers)} answers"
+        time.sleep(0.02)
+
+
 def test_sighup_swaps_the_classifier_under_load_and_refuses_a_bad_file(
     tmp_path: Path, upstreams: tuple[ThreadedServer, ThreadedServer, object]
 ) -> None:
@@ -91,7 +99,7 @@ def test_sighup_swaps_the_classifier_under_load_and_refuses_a_bad_file(
         assert (info["path"], info["sha256"], info["reloads"]) == (str(active), easy_sha, 0)
         for t in threads:
             t.start()
-        time.sleep(0.3)
+        _wait_len(models, 8)
         assert set(models) == {"tiny-small"}
         # The operator's way: write the new file beside it, move it into place, SIGHUP.
         os.replace(hard_file, active)
@@ -100,7 +108,7 @@ def test_sighup_swaps_the_classifier_under_load_and_refuses_a_bad_file(
         # Requests under way keep the policy they started with: at most one per load thread was routed before
         # the swap and answers after it.
         seen = len(models) + len(threads)
-        time.sleep(0.3)
+        _wait_len(models, seen + 8)
         assert set(models[seen:]) == {"tiny-large"}
         # A torn or altered file: refused, the hard classifier keeps serving.
         active.write_bytes(active.read_bytes()[:5000])
@@ -108,7 +116,7 @@ def test_sighup_swaps_the_classifier_under_load_and_refuses_a_bad_file(
         info = _wait_for(gw, "failed_reloads", 1)
         assert (info["sha256"], info["reloads"]) == (hard_sha, 1)
         seen = len(models)
-        time.sleep(0.3)
+        _wait_len(models, seen + 8)
         assert set(models[seen:]) == {"tiny-large"}
         # Many reloads in a row, under load: still nothing fails.
         leaning(active, -50.0)
@@ -117,7 +125,7 @@ def test_sighup_swaps_the_classifier_under_load_and_refuses_a_bad_file(
             time.sleep(0.05)
         info = _wait_for(gw, "sha256", _sha(active))
         assert isinstance(info["reloads"], int) and info["reloads"] >= 2
-        time.sleep(0.2)
+        _wait_len(models, len(models) + 8)
     finally:
         stop.set()
         for t in threads:

@@ -3,14 +3,20 @@ one is refused with a log line while the old one keeps serving, and no request f
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import json
 import os
+import shutil
 import signal
 import threading
 import time
+import zlib
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -139,3 +145,167 @@ def test_sighup_swaps_the_classifier_under_load_and_refuses_a_bad_file(
     # SIGHUP never killed it; SIGTERM stopped it cleanly (uvicorn re-raises the signal once it has shut down).
     assert gw.proc.returncode == -signal.SIGTERM
     assert "Finished server process" in log
+
+
+def _doc_file(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """The shipped classifier's file, changed; written beside `path` and moved into place, as an operator does."""
+    doc = json.loads(classifiers.default_path().read_text())
+    change(doc)
+    beside = path.with_name(path.name + ".new")
+    beside.write_text(json.dumps(doc))
+    _into_place(beside, path)
+
+
+def _into_place(new: Path, path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    os.replace(new, path)
+
+
+def _nan_weights(doc: dict[str, Any]) -> None:
+    """NaN weights, with their checksum, and the file's own probe scores: the old loader's probe check compared
+    NaN and passed, and every score was NaN (below any threshold: all traffic to the small model)."""
+    raw = bytes.fromhex("0000c07f") * int(doc["coef"]["length"])  # float32 NaN, little-endian
+    doc["coef"]["zlib_base64"] = base64.b64encode(zlib.compress(raw)).decode()
+    doc["coef"]["sha256"] = hashlib.sha256(raw).hexdigest()
+
+
+def _hostile(kind: str, path: Path, tmp: Path) -> None:
+    if kind == "nan-weights":
+        _doc_file(path, _nan_weights)
+    elif kind == "threshold-abc":
+        _doc_file(path, lambda d: d["meta"].update(suggested_threshold="abc"))
+    elif kind == "threshold-1.5":
+        _doc_file(path, lambda d: d["meta"].update(suggested_threshold=1.5))
+    elif kind == "wrong-shape":
+        _doc_file(path, lambda d: d["spec"].update(word_bits=17))
+    elif kind == "answer-scorer":
+        shutil.copy(classifiers.default_answer_path(), tmp / "answers.json")
+        _into_place(tmp / "answers.json", path)
+    elif kind == "fifo":
+        os.mkfifo(tmp / "fifo")
+        _into_place(tmp / "fifo", path)
+    elif kind == "dev-zero":
+        (tmp / "zero").symlink_to("/dev/zero")
+        _into_place(tmp / "zero", path)
+    elif kind == "too-large":
+        with (tmp / "large").open("wb") as f:
+            f.truncate(64 << 20)  # sparse
+        _into_place(tmp / "large", path)
+    else:
+        path.unlink()
+        path.mkdir()
+
+
+HOSTILE = [
+    "nan-weights",
+    "threshold-abc",
+    "threshold-1.5",
+    "wrong-shape",
+    "answer-scorer",
+    "fifo",
+    "dev-zero",
+    "too-large",
+    "directory",
+]
+
+
+def test_a_reload_refuses_hostile_files_counts_them_and_keeps_serving(
+    tmp_path: Path, upstreams: tuple[ThreadedServer, ThreadedServer, object]
+) -> None:
+    """Regression: NaN weights were taken (everything went to the small model), a threshold of "abc" raised an
+    unhandled ValueError in the reload task (not counted), 1.5 was taken (nothing reaches it), a FIFO wedged
+    reloading for good and a symlink to /dev/zero read until memory was gone. Each is now refused, counted in
+    /ready's failed_reloads, and the policy in use keeps serving; a good file after them is taken; SIGTERM right
+    after a SIGHUP stops the gateway cleanly."""
+    small, large = upstreams[0], upstreams[1]
+    active = tmp_path / "classifier.json"
+    easy_sha = leaning(active, -50.0)
+    cfg = tmp_path / "gateway.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "server": {"log_level": "info"},
+                "routing": {"scorer": "classifier", "classifier_path": str(active)},  # the file's own threshold
+                "workers": [
+                    {"name": "small", "role": "small", "base_url": f"{small.url}/v1", "model": "tiny-small"},
+                    {"name": "large", "role": "large", "base_url": f"{large.url}/v1", "model": "tiny-large"},
+                ],
+                "ledger": {"enabled": False},
+            }
+        )
+    )
+    gw = Gateway(cfg, tmp_path / "gateway.log")
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+
+        def routed() -> str:
+            r = client.post("/v1/chat/completions", json={"model": "auto", "messages": PROMPT})
+            assert r.status_code == 200, r.text
+            return r.headers["x-triage-model"]
+
+        try:
+            assert routed() == "tiny-small"
+            for failed, kind in enumerate(HOSTILE, start=1):
+                (tmp_path / kind).mkdir()
+                _hostile(kind, active, tmp_path / kind)
+                os.kill(gw.proc.pid, signal.SIGHUP)
+                info = _wait_for(gw, "failed_reloads", failed)
+                assert (info["sha256"], info["reloads"]) == (easy_sha, 0), kind
+                assert routed() == "tiny-small", kind
+            if active.is_dir():
+                active.rmdir()
+            hard_sha = leaning(active, +50.0)
+            os.kill(gw.proc.pid, signal.SIGHUP)
+            assert _wait_for(gw, "sha256", hard_sha)["reloads"] == 1
+            assert routed() == "tiny-large"
+            os.kill(gw.proc.pid, signal.SIGHUP)  # a reload under way when SIGTERM comes
+            os.kill(gw.proc.pid, signal.SIGTERM)
+            gw.proc.wait(timeout=30)
+        finally:
+            gw.kill()
+    log = (tmp_path / "gateway.log").read_text()
+    assert gw.proc.returncode == -signal.SIGTERM, log[-3000:]
+    assert "Finished server process" in log
+    assert "Traceback" not in log
+    for reason in (
+        "weights include NaN or infinite values",
+        "meta.suggested_threshold is 'abc', not a number",
+        "meta.suggested_threshold is 1.5, outside [0.0, 1.0]",
+        "weights have shape",
+        "is an answer scorer",
+        "not a regular file (a FIFO)",
+        "not a regular file (a character device)",
+        "more than the",
+        "not a regular file (a directory)",
+    ):
+        assert reason in log, reason
+
+
+def test_a_storm_of_reloads_costs_two_loads(tmp_path: Path) -> None:
+    """Regression: every SIGHUP queued a load of its own, one after the other (a hundred SIGHUPs, a hundred loads
+    of the files in a thread beside the requests). Calls that come while a load is under way now share the one
+    load queued after it; each still reports the outcome of a load that began after it was asked for."""
+    from router.api.app import create_app
+    from router.api.policy_files import PolicyFiles
+    from router.settings import LedgerSettings, RoutingSettings, Settings, WorkerSettings
+
+    active = tmp_path / "classifier.json"
+    leaning(active, -50.0)
+    settings = Settings(
+        routing=RoutingSettings(scorer="classifier", classifier_path=active),
+        ledger=LedgerSettings(enabled=False),
+        workers=[
+            WorkerSettings(name=n, role=n, base_url="http://127.0.0.1:9/v1", model=f"tiny-{n}")
+            for n in ("small", "large")
+        ],
+    )
+    files = create_app(settings).state.triage.policy_files
+    assert isinstance(files, PolicyFiles)
+
+    async def storm() -> list[bool]:
+        first = asyncio.ensure_future(files.reload())
+        await asyncio.sleep(0)  # the first load is under way
+        return [await first, *await asyncio.gather(*(files.reload() for _ in range(100)))]
+
+    assert asyncio.run(storm()) == [True] * 101
+    assert files.source.reloads == 2

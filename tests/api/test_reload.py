@@ -22,6 +22,10 @@ import httpx
 
 import classifiers
 from classifiers.model import Classifier
+from router.api.app import _on_sighup, create_app
+from router.api.policy_files import PolicyFiles
+from router.processes import SighupLatch
+from router.settings import LedgerSettings, RoutingSettings, Settings, WorkerSettings
 from tests.limits.gateways import Gateway
 from tests.servers import ThreadedServer
 
@@ -281,14 +285,8 @@ def test_a_reload_refuses_hostile_files_counts_them_and_keeps_serving(
         assert reason in log, reason
 
 
-def test_a_storm_of_reloads_costs_two_loads(tmp_path: Path) -> None:
-    """Regression: every SIGHUP queued a load of its own, one after the other (a hundred SIGHUPs, a hundred loads
-    of the files in a thread beside the requests). Calls that come while a load is under way now share the one
-    load queued after it; each still reports the outcome of a load that began after it was asked for."""
-    from router.api.app import create_app
-    from router.api.policy_files import PolicyFiles
-    from router.settings import LedgerSettings, RoutingSettings, Settings, WorkerSettings
-
+def _policy_files(tmp_path: Path) -> PolicyFiles:
+    """The PolicyFiles of an app built (not run) on a classifier file of its own."""
     active = tmp_path / "classifier.json"
     leaning(active, -50.0)
     settings = Settings(
@@ -301,6 +299,14 @@ def test_a_storm_of_reloads_costs_two_loads(tmp_path: Path) -> None:
     )
     files = create_app(settings).state.triage.policy_files
     assert isinstance(files, PolicyFiles)
+    return files
+
+
+def test_a_storm_of_reloads_costs_two_loads(tmp_path: Path) -> None:
+    """Regression: every SIGHUP queued a load of its own, one after the other (a hundred SIGHUPs, a hundred loads
+    of the files in a thread beside the requests). Calls that come while a load is under way now share the one
+    load queued after it; each still reports the outcome of a load that began after it was asked for."""
+    files = _policy_files(tmp_path)
 
     async def storm() -> list[bool]:
         first = asyncio.ensure_future(files.reload())
@@ -309,3 +315,28 @@ def test_a_storm_of_reloads_costs_two_loads(tmp_path: Path) -> None:
 
     assert asyncio.run(storm()) == [True] * 101
     assert files.source.reloads == 2
+
+
+def test_the_app_answers_a_sighup_held_at_start_up_and_gives_the_signal_back(tmp_path: Path) -> None:
+    """Regression: a SIGHUP that `triage serve` held while starting was dropped (the files may have changed after
+    start-up read them), and the app's shutdown left SIGHUP at its default action, which ends the process before
+    the ledger is drained. Now the held one is answered with a reload, and the holder gets the signal back."""
+    files = _policy_files(tmp_path)
+    latch = SighupLatch()
+    latch.received = True
+    before = signal.signal(signal.SIGHUP, latch)
+
+    async def start_and_stop() -> object:
+        give_back = _on_sighup(files)
+        deadline = time.monotonic() + 30
+        while files.source.reloads == 0:
+            assert time.monotonic() < deadline, "the held SIGHUP was not answered"
+            await asyncio.sleep(0.01)
+        give_back()
+        return signal.getsignal(signal.SIGHUP)
+
+    try:
+        assert asyncio.run(start_and_stop()) is latch
+        assert not latch.received
+    finally:
+        signal.signal(signal.SIGHUP, before)

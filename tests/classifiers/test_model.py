@@ -475,3 +475,55 @@ def test_paths_that_are_not_a_bounded_regular_file_are_refused_unread(tmp_path: 
     assert isinstance(outcome[0], ClassifierFileError), outcome[0]
     assert str(outcome[0]).startswith(f"{path}: ")
     assert expected in str(outcome[0])
+
+
+def test_a_file_written_while_it_is_read_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that appends between two reads (not the operator's way: write beside, then rename): refused, so
+    that nothing torn is loaded; a later reload reads the finished file."""
+    import os
+    import shutil
+
+    path = tmp_path / "c.json"
+    shutil.copy(classifiers.default_path(), path)
+    real_read = os.read
+    grown: list[int] = []
+
+    def read_while_written(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        if not grown:
+            grown.append(len(data))
+            with path.open("ab") as f:
+                f.write(b" ")
+        return data
+
+    monkeypatch.setattr(os, "read", read_while_written)
+    with pytest.raises(ClassifierFileError, match="changed while it was read"):
+        classifiers.load(path)
+    monkeypatch.undo()
+    assert classifiers.load(path).digest  # finished: taken
+
+
+def test_a_file_that_grows_past_the_limit_while_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import shutil
+
+    from classifiers.model import MAX_FILE_BYTES
+
+    path = tmp_path / "c.json"
+    shutil.copy(classifiers.default_path(), path)
+    real_read = os.read
+    calls: list[int] = []
+
+    def read_while_grown(fd: int, n: int) -> bytes:
+        if not calls:
+            with path.open("r+b") as f:
+                f.truncate(MAX_FILE_BYTES * 2)  # sparse
+        calls.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", read_while_grown)
+    with pytest.raises(ClassifierFileError, match=f"grew past {MAX_FILE_BYTES} bytes"):
+        classifiers.load(path)
+    assert sum(calls) <= MAX_FILE_BYTES + 1 + (1 << 20)  # read up to the limit, no further

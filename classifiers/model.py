@@ -180,7 +180,7 @@ def _weights(blob: Any, width: int) -> np.ndarray:
     stream = zlib.decompressobj()
     raw = stream.decompress(packed, 4 * width)
     if not stream.eof and stream.decompress(stream.unconsumed_tail, 1):
-        raise InvalidField(f"weights decompress to more than the {width} the feature spec needs")
+        raise InvalidField(f"weights decompress to more than the {width} float32 values the feature spec needs")
     if not stream.eof:
         raise InvalidField("weights are truncated (incomplete zlib stream)")
     if hashlib.sha256(raw).hexdigest() != blob["sha256"]:

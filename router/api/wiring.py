@@ -46,6 +46,7 @@ from router.core.share import ShareTargets
 from router.core.tiers import Tier
 from router.core.types import Prices, Role, Worker
 from router.errors import ConfigError
+from router.processes import SighupLatch
 from router.service.admission import AdmissionControl
 from router.service.coordinator import Ports, RoutingService
 from router.service.recording import Recorder
@@ -460,9 +461,11 @@ def _read_metrics(
 
 def _on_sighup(files: PolicyFiles) -> Callable[[], None]:
     """SIGHUP reloads the classifier files (a process-wide signal: only where the app runs on the main thread,
-    as under `triage serve`). Returns what removes the handler."""
+    as under `triage serve`). A SIGHUP that `triage serve` held while starting (SighupLatch) is answered with
+    one reload: the files may have changed after start-up read them. Returns what gives the signal back."""
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[bool]] = set()
+    previous = signal.getsignal(signal.SIGHUP)
 
     def reload() -> None:
         task = loop.create_task(files.reload())
@@ -473,8 +476,12 @@ def _on_sighup(files: PolicyFiles) -> Callable[[], None]:
         loop.add_signal_handler(signal.SIGHUP, reload)
     except (ValueError, RuntimeError, NotImplementedError, AttributeError):  # not the main thread, or no SIGHUP
         return lambda: None
+    if isinstance(previous, SighupLatch) and previous.received:
+        previous.received = False
+        reload()
 
     def remove() -> None:
-        loop.remove_signal_handler(signal.SIGHUP)
+        loop.remove_signal_handler(signal.SIGHUP)  # which leaves SIG_DFL: a SIGHUP would end the shutdown
+        signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
 
     return remove

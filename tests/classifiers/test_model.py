@@ -88,7 +88,7 @@ def test_training_is_deterministic(tmp_path: Path) -> None:
 
 
 def _tamper(tmp_path: Path, trained: Classifier, change: object) -> Path:
-    doc = trained.to_json()
+    doc = json.loads(json.dumps(trained.to_json()))  # a copy: to_json shares the model's meta
     change(doc)  # type: ignore[operator]
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(doc))
@@ -323,3 +323,207 @@ def test_task_indicators_extend_the_feature_space_and_old_files_are_unchanged(tm
     model.save(tmp_path / "t.json")
     again = Classifier.load(tmp_path / "t.json")
     assert again.spec == tasks and again.score_many(texts[:5]) == model.score_many(texts[:5])
+
+
+def _nan_weights(doc: dict[str, object]) -> None:
+    """NaN weights with a valid checksum and the original probes: every score is NaN, which compares false with
+    any threshold (everything went to the small model)."""
+    import hashlib
+
+    blob = doc["coef"]
+    assert isinstance(blob, dict)
+    coef = np.frombuffer(zlib.decompress(base64.b64decode(blob["zlib_base64"])), dtype="<f4").copy()
+    coef[:] = np.nan
+    raw = coef.astype("<f4").tobytes()
+    blob["zlib_base64"] = base64.b64encode(zlib.compress(raw)).decode()
+    blob["sha256"] = hashlib.sha256(raw).hexdigest()
+
+
+def _set(*keys: str | int, value: object) -> object:
+    def change(doc: dict[str, object]) -> None:
+        target: object = doc
+        for key in keys[:-1]:
+            target = target[key]  # type: ignore[index]
+        target[keys[-1]] = value  # type: ignore[index]
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_nan_weights, "weights include NaN or infinite values"),
+        (_set("meta", "suggested_threshold", value="abc"), r"meta\.suggested_threshold is 'abc', not a number"),
+        (_set("meta", "suggested_threshold", value=1.5), r"meta\.suggested_threshold is 1\.5, outside \[0\.0, 1\.0\]"),
+        (_set("meta", "suggested_threshold", value=-0.1), "outside"),
+        (_set("meta", "suggested_threshold", value=True), "not a number"),
+        (_set("meta", value=[1, 2]), "meta is"),
+        (_set("intercept", value="0.5"), "intercept is '0.5', not a number"),
+        (_set("intercept", value=10**400), "not a finite number"),  # an integer no float holds
+        (_set("intercept", value=float("inf")), "Infinity is not a number"),  # json writes the Infinity literal
+        (_set("platt", 0, value=float("nan")), "NaN is not a number"),
+        (_set("platt", value=[1.0]), "platt is not a pair"),
+        (_set("spec", "structure", value="false"), r"spec\.structure is 'false', not true or false"),
+        (_set("spec", "word_bits", value=40), r"spec\.word_bits is 40, outside \[1, 24\]"),
+        (_set("spec", "word_bits", value=12.5), "not an integer"),
+        (_set("spec", "char_ngrams", value=[5, 3]), r"char_ngrams\[1\] is 3, outside \[5, 16\]"),
+        (_set("spec", "max_chars", value=0), "max_chars"),
+        (_set("coef", "length", value="4108"), "not an integer"),
+        (_set("coef", "dtype", value="float64"), "not float32-le"),
+        (_set("probes", 0, 1, value="0.5"), r"probes\[0\] score is '0\.5', not a number"),
+        (_set("probes", 0, 0, value=7), r"probes\[0\] is not a \[text, score\] pair"),
+        (_set("probes", value=[]), "probes is not a list"),
+    ],
+)
+def test_values_that_are_not_finite_numbers_in_range_are_refused_naming_the_field(
+    tmp_path: Path, trained: Classifier, change: object, message: str
+) -> None:
+    """Regression: NaN weights loaded (and routed everything to the small model), a threshold of 'abc' or 1.5
+    loaded and failed later, as an unhandled ValueError or a threshold nothing reaches; strings passed float()."""
+    with pytest.raises(ClassifierFileError, match=message) as refused:
+        classifiers.load(_tamper(tmp_path, trained, change))
+    assert str(refused.value).startswith(f"{tmp_path / 'bad.json'}: ")
+
+
+def test_a_model_of_another_shape_is_refused_naming_the_file(tmp_path: Path, trained: Classifier) -> None:
+    doc = trained.to_json()
+    doc["spec"]["word_bits"] = 13  # the weights are for 12 bits
+    path = tmp_path / "shape.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ClassifierFileError, match=rf"^{path}: weights have shape \(\d+,\), the feature spec needs"):
+        classifiers.load(path)
+
+
+def test_a_zlib_bomb_is_refused_without_being_inflated(tmp_path: Path, trained: Classifier) -> None:
+    """Regression: 200 MB of zeros in a 200 KB blob was inflated whole before any check (a 1.4 MB file held
+    +1 GB). Now the weights decompress no further than the spec's width."""
+    import tracemalloc
+
+    pack = zlib.compressobj(9)
+    chunk = bytes(1 << 20)
+    packed = b"".join(pack.compress(chunk) for _ in range(200)) + pack.flush()
+    doc = trained.to_json()
+    doc["coef"]["zlib_base64"] = base64.b64encode(packed).decode()
+    path = tmp_path / "bomb.json"
+    path.write_text(json.dumps(doc))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ClassifierFileError, match="weights decompress to more than"):
+            classifiers.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 << 20, peak
+
+
+def _unblock_fifo(path: Path) -> None:
+    """Open the FIFO's writing end, so that a reader stuck opening it (the old code) gets EOF and returns."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError):  # ENXIO: no reader waiting
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "too-large", "deep-json", "huge-integer"])
+def test_paths_that_are_not_a_bounded_regular_file_are_refused_unread(tmp_path: Path, kind: str) -> None:
+    """Regression: a symlink to /dev/zero read until memory ran out, a FIFO wedged the loader for good (waiting
+    for a writer), deeply nested JSON raised RecursionError and a 5,000-digit integer a bare ValueError."""
+    import os
+    import threading
+
+    from classifiers.model import MAX_FILE_BYTES
+
+    path = tmp_path / "classifier.json"
+    expected = {
+        "fifo": "not a regular file (a FIFO)",
+        "dev-zero": "not a regular file (a character device)",
+        "directory": "not a regular file (a directory)",
+        "too-large": f"more than the {MAX_FILE_BYTES}",
+        "deep-json": "nested too deeply",
+        "huge-integer": "invalid JSON",
+    }[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "too-large":
+        with path.open("wb") as f:
+            f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
+    elif kind == "deep-json":
+        path.write_text("[" * 200_000)
+    else:
+        path.write_text('{"format": ' + "9" * 5000 + "}")
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            classifiers.load(path)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    loader.join(timeout=30)  # a deadline, not a timing: the fixed loader returns at once
+    if kind == "fifo":
+        _unblock_fifo(path)
+        loader.join(timeout=30)
+    assert outcome, f"loading {kind} did not return"
+    assert isinstance(outcome[0], ClassifierFileError), outcome[0]
+    assert str(outcome[0]).startswith(f"{path}: ")
+    assert expected in str(outcome[0])
+
+
+def test_a_file_written_while_it_is_read_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that appends between two reads (not the operator's way: write beside, then rename): refused, so
+    that nothing torn is loaded; a later reload reads the finished file."""
+    import os
+    import shutil
+
+    path = tmp_path / "c.json"
+    shutil.copy(classifiers.default_path(), path)
+    real_read = os.read
+    grown: list[int] = []
+
+    def read_while_written(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        if not grown:
+            grown.append(len(data))
+            with path.open("ab") as f:
+                f.write(b" ")
+        return data
+
+    monkeypatch.setattr(os, "read", read_while_written)
+    with pytest.raises(ClassifierFileError, match="changed while it was read"):
+        classifiers.load(path)
+    monkeypatch.undo()
+    assert classifiers.load(path).digest  # finished: taken
+
+
+def test_a_file_that_grows_past_the_limit_while_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import shutil
+
+    from classifiers.model import MAX_FILE_BYTES
+
+    path = tmp_path / "c.json"
+    shutil.copy(classifiers.default_path(), path)
+    real_read = os.read
+    calls: list[int] = []
+
+    def read_while_grown(fd: int, n: int) -> bytes:
+        if not calls:
+            with path.open("r+b") as f:
+                f.truncate(MAX_FILE_BYTES * 2)  # sparse
+        calls.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", read_while_grown)
+    with pytest.raises(ClassifierFileError, match=f"grew past {MAX_FILE_BYTES} bytes"):
+        classifiers.load(path)
+    assert sum(calls) <= MAX_FILE_BYTES + 1 + (1 << 20)  # read up to the limit, no further

@@ -22,6 +22,8 @@ __all__ = ["Endpoint", "Outcome", "RequestContext", "RequestOptions", "Routed", 
 class Endpoint(StrEnum):
     CHAT = "/chat/completions"
     COMPLETIONS = "/completions"
+    RESPONSES = "/responses"
+    MESSAGES = "/messages"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from router.core.ports import Backend, ConversationMemory, PairSink, ResponseCac
 from router.core.shadow import ShadowGate
 from router.core.tiers import Caller, Tier, allowed_role
 from router.core.types import Decision, Reason, Routed, Worker
-from router.errors import ModelNotFound, PermissionDenied, RateLimited, TriageError
+from router.errors import InvalidRequest, ModelNotFound, PermissionDenied, RateLimited, TriageError
 from router.protocol import GenerationRequest, choices, prompt_text
 from router.service.admission import AdmissionControl
 from router.service.cascade import Cascade
@@ -166,6 +166,7 @@ class RoutingService:
     async def _handle(self, ctx: RequestContext, cache_bypass: bool) -> Outcome:
         caller, request = ctx.caller, ctx.request
         named = self._named(request, caller.tier)
+        _refuse_unheld_state(request, named)
         try:
             ctx.admission = await self._admission.admit(caller, request, ctx.payload)
         except RateLimited:
@@ -182,14 +183,20 @@ class RoutingService:
                     await self._admission.settle(caller, ctx.admission, 0)  # nothing was generated
                     settled = True
                     return Outcome(cached.routed, cached.reply, limit_headers, "hit")
-            if caller.tier.cascade and named is None and not request.stream and choices(request) == 1:
+            if (
+                caller.tier.cascade
+                and named is None
+                and not request.stream
+                and choices(request) == 1
+                and request.CASCADES
+            ):
                 outcome = await self._cascade.run(ctx)
             else:
                 routed, turn = await self._steered(ctx, self.route(request, caller.tier, named), named is None)
                 outcome = await self._dispatch.serve(ctx, routed)
                 if turn is not None and self._conversations is not None:
                     await self._conversations.remember(turn, outcome.routed.worker.role)
-                if self._shadow is not None and not request.stream:
+                if self._shadow is not None and not request.stream and request.CASCADES:  # pairs read `choices`
                     self._shadow.after(ctx, outcome)
             settled = True  # by the attempt or the cascade, or by the stream when it ends
             if key is not None:
@@ -229,3 +236,19 @@ class RoutingService:
             return
         if len(reply.body) <= MAX_CACHED_BYTES:
             await self._cache.put(key, outcome.routed.worker.name.encode() + b"\n" + reply.body, self._cache_ttl)
+
+
+def _refuse_unheld_state(request: GenerationRequest, named: tuple[Worker, ...] | None) -> None:
+    """A request that refers to state one worker holds (a stored response) may go only where that state can be:
+    to a model served by a single worker. The gateway does not record which worker made a response, so a routed
+    request, or a model with replicas, could land elsewhere and get a 404: it is refused instead."""
+    state = request.worker_state()
+    if state is None or (named is not None and len(named) == 1):
+        return
+    field, value = state
+    where = "`model: auto` is routed" if named is None else f"the model `{request.model}` has {len(named)} workers"
+    raise InvalidRequest(
+        f"{field}: {value[:80]!r} is held by the one worker that made it, and {where}, so this request could reach "
+        "another worker. Send the conversation itself (its input items), or name a model served by one worker.",
+        param=field,
+    )

@@ -89,11 +89,12 @@ class Dispatcher:
         try:
             if ctx.request.stream:
                 # The worker's usage chunk is asked for always: without it a stream is settled from an estimate.
-                body = encode(asking_usage(ctx.payload))
+                own = ctx.request.STREAM_REPORTS_USAGE  # Responses and Messages streams always end with usage
+                body = encode(ctx.payload if own else asking_usage(ctx.payload))
                 stream = await self._backend.open_stream(worker, ctx.endpoint.value, body)
                 if stream.status == 200:  # the stream settles, records and ends its attempt when it closes
                     ended = True
-                    hide = not wants_usage(ctx.request)
+                    hide = not own and not wants_usage(ctx.request)
                     metered = MeteredStream(stream, ctx.trace, self._stream_end(ctx, worker), hide_usage=hide)
                     return Outcome(routed, metered, {})
                 try:

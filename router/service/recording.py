@@ -128,10 +128,20 @@ def answer_usage(worker: Worker, body: bytes) -> tuple[int, int] | None:
 
 
 def _usage(doc: object) -> tuple[int, int] | None:
-    usage = doc.get("usage") if isinstance(doc, dict) else None
+    """OpenAI's chat and completions usage (`prompt_tokens`, `completion_tokens`), or the Responses and Messages
+    APIs' (`input_tokens`, `output_tokens`), at the top or on the event's `response` (Responses' completed event)
+    or `message` (Messages' message_start)."""
+    if not isinstance(doc, dict):
+        return None
+    usage = doc.get("usage")
+    for wrapper in ("response", "message"):
+        if not isinstance(usage, dict) and isinstance(inner := doc.get(wrapper), dict):
+            usage = inner.get("usage")
     if not isinstance(usage, dict):
         return None
     try:
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        if "prompt_tokens" in usage or ("input_tokens" not in usage and "output_tokens" not in usage):
+            return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        return int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
     except (TypeError, ValueError, OverflowError):
         return None

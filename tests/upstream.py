@@ -192,7 +192,7 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
             journal.cancelled.append(body.get("x_id", "?"))
             raise
 
-    from tests.upstream_apis import messages_handler, responses_handler  # that module imports Journal from here
+    from tests.upstream_apis import embeddings_handler, messages_handler, responses_handler  # they import Journal
 
     return Starlette(
         routes=[
@@ -201,5 +201,6 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
             Route("/v1/completions", generate, methods=["POST"]),
             Route("/v1/responses", responses_handler(model, journal), methods=["POST"]),
             Route("/v1/messages", messages_handler(model, journal), methods=["POST"]),
+            Route("/v1/embeddings", embeddings_handler(model, journal), methods=["POST"]),
         ]
     )

@@ -124,3 +124,21 @@ def messages_handler(model: str, journal: Journal) -> Handler:
         return StreamingResponse(_stream(events, test), media_type="text/event-stream")
 
     return messages
+
+
+def embeddings_handler(model: str, journal: Journal) -> Handler:
+    """vLLM's answer: one vector per input, usage with prompt tokens only (a token per word here)."""
+
+    async def embeddings(request: Request) -> Response:
+        body, _, refused = await _read(request, journal, model)
+        if refused is not None:
+            return refused
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if inputs and isinstance(inputs[0], int):
+            inputs = [inputs]
+        tokens = sum(len(i.split()) if isinstance(i, str) else len(i) for i in inputs)
+        data = [{"object": "embedding", "index": i, "embedding": [0.5, -0.5]} for i in range(len(inputs))]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse({"object": "list", "model": model, "data": data, "usage": usage})
+
+    return embeddings

@@ -11,7 +11,7 @@ from typing import Any
 
 from router.core.records import SHADOW, DecisionRecord, is_extra_call
 
-__all__ = ["Bucket", "Summary", "by_tier", "percentile", "summarize", "timeline"]
+__all__ = ["Bucket", "RouteShare", "Summary", "by_tier", "percentile", "route_name", "summarize", "timeline"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -19,6 +19,14 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+@dataclass
+class RouteShare:
+    """What one API route carried: its requests and what they cost (an escalated draft's cost counts too)."""
+
+    requests: int = 0
+    cost: float = 0.0
 
 
 @dataclass
@@ -37,6 +45,7 @@ class Summary:
     cost_large: float = 0.0
     shadow_calls: int = 0  # shadow pairs' second answers (routing.shadow): their cost is not in `cost`
     shadow_cost: float = 0.0
+    routes: dict[str, RouteShare] = field(default_factory=dict)  # API route -> its requests and cost
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> p50/p95/p99
     ttft_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -58,9 +67,16 @@ class Summary:
             "errors": {str(k): v for k, v in self.errors.items()},
             "cost": {"paid": self.cost, "always_large": self.cost_large, "saving": self.saving},
             "shadow": {"calls": self.shadow_calls, "cost": self.shadow_cost},
+            "routes": {k: {"requests": v.requests, "cost": v.cost} for k, v in self.routes.items()},
             "latency_ms": self.latency_ms,
             "ttft_ms": self.ttft_ms,
         }
+
+
+def route_name(route: str) -> str:
+    """How the summary names a route: its path under /v1 (a record written before routes were recorded came
+    through chat or completions, which it cannot tell apart)."""
+    return f"/v1{route}" if route else "(not recorded)"
 
 
 def summarize(records: Iterable[DecisionRecord]) -> Summary:
@@ -76,9 +92,12 @@ def summarize(records: Iterable[DecisionRecord]) -> Summary:
             s.shadow_calls += 1
             continue
         s.cost += r.cost  # an escalated draft's cost counts; the draft is not a request of its own
+        route = s.routes.setdefault(route_name(r.route), RouteShare())
+        route.cost += r.cost
         if is_extra_call(r):
             continue
         s.requests += 1
+        route.requests += 1
         s.first_ts = r.ts if s.first_ts is None else min(s.first_ts, r.ts)
         s.last_ts = r.ts if s.last_ts is None else max(s.last_ts, r.ts)
         s.escalations += r.escalated

@@ -29,6 +29,7 @@ from router.protocol import (
     messages,
     responses,
 )
+from router.protocol.embeddings import EmbeddingsRequest
 from router.service.context import Endpoint, RequestOptions
 
 __all__ = ["Api", "build_router", "generation_routes"]
@@ -101,6 +102,7 @@ CHAT = Api(Endpoint.CHAT, ChatCompletionRequest)
 COMPLETIONS = Api(Endpoint.COMPLETIONS, CompletionRequest)
 RESPONSES = Api(Endpoint.RESPONSES, responses.ResponsesRequest, _responses_error_event)
 MESSAGES = Api(Endpoint.MESSAGES, messages.MessagesRequest, _messages_error_event, anthropic=True)
+EMBEDDINGS = Api(Endpoint.EMBEDDINGS, EmbeddingsRequest)
 
 
 def _reply(reply: UpstreamReply, headers: dict[str, str], api: Api) -> Response:
@@ -198,7 +200,8 @@ def generation_routes() -> dict[str, Callable[[Request], Awaitable[Response]]]:
         return generate
 
     apis = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS, "/v1/responses": RESPONSES}
-    return {path: route(api) for path, api in {**apis, "/v1/messages": MESSAGES}.items()}
+    apis |= {"/v1/messages": MESSAGES, "/v1/embeddings": EMBEDDINGS}
+    return {path: route(api) for path, api in apis.items()}
 
 
 def build_router() -> APIRouter:

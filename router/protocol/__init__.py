@@ -77,6 +77,7 @@ class GenerationRequest(OpenModel):
     PROMPT: ClassVar[str] = "messages"  # the field holding the prompt, named in errors about it
     STREAM_REPORTS_USAGE: ClassVar[bool] = False
     CASCADES: ClassVar[bool] = True
+    SCORED: ClassVar[bool] = True  # False: not routed by difficulty (embeddings go to their own workers)
 
     model: str = Field(min_length=1)
     stream: bool | None = False

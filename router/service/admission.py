@@ -93,6 +93,8 @@ def _cap(tier: Tier, request: GenerationRequest, payload: dict[str, Any]) -> int
     none); returns the most tokens a choice may use (None: unbounded). Both fields given with different values
     are both capped and the larger is reserved: whichever the worker honours is covered."""
     fields = request.BOUNDS
+    if not fields:
+        return 0  # nothing generated (embeddings): only the input is reserved
     sent = [(f, v) for f in fields if isinstance(v := getattr(request, f, None), int)]
     if not sent:
         bound = capped_max_tokens(tier, None)
@@ -118,7 +120,7 @@ def _estimate(tier: Tier, request: GenerationRequest, bound: int | None, count: 
     if ceiling is not None and estimate > ceiling[0]:
         limit, window = ceiling
         what = f"tier {tier.name} allows {limit} tokens per {window}"
-        if bound is None:
+        if bound is None or not request.BOUNDS:
             param = request.PROMPT
             message = f"{param}: the prompt (about {prompt} tokens) can never be admitted: {what}"
         else:

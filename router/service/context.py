@@ -24,6 +24,7 @@ class Endpoint(StrEnum):
     COMPLETIONS = "/completions"
     RESPONSES = "/responses"
     MESSAGES = "/messages"
+    EMBEDDINGS = "/embeddings"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from router.core.policy import decide
 from router.core.ports import Backend, ConversationMemory, PairSink, ResponseCache, UpstreamReply
 from router.core.shadow import ShadowGate
 from router.core.tiers import Caller, Tier, allowed_role
-from router.core.types import Decision, Reason, Routed, Worker
+from router.core.types import Decision, Reason, Role, Routed, Worker
 from router.errors import InvalidRequest, ModelNotFound, PermissionDenied, RateLimited, TriageError
 from router.protocol import GenerationRequest, choices, prompt_text
 from router.service.admission import AdmissionControl
@@ -113,9 +113,11 @@ class RoutingService:
 
     def _named(self, request: GenerationRequest, tier: Tier) -> tuple[Worker, ...] | None:
         """Workers a concrete model name refers to (None for the alias); refuses what the tier may not use."""
+        if not request.SCORED:
+            return self._embedders(request)
         if request.model == self.alias:
             return None
-        candidates = self._dispatch.by_model.get(request.model)
+        candidates = tuple(w for w in self._dispatch.by_model.get(request.model, ()) if w.role is not Role.EMBEDDINGS)
         if not candidates:
             raise ModelNotFound(
                 f"The model `{request.model}` does not exist. Available: {', '.join(self.model_ids())}.",
@@ -126,7 +128,29 @@ class RoutingService:
             raise PermissionDenied(f"Your tier ({tier.name}) may not use the model `{request.model}`.", param="model")
         return allowed
 
+    def _embedders(self, request: GenerationRequest) -> tuple[Worker, ...]:
+        """The workers with role embeddings that serve the model asked for (the alias: the first one's model).
+        Any tier may use them: model sizes are about generation."""
+        pool = self._dispatch.by_role[Role.EMBEDDINGS]
+        if not pool:
+            raise ModelNotFound(
+                "No worker serves embeddings on this gateway: add one to `workers` with `role: embeddings`.",
+                param="model",
+            )
+        wanted = pool[0].model if request.model == self.alias else request.model
+        chosen = tuple(w for w in pool if wanted in (w.model, w.name))
+        if not chosen:
+            served = ", ".join(dict.fromkeys(w.model for w in pool))
+            raise ModelNotFound(
+                f"The model `{request.model}` does not serve embeddings. Available: {self.alias}, {served}.",
+                param="model",
+            )
+        return chosen
+
     def route(self, request: GenerationRequest, tier: Tier, named: tuple[Worker, ...] | None) -> Routed:
+        if named is not None and not request.SCORED:
+            worker = self._dispatch.pick(named, request)
+            return Routed(worker, Decision(worker.role, Reason.EMBEDDINGS))
         if named is not None:
             worker = self._dispatch.pick(named, request)
             return Routed(worker, Decision(worker.role, Reason.REQUESTED))
@@ -146,7 +170,7 @@ class RoutingService:
         request: GenerationRequest,
         options: RequestOptions = NO_OPTIONS,
     ) -> Outcome:
-        trace = Trace(self._recorder, caller, request, options.request_id)
+        trace = Trace(self._recorder, caller, request, options.request_id, endpoint.value)
         ctx = RequestContext(caller, endpoint, payload, request, trace)
         try:
             outcome = await self._handle(ctx, options.cache_bypass)

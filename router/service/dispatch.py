@@ -49,7 +49,8 @@ class Dispatcher:
 
     async def serve(self, ctx: RequestContext, routed: Routed, *, named: bool | None = None) -> Outcome:
         """The routed worker, then, if it fails, the failover chain (built only then)."""
-        named = routed.decision.reason is Reason.REQUESTED if named is None else named
+        if named is None:  # a named model, or embeddings: no other model to fall back to
+            named = routed.decision.reason in (Reason.REQUESTED, Reason.EMBEDDINGS)
         chain: list[Routed] | None = None
         attempt = 0
         while True:

@@ -34,8 +34,11 @@ class Recorder:
 class Trace:
     """What the service learns about one request as it goes, turned into a DecisionRecord at the end."""
 
-    def __init__(self, recorder: Recorder, caller: Caller, request: GenerationRequest, request_id: str) -> None:
+    def __init__(
+        self, recorder: Recorder, caller: Caller, request: GenerationRequest, request_id: str, route: str = ""
+    ) -> None:
         self.recorder = recorder
+        self.route = route  # the API's path below /v1, for the ledger
         self.caller = caller
         self.request = request
         self.request_id = request_id
@@ -69,6 +72,8 @@ class Trace:
         if usage and routed is not None:
             cost = 0.0 if self.cache_hit else costs.cost(routed.worker.prices, *usage)
             cost_large = costs.cost(rec.large_prices, *usage) if self.baseline else 0.0
+            if routed.decision.reason is Reason.EMBEDDINGS:  # paid whatever the routing: the baseline pays it too
+                cost_large = cost
         d = routed.decision if routed else None
         sink.emit(
             DecisionRecord(
@@ -93,6 +98,7 @@ class Trace:
                 cost=cost,
                 cost_large=cost_large,
                 prompt=prompt_text(self.request) if rec.store_prompts else None,
+                route=self.route,
             )
         )
 

@@ -56,7 +56,7 @@ class Shadow:
                 self._dispatch.pick(self._dispatch.by_role[other], ctx.request),
                 Decision(other, Reason.SHADOW, d.score, d.threshold),
             )
-            trace = Trace(self._recorder, ctx.caller, ctx.request, ctx.trace.request_id)
+            trace = Trace(self._recorder, ctx.caller, ctx.request, ctx.trace.request_id, ctx.trace.route)
             trace.baseline = False  # the request's own record carries the always-large baseline
             payload = dict(ctx.payload)
             shadow_ctx = RequestContext(ctx.caller, ctx.endpoint, payload, ctx.request, trace)

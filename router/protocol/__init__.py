@@ -109,6 +109,10 @@ class GenerationRequest(OpenModel):
     def affinity_text(self) -> str:
         return self.scored_text()[:AFFINITY_PROMPT_CHARS]
 
+    def first_turn(self) -> bool | None:
+        """Whether this turn starts its conversation (no answer in it yet); None: not a conversation."""
+        return None
+
     def worker_state(self) -> tuple[str, str] | None:
         """(field, id) of state only the worker that made it holds (Responses' previous_response_id)."""
         return None
@@ -116,6 +120,9 @@ class GenerationRequest(OpenModel):
 
 class ChatCompletionRequest(GenerationRequest):
     BOUNDS = ("max_tokens", "max_completion_tokens")
+
+    def first_turn(self) -> bool | None:
+        return not any(m.role == "assistant" for m in self.messages)
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: MaxTokens | None = None

@@ -58,6 +58,9 @@ class MessagesRequest(GenerationRequest):
         extra = self.__pydantic_extra__ or {}
         return total + sum(json_tokens(extra[f]) for f in _PROMPT_FIELDS if extra.get(f))
 
+    def first_turn(self) -> bool | None:
+        return not any(m.role == "assistant" for m in self.messages)
+
     def affinity_text(self) -> str:
         first = next((blocks_text(m.content) for m in self.messages if m.role == "user"), "")
         return f"{blocks_text(self.system)}\0{first}"[:AFFINITY_CHARS]

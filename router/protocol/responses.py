@@ -16,7 +16,10 @@ from router.protocol import GenerationRequest, MaxTokens, json_tokens
 __all__ = ["ResponsesRequest", "error_event", "item_text"]
 
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
-_PROMPT_FIELDS = ("tools",)  # rendered into the prompt by the worker's chat template
+_PROMPT_FIELDS = ("tools",)
+_ANSWER_ITEMS = frozenset(
+    {"function_call", "function_call_output", "reasoning", "item_reference"}
+)  # rendered into the prompt by the worker's chat template
 
 
 class ResponsesRequest(GenerationRequest):
@@ -51,6 +54,13 @@ class ResponsesRequest(GenerationRequest):
                 total += json_tokens(rest)
         extra = self.__pydantic_extra__ or {}
         return total + sum(json_tokens(extra[f]) for f in _PROMPT_FIELDS if extra.get(f))
+
+    def first_turn(self) -> bool | None:
+        """An answer in the input (an assistant message, a tool call or its output, reasoning) or a previous
+        response means the conversation started before."""
+        if self.previous_response_id is not None:
+            return False
+        return not any(i.get("role") == "assistant" or i.get("type") in _ANSWER_ITEMS for i in self._items())
 
     def worker_state(self) -> tuple[str, str] | None:
         return None if self.previous_response_id is None else ("previous_response_id", self.previous_response_id)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from router.core.conversation import ConversationPolicy, remembered_role, steer
 from router.core.ports import ConversationMemory
 from router.core.types import Decision, Reason, Role, Routed, Worker
-from router.protocol import ChatCompletionRequest, GenerationRequest, affinity_key
+from router.protocol import GenerationRequest, affinity_key
 from router.service.context import RequestContext
 
 __all__ = ["Conversations", "Turn"]
@@ -49,9 +49,9 @@ class Conversations:
     ) -> tuple[Routed, Turn | None]:
         """The turn's routing under the policy, and what to remember it by (None: nothing to remember)."""
         request = ctx.request
-        if policy is ConversationPolicy.PER_TURN or not isinstance(request, ChatCompletionRequest):
+        first = None if policy is ConversationPolicy.PER_TURN else request.first_turn()
+        if first is None:  # per turn, or not a conversation (a completion prompt)
             return routed, None
-        first = not any(m.role == "assistant" for m in request.messages)
         turn = Turn(ctx.caller.identity, request, policy, first, None)
         if not first:
             turn.known = await self._memory.get(turn.conversation())

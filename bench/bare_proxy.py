@@ -28,11 +28,10 @@ def build(upstream: str) -> Starlette:
         yield
         await session[0].close()
 
-    async def chat(request: Request) -> Response:
+    async def relay_post(request: Request) -> Response:
         body = await request.body()
-        reply = await session[0].post(
-            upstream + "/chat/completions", data=body, headers={"content-type": "application/json"}
-        )
+        path = request.url.path.removeprefix("/v1")  # the same route upstream: chat, responses or messages
+        reply = await session[0].post(upstream + path, data=body, headers={"content-type": "application/json"})
         if reply.content_type == "text/event-stream":
 
             async def relay() -> AsyncIterator[bytes]:
@@ -47,7 +46,8 @@ def build(upstream: str) -> Starlette:
         reply.release()
         return Response(data, status_code=reply.status, media_type="application/json")
 
-    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])], lifespan=lifespan)
+    paths = ("/v1/chat/completions", "/v1/responses", "/v1/messages")
+    return Starlette(routes=[Route(p, relay_post, methods=["POST"]) for p in paths], lifespan=lifespan)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """What the gateway costs, against peers measured in the same run: req/s and latency direct to an instant
 upstream, through a bare Starlette + aiohttp pass-through (bench/bare_proxy.py: the ceiling for a gateway built
 on the same stack), through llm-triage (every `auto` request scored and routed, the ledger on, and off; and a
-model named, so not scored), through the Portkey gateway (Node.js, installed with npm into the cache folder on
+model named, so not scored; and routed through the Responses and Messages APIs, against the bare pass-through
+relaying those routes), through the Portkey gateway (Node.js, installed with npm into the cache folder on
 first use; skipped where npm is missing) and through the LiteLLM proxy (its own venv, on first use). One server
 process each, JSON and SSE, concurrency 1, 16 and 64; every cell repeated (--repeats) with the arms
 interleaved, so that drift falls on all.
@@ -39,6 +40,12 @@ PORTKEY_VERSION = "1.15.2"
 CONCURRENCY = (1, 16, 64)
 MODES = ("json", "sse")
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 16}
+# The same question through the Responses and Messages APIs (arms named "... responses" / "... messages").
+BODIES: dict[str, dict[str, object]] = {
+    "/v1/chat/completions": BODY,
+    "/v1/responses": {"model": "auto", "input": "What is 2+2?", "max_output_tokens": 16},
+    "/v1/messages": {"model": "auto", "messages": BODY["messages"], "max_tokens": 16},
+}
 
 
 @dataclass
@@ -62,6 +69,10 @@ class Arm:
     model: str
     headers: tuple[tuple[str, str], ...] = ()
     modes: tuple[str, ...] = MODES
+
+    @property
+    def body(self) -> dict[str, object]:
+        return next((body for path, body in BODIES.items() if self.url.endswith(path)), BODY)
 
 
 def free_port() -> int:
@@ -219,7 +230,7 @@ def measure(arms: list[Arm], wrk: str, tmp: Path, duration: float, repeats: int,
         live = [a for a in arms if mode in a.modes]
         scripts = {
             a.target: wrk_script(
-                tmp, {**BODY, "model": a.model, **({"stream": True} if mode == "sse" else {})}, None, a.headers
+                tmp, {**a.body, "model": a.model, **({"stream": True} if mode == "sse" else {})}, None, a.headers
             )
             for a in live
         }
@@ -292,6 +303,8 @@ def main() -> int:
         arms.append(
             Arm("bare pass-through", f"http://127.0.0.1:{bare_port}/v1/chat/completions", bare.pid, "bench-model")
         )
+        for api in ("responses", "messages"):  # the same pass-through, relaying the other APIs' routes
+            arms.append(Arm(f"bare {api}", f"http://127.0.0.1:{bare_port}/v1/{api}", bare.pid, "bench-model"))
         for target, ledger, model in (
             ("llm-triage", True, "auto"),
             ("llm-triage no-ledger", False, "auto"),
@@ -318,6 +331,9 @@ def main() -> int:
             procs.append(gw)
             wait_http(f"http://127.0.0.1:{gw_port}/health", 30)
             arms.append(Arm(target, f"http://127.0.0.1:{gw_port}/v1/chat/completions", gw.pid, model))
+            if target == "llm-triage":  # routed (`auto`) through the Responses and Messages APIs too
+                for api in ("responses", "messages"):
+                    arms.append(Arm(f"llm-triage {api}", f"http://127.0.0.1:{gw_port}/v1/{api}", gw.pid, model))
         if portkey is not None:
             pk_port = free_port()
             pk = start(["node", str(portkey), f"--port={pk_port}", "--headless"], 0, tmp / "portkey.log")
@@ -445,6 +461,8 @@ def report(cells: list[Cell], rss: dict[str, float]) -> None:
         _table_row(t, ["-" if v is None else f"{v:,.0f}{spread}" for v, spread in rps])
     for label, num, den in (
         ("llm-triage / bare pass-through", "llm-triage", "bare pass-through"),
+        ("responses: llm-triage / bare", "llm-triage responses", "bare responses"),
+        ("messages: llm-triage / bare", "llm-triage messages", "bare messages"),
         ("llm-triage / portkey", "llm-triage", "portkey"),
         ("llm-triage / litellm", "llm-triage", "litellm"),
         ("ledger on / off", "llm-triage", "llm-triage no-ledger"),

@@ -1,5 +1,6 @@
 """An OpenAI-compatible upstream that answers instantly: a fixed chat completion (JSON, ~370 bytes) or a
-fixed stream of 12 server-sent events. Raw asyncio + httptools so that it is never the bottleneck.
+fixed stream of 12 server-sent events; on /v1/responses and /v1/messages, the same answer in those APIs' shapes
+(vLLM's), streamed as 12 events each. Raw asyncio + httptools so that it is never the bottleneck.
 
     python bench/instant_upstream.py PORT
 """
@@ -64,9 +65,52 @@ def _response(body: bytes, content_type: bytes) -> bytes:
     )
 
 
+def _event(name: str, data: dict[str, object]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+_RESP_USAGE = {"input_tokens": 12, "output_tokens": 5, "total_tokens": 17}
+_TEXT = {"type": "output_text", "text": "The answer is four.", "annotations": []}
+_ITEM = {"id": "msg_bench", "type": "message", "role": "assistant", "status": "completed", "content": [_TEXT]}
+RESPONSE = {"id": "resp_bench", "object": "response", "created_at": 1700000000, "model": MODEL,
+            "status": "completed", "output": [_ITEM], "usage": _RESP_USAGE}  # fmt: skip
+RESPONSE_EVENTS = (
+    _event("response.created", {"type": "response.created", "sequence_number": 0,
+                                 "response": {**RESPONSE, "status": "in_progress", "output": [], "usage": None}})
+    + b"".join(
+        _event("response.output_text.delta", {"type": "response.output_text.delta", "delta": f"tok{i} ",
+                                              "item_id": "msg_bench", "output_index": 0, "content_index": 0,
+                                              "sequence_number": i})
+        for i in range(1, 11)
+    )
+    + _event("response.completed", {"type": "response.completed", "sequence_number": 11, "response": RESPONSE})
+)  # fmt: skip
+MESSAGE = {"id": "msg_bench", "type": "message", "role": "assistant", "model": MODEL,
+           "content": [{"type": "text", "text": "The answer is four."}], "stop_reason": "end_turn",
+           "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 5}}  # fmt: skip
+MESSAGE_EVENTS = (
+    _event("message_start", {"type": "message_start",
+                              "message": {**MESSAGE, "content": [], "usage": {"input_tokens": 12, "output_tokens": 0}}})
+    + b"".join(
+        _event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": f"tok{i} "}})
+        for i in range(9)
+    )
+    + _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                               "usage": {"output_tokens": 5}})
+    + _event("message_stop", {"type": "message_stop"})
+)  # fmt: skip
+
+
 JSON_RESPONSE = _response(COMPLETION, b"application/json")
 SSE_RESPONSE = _response(EVENTS, b"text/event-stream")
 MODELS_RESPONSE = _response(MODELS, b"application/json")
+BY_API = {  # the path's end -> (JSON answer, stream)
+    b"/responses": (_response(json.dumps(RESPONSE).encode(), b"application/json"),
+                    _response(RESPONSE_EVENTS, b"text/event-stream")),
+    b"/messages": (_response(json.dumps(MESSAGE).encode(), b"application/json"),
+                   _response(MESSAGE_EVENTS, b"text/event-stream")),
+}  # fmt: skip
 
 
 class Handler(asyncio.Protocol):
@@ -102,7 +146,8 @@ class Handler(asyncio.Protocol):
             return
         body = b"".join(self.body)
         streamed = b'"stream":true' in body or b'"stream": true' in body
-        self.transport.write(SSE_RESPONSE if streamed else JSON_RESPONSE)
+        plain, stream = BY_API.get(self.url[self.url.rfind(b"/") :], (JSON_RESPONSE, SSE_RESPONSE))
+        self.transport.write(stream if streamed else plain)
 
 
 async def serve(port: int) -> None:

@@ -47,7 +47,7 @@ class _Strict(BaseModel):
 
 class WorkerSettings(_Strict):
     name: str = Field(min_length=1)
-    role: Role
+    role: Role  # small | large; embeddings: serves /v1/embeddings only, never routed to
     # openai: an OpenAI-compatible server such as vLLM, called directly. litellm: a hosted API called through
     # litellm (`pip install llm-triage[hosted]`), named by provider_model.
     provider: Literal["openai", "litellm"] = "openai"
@@ -308,6 +308,8 @@ class Settings(_Strict):
     @model_validator(mode="after")
     def _tiers_exist(self) -> Settings:
         for name, tier in self.tiers.items():
+            if Role.EMBEDDINGS in tier.models:
+                raise ValueError(f"tier {name!r}: models lists model sizes (small, large); embeddings are not routed")
             if tier.mode == "cascade" and set(tier.models) != {Role.SMALL, Role.LARGE}:
                 raise ValueError(f"tier {name!r}: mode cascade needs models [small, large]")
             if tier.target_large_share is not None and (tier.mode == "cascade" or len(set(tier.models)) < 2):
@@ -340,7 +342,7 @@ class Settings(_Strict):
         names = [w.name for w in workers]
         if len(set(names)) != len(names):
             raise ValueError(f"worker names must be unique, got {names}")
-        if {w.role for w in workers} != {Role.SMALL, Role.LARGE}:
+        if {w.role for w in workers} - {Role.EMBEDDINGS} != {Role.SMALL, Role.LARGE}:
             raise ValueError("need at least one worker with role small and one with role large")
         return workers
 

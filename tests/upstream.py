@@ -10,7 +10,7 @@ only when asked, as vLLM does, or {"usage_on_last": true} on its last content ch
 {"null_usage": true} adds `"usage": null` to every other chunk (OpenAI's way). Like vLLM, the answer has `n`
 choices for each prompt of a completions prompt list.
 `Journal.always` applies a behaviour to every request. Every request is recorded, and so is each one the client
-abandoned."""
+abandoned. The Responses and Messages APIs answer in tests/upstream_apis.py."""
 
 from __future__ import annotations
 
@@ -192,10 +192,15 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
             journal.cancelled.append(body.get("x_id", "?"))
             raise
 
+    from tests.upstream_apis import embeddings_handler, messages_handler, responses_handler  # they import Journal
+
     return Starlette(
         routes=[
             Route("/v1/models", models),
             Route("/v1/chat/completions", generate, methods=["POST"]),
             Route("/v1/completions", generate, methods=["POST"]),
+            Route("/v1/responses", responses_handler(model, journal), methods=["POST"]),
+            Route("/v1/messages", messages_handler(model, journal), methods=["POST"]),
+            Route("/v1/embeddings", embeddings_handler(model, journal), methods=["POST"]),
         ]
     )

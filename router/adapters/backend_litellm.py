@@ -75,6 +75,8 @@ def litellm_prices(model: str) -> Prices | None:
 
 def _translate(worker: Worker, exc: Exception) -> UpstreamError | UpstreamReply:
     """litellm's exceptions -> a retriable gateway error, or (a caller's 4xx) a reply to pass through."""
+    if isinstance(exc, UpstreamError):  # the adapter's own refusal
+        return exc
     lib = _litellm()
     status = getattr(exc, "status_code", None)
     message = str(getattr(exc, "message", exc))[:500]
@@ -161,6 +163,10 @@ class LitellmBackend:
         return args
 
     async def _request(self, worker: Worker, path: str, args: dict[str, Any]) -> Any:
+        if path not in ("/chat/completions", "/completions"):
+            # The Responses and Messages APIs are served by workers that speak them (vLLM does); a hosted
+            # provider behind litellm is refused naming the worker, and failover tries the others.
+            raise UpstreamFailed(f"worker {worker.name!r} (litellm) does not serve {path}", worker=worker.name)
         lib = _litellm()
         if path == "/chat/completions":
             return await lib.acompletion(**args)

@@ -39,6 +39,7 @@ def _decode(column: str, raw: str) -> Any:
         "worker",
         "role",
         "reason",
+        "route",  # "" also for entries written before the field existed
     ):
         return None
     if column in _FLOATS:

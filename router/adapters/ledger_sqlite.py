@@ -46,8 +46,11 @@ _CREATE = (
     + ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in COLUMNS)
     + ");\nCREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);"
 )
+# Columns added since the first ledger, with what older rows read as: a ledger without them is still this
+# version's (the writer adds them; a reader reads the default).
+_ADDED = {"route": "''"}
 # Rows go in by one multi-row INSERT per 32: about a fifth less CPU per row than executemany's one statement a
-# row. 32 rows of 22 columns stay under 999 bound values, the oldest SQLite's limit for one statement.
+# row. 32 rows of 23 columns stay under 999 bound values, the oldest SQLite's limit for one statement.
 ROWS_PER_INSERT = 32
 
 
@@ -83,7 +86,7 @@ def check_ledger(path: Path) -> None:
         raise ConfigError(f"{path}: not a readable ledger ({exc})") from None
     if not columns and tables:
         raise ConfigError(f"{path}: an SQLite database without a decisions table (it has {', '.join(tables)})")
-    missing = set(COLUMNS) - columns if columns else set()
+    missing = set(COLUMNS) - set(_ADDED) - columns if columns else set()
     if missing:
         raise ConfigError(f"{path}: its decisions table lacks {', '.join(sorted(missing))}: not this version's ledger")
 
@@ -96,6 +99,10 @@ def _connect(path: Path, *, autocheckpoint: bool = True) -> sqlite3.Connection:
     if not autocheckpoint:
         db.execute("PRAGMA wal_autocheckpoint=0")
     db.executescript(_CREATE)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+    for column, default in _ADDED.items():
+        if column not in columns:  # a ledger written before the column existed
+            db.execute(f"ALTER TABLE decisions ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}")
     return db
 
 
@@ -180,7 +187,9 @@ def read_records(path: str | Path, where: str = "", params: tuple[Any, ...] = ()
     check_ledger(Path(path))
     db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
     try:
-        sql = f"SELECT {', '.join(COLUMNS)} FROM decisions {('WHERE ' + where) if where else ''} ORDER BY ts"
+        present = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+        selected = ", ".join(c if c in present or c not in _ADDED else f"{_ADDED[c]} AS {c}" for c in COLUMNS)
+        sql = f"SELECT {selected} FROM decisions {('WHERE ' + where) if where else ''} ORDER BY ts"
         for row in db.execute(sql, params):
             values = dict(zip(COLUMNS, row, strict=True))
             values["escalated"], values["cache_hit"] = bool(values["escalated"]), bool(values["cache_hit"])

@@ -88,6 +88,12 @@ def render(s: Summary, ledger: Path) -> str:
             f"{model:<26} {share:6.1%}   {lat.get('p50', 0):8.1f} {lat.get('p95', 0):8.1f} "
             f"{lat.get('p99', 0):8.1f}     {ttft.get('p50', 0):8.1f}"
         )
+    if len(s.routes) > 1 or any(r != "/v1/chat/completions" for r in s.routes):
+        lines.append("\nroute                      requests   share     cost paid   share")
+        for route, carried in sorted(s.routes.items(), key=lambda kv: -kv[1].requests):
+            cost_share = carried.cost / s.cost if s.cost else 0.0
+            share = carried.requests / s.requests
+            lines.append(f"{route:<26} {carried.requests:8d} {share:7.1%} {carried.cost:13.6f} {cost_share:7.1%}")
     if s.rate_limited:
         lines.append("\nrate limited (429) by tier: " + ", ".join(f"{t} {n}" for t, n in s.rate_limited.items()))
     if s.errors:

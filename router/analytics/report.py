@@ -11,7 +11,18 @@ from typing import Any
 
 from router.core.records import SHADOW, DecisionRecord, is_extra_call
 
-__all__ = ["Bucket", "ShareBucket", "Summary", "by_tier", "percentile", "share_timeline", "summarize", "timeline"]
+__all__ = [
+    "Bucket",
+    "RouteShare",
+    "ShareBucket",
+    "Summary",
+    "by_tier",
+    "percentile",
+    "route_name",
+    "share_timeline",
+    "summarize",
+    "timeline",
+]
 
 # Decisions a routing threshold made: what a share target holds (not a named model, a cache hit, a cascade, a
 # tier's pinned model, nor the conversation policy or a failover moving a request afterwards).
@@ -23,6 +34,14 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+@dataclass
+class RouteShare:
+    """What one API route carried: its requests and what they cost (an escalated draft's cost counts too)."""
+
+    requests: int = 0
+    cost: float = 0.0
 
 
 @dataclass
@@ -41,6 +60,7 @@ class Summary:
     cost_large: float = 0.0
     shadow_calls: int = 0  # shadow pairs' second answers (routing.shadow): their cost is not in `cost`
     shadow_cost: float = 0.0
+    routes: dict[str, RouteShare] = field(default_factory=dict)  # API route -> its requests and cost
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> p50/p95/p99
     ttft_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -62,9 +82,16 @@ class Summary:
             "errors": {str(k): v for k, v in self.errors.items()},
             "cost": {"paid": self.cost, "always_large": self.cost_large, "saving": self.saving},
             "shadow": {"calls": self.shadow_calls, "cost": self.shadow_cost},
+            "routes": {k: {"requests": v.requests, "cost": v.cost} for k, v in self.routes.items()},
             "latency_ms": self.latency_ms,
             "ttft_ms": self.ttft_ms,
         }
+
+
+def route_name(route: str) -> str:
+    """How the summary names a route: its path under /v1 (a record written before routes were recorded came
+    through chat or completions, which it cannot tell apart)."""
+    return f"/v1{route}" if route else "(not recorded)"
 
 
 def summarize(records: Iterable[DecisionRecord]) -> Summary:
@@ -80,9 +107,12 @@ def summarize(records: Iterable[DecisionRecord]) -> Summary:
             s.shadow_calls += 1
             continue
         s.cost += r.cost  # an escalated draft's cost counts; the draft is not a request of its own
+        route = s.routes.setdefault(route_name(r.route), RouteShare())
+        route.cost += r.cost
         if is_extra_call(r):
             continue
         s.requests += 1
+        route.requests += 1
         s.first_ts = r.ts if s.first_ts is None else min(s.first_ts, r.ts)
         s.last_ts = r.ts if s.last_ts is None else max(s.last_ts, r.ts)
         s.escalations += r.escalated

@@ -66,10 +66,14 @@ class Authenticator:
     async def identify(self, request: Request) -> Caller:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        name = "authorization"
+        if not token:  # Anthropic's SDK sends its key as x-api-key
+            token, name = request.headers.get("x-api-key", "").strip(), "x-api-key"
         if token and self._keys_in_use:
-            if len(request.headers.getlist("authorization")) > 1:
+            if len(request.headers.getlist(name)) > 1:
                 # Which one counts would be this gateway's guess, and a proxy in front may have guessed otherwise.
-                raise InvalidRequest("the Authorization header was sent more than once", param="authorization")
+                header_name = "Authorization" if name == "authorization" else name
+                raise InvalidRequest(f"the {header_name} header was sent more than once", param=name)
             digest = hash_key(token)
             tier_name = self._keys.get(digest)
             if tier_name is None and self._key_store is not None:

@@ -47,5 +47,6 @@ class Edge(FastAPI):
             await response(scope, receive, sending)
         except Exception:  # the handler answers its own errors: this is a defect, still never a bare 500
             log.exception("unhandled error on %s", scope["path"])
-            if not started:
-                await internal_error_response()(scope, receive, send)
+            if not started:  # in the route's own envelope: Anthropic's SDK reads no other
+                anthropic = scope["path"] == "/v1/messages"
+                await internal_error_response(anthropic=anthropic)(scope, receive, send)

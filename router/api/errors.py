@@ -1,4 +1,5 @@
-"""The only place exceptions become HTTP responses: OpenAI's error envelope, never a traceback."""
+"""The only place exceptions become HTTP responses: the route's own error envelope (OpenAI's; Anthropic's on
+/v1/messages), never a traceback."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from router.errors import TriageError
-from router.protocol import error_body
+from router.protocol import error_body, messages
 
 __all__ = ["error_response", "install_error_handlers", "internal_error_response", "worker_error_body"]
 
@@ -29,18 +30,24 @@ _HTTP_TYPES = {
 }
 
 
-def error_response(exc: TriageError, headers: dict[str, str] | None = None) -> Response:
+def error_response(exc: TriageError, headers: dict[str, str] | None = None, *, anthropic: bool = False) -> Response:
+    body = (
+        messages.error_body(exc.message, exc.status)
+        if anthropic
+        else error_body(exc.message, exc.type, exc.code, exc.param)
+    )
     return Response(
-        error_body(exc.message, exc.type, exc.code, exc.param),
+        body,
         status_code=exc.status,
         media_type="application/json",
         headers=headers,
     )
 
 
-def internal_error_response(headers: dict[str, str] | None = None) -> Response:
+def internal_error_response(headers: dict[str, str] | None = None, *, anthropic: bool = False) -> Response:
+    message = "internal gateway error; see the gateway log"
     return Response(
-        error_body("internal gateway error; see the gateway log", "server_error", "internal_error"),
+        messages.error_body(message, 500) if anthropic else error_body(message, "server_error", "internal_error"),
         status_code=500,
         media_type="application/json",
         headers=headers,

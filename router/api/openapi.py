@@ -1,6 +1,7 @@
 """The OpenAPI document. The generation routes are plain Starlette routes (FastAPI's per-request dependency
 machinery cost ~7% at concurrency 1), so FastAPI cannot see them: their operations are added here, with the
-request bodies from the wire types in router.protocol and the error envelope every failure uses."""
+request bodies from the wire types in router.protocol and the error envelope each route's failures use (OpenAI's;
+Anthropic's on /v1/messages)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from router.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
+from router.protocol.embeddings import EmbeddingsRequest
+from router.protocol.messages import ERROR_TYPES, MessagesRequest
+from router.protocol.responses import ResponsesRequest
 
 __all__ = ["install_openapi"]
 
@@ -29,6 +33,18 @@ _ERROR = {
         }
     },
 }
+_ANTHROPIC_ERROR = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"enum": sorted(ERROR_TYPES)}, "message": {"type": "string"}},
+        },
+    },
+}
 _FAILURES = {
     "400": "The request is malformed or asks for more than allowed",
     "401": "Unknown API key",
@@ -43,8 +59,8 @@ _FAILURES = {
 }
 
 
-def _operation(summary: str, schema: type[GenerationRequest]) -> dict[str, Any]:
-    envelope = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+def _operation(summary: str, schema: type[GenerationRequest], error: str = "Error") -> dict[str, Any]:
+    envelope = {"application/json": {"schema": {"$ref": f"#/components/schemas/{error}"}}}
     responses: dict[str, Any] = {
         "200": {
             "description": "The worker's answer (JSON), or server-sent events when `stream` is true",
@@ -69,13 +85,20 @@ def install_openapi(app: FastAPI) -> None:
             return app.openapi_schema
         doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
         components = doc.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ChatCompletionRequest, CompletionRequest):
+        for model in (ChatCompletionRequest, CompletionRequest, ResponsesRequest, MessagesRequest, EmbeddingsRequest):
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(schema.pop("$defs", {}))
             components[model.__name__] = schema
         components["Error"] = _ERROR
-        doc["paths"]["/v1/chat/completions"] = {"post": _operation("Chat completion", ChatCompletionRequest)}
-        doc["paths"]["/v1/completions"] = {"post": _operation("Text completion", CompletionRequest)}
+        components["AnthropicError"] = _ANTHROPIC_ERROR
+        paths = doc["paths"]
+        paths["/v1/chat/completions"] = {"post": _operation("Chat completion", ChatCompletionRequest)}
+        paths["/v1/completions"] = {"post": _operation("Text completion", CompletionRequest)}
+        paths["/v1/embeddings"] = {"post": _operation("Embeddings (not routed: role embeddings)", EmbeddingsRequest)}
+        paths["/v1/responses"] = {"post": _operation("Response (OpenAI Responses API)", ResponsesRequest)}
+        paths["/v1/messages"] = {
+            "post": _operation("Message (Anthropic Messages API)", MessagesRequest, "AnthropicError")
+        }
         app.openapi_schema = doc
         return doc
 

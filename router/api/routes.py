@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -16,19 +17,22 @@ from starlette.responses import Response
 
 from router.api.errors import error_response, internal_error_response, worker_error_body
 from router.api.state import gateway
-from router.api.streaming import ClientGone, PassThroughStream, until_disconnect
+from router.api.streaming import ClientGone, ErrorEvent, PassThroughStream, openai_error_event, until_disconnect
 from router.core.ports import UpstreamReply
 from router.core.types import Routed
-from router.errors import InvalidRequest, Overloaded, PayloadTooLarge, RateLimited, TriageError
+from router.errors import InvalidRequest, Overloaded, PayloadTooLarge, RateLimited, TriageError, UpstreamError
 from router.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     GenerationRequest,
     decode_body,
+    messages,
+    responses,
 )
+from router.protocol.embeddings import EmbeddingsRequest
 from router.service.context import Endpoint, RequestOptions
 
-__all__ = ["build_router", "generation_routes", "header_value"]
+__all__ = ["Api", "build_router", "generation_routes", "header_value"]
 
 log = logging.getLogger("triage.api")
 
@@ -88,14 +92,66 @@ def _headers(routed: Routed, request_id: str) -> dict[str, str]:
     }
 
 
-def _reply(reply: UpstreamReply, headers: dict[str, str]) -> Response:
+@dataclass(frozen=True, slots=True)
+class Api:
+    """What one generation route speaks: its endpoint, its request type, and its error envelope and event."""
+
+    endpoint: Endpoint
+    schema: type[GenerationRequest]
+    error_event: ErrorEvent = openai_error_event
+    anthropic: bool = False  # Anthropic's error envelope (its SDK reads no other)
+
+
+def _responses_error_event(exc: UpstreamError) -> bytes:
+    return responses.error_event(exc.message, exc.code)
+
+
+def _messages_error_event(exc: UpstreamError) -> bytes:
+    return messages.error_event(exc.message, exc.status)
+
+
+CHAT = Api(Endpoint.CHAT, ChatCompletionRequest)
+COMPLETIONS = Api(Endpoint.COMPLETIONS, CompletionRequest)
+RESPONSES = Api(Endpoint.RESPONSES, responses.ResponsesRequest, _responses_error_event)
+MESSAGES = Api(Endpoint.MESSAGES, messages.MessagesRequest, _messages_error_event, anthropic=True)
+EMBEDDINGS = Api(Endpoint.EMBEDDINGS, EmbeddingsRequest)
+
+
+def _reply(reply: UpstreamReply, headers: dict[str, str], api: Api) -> Response:
     body, media_type = reply.body, reply.content_type
-    if reply.status >= 400:  # a worker's 4xx reaches the SDK as OpenAI's envelope, whatever the worker sent
-        body, media_type = worker_error_body(reply.status, body), "application/json"
+    if reply.status >= 400:
+        if not api.anthropic:  # a worker's 4xx reaches the SDK as OpenAI's envelope, whatever the worker sent
+            body, media_type = worker_error_body(reply.status, body), "application/json"
+        elif not _is_anthropic_envelope(body):
+            # Anthropic's SDK reads its own envelope only; vLLM's /v1/messages names its error types its own way.
+            text = _error_text(_worker_error(body), body, reply.status)
+            body, media_type = messages.error_body(text, reply.status), "application/json"
     return Response(body, status_code=reply.status, media_type=media_type, headers=headers)
 
 
-async def _generate(request: Request, endpoint: Endpoint, schema: type[GenerationRequest]) -> Response:
+def _worker_error(body: bytes) -> dict[str, Any] | None:
+    """The `error` object of a worker's error answer (OpenAI's and Anthropic's envelopes both have one)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+def _is_anthropic_envelope(body: bytes) -> bool:
+    error = _worker_error(body)
+    return error is not None and error.get("type") in messages.ERROR_TYPES and isinstance(error.get("message"), str)
+
+
+def _error_text(error: dict[str, Any] | None, body: bytes, status: int) -> str:
+    message = error.get("message") if error is not None else None
+    if isinstance(message, str) and message:
+        return message
+    return body[:500].decode("utf-8", "replace") or f"worker answered {status}"
+
+
+async def _generate(request: Request, api: Api) -> Response:
     state = gateway(request)
     request_id = os.urandom(16).hex()  # as unique as uuid4().hex, a third of its cost on the hot path
     base = {"x-request-id": request_id}
@@ -104,31 +160,32 @@ async def _generate(request: Request, endpoint: Endpoint, schema: type[Generatio
         limit = caller.tier.max_body_bytes or state.max_body_bytes
         raw = await _read_body(request, limit)
         try:
-            payload, typed = decode_body(raw, schema)
+            payload, typed = decode_body(raw, api.schema)
         except InvalidRequest:
             _refuse_encoded(request)  # on the error path only: a compressed body never parses as JSON
             raise
         bypass = request.headers.get("x-triage-cache", "").lower() == "bypass"
         outcome = await until_disconnect(
-            state.service.handle(caller, endpoint, payload, typed, RequestOptions(request_id, bypass)), request.receive
+            state.service.handle(caller, api.endpoint, payload, typed, RequestOptions(request_id, bypass)),
+            request.receive,
         )
     except ClientGone:
         return Response(status_code=_CLIENT_CLOSED)
     except (RateLimited, Overloaded) as exc:
-        return error_response(exc, {**base, **exc.headers})
+        return error_response(exc, {**base, **exc.headers}, anthropic=api.anthropic)
     except TriageError as exc:
-        return error_response(exc, base)
+        return error_response(exc, base, anthropic=api.anthropic)
     except Exception:  # a defect: logged with its request id, answered in the envelope, never a bare 500
         log.exception("unhandled error in request %s", request_id)
-        return internal_error_response(base)
+        return internal_error_response(base, anthropic=api.anthropic)
     headers = {**_headers(outcome.routed, request_id), **outcome.limit_headers}
     if outcome.cache:
         headers["x-triage-cache"] = outcome.cache
     if outcome.escalation:
         headers["x-triage-escalation"] = outcome.escalation
     if isinstance(outcome.reply, UpstreamReply):
-        return _reply(outcome.reply, headers)
-    return PassThroughStream(outcome.reply, headers)
+        return _reply(outcome.reply, headers, api)
+    return PassThroughStream(outcome.reply, headers, api.error_event)
 
 
 def _get_and_head(router: APIRouter, path: str) -> Callable[[HandlerT], HandlerT]:
@@ -145,13 +202,15 @@ def _get_and_head(router: APIRouter, path: str) -> Callable[[HandlerT], HandlerT
 def generation_routes() -> dict[str, Callable[[Request], Awaitable[Response]]]:
     """The hot paths, by path: POST only. router.api.edge calls them straight from the ASGI call."""
 
-    async def chat_completions(request: Request) -> Response:
-        return await _generate(request, Endpoint.CHAT, ChatCompletionRequest)
+    def route(api: Api) -> Callable[[Request], Awaitable[Response]]:
+        async def generate(request: Request) -> Response:
+            return await _generate(request, api)
 
-    async def completions(request: Request) -> Response:
-        return await _generate(request, Endpoint.COMPLETIONS, CompletionRequest)
+        return generate
 
-    return {"/v1/chat/completions": chat_completions, "/v1/completions": completions}
+    apis = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS, "/v1/responses": RESPONSES}
+    apis |= {"/v1/messages": MESSAGES, "/v1/embeddings": EMBEDDINGS}
+    return {path: route(api) for path, api in apis.items()}
 
 
 def build_router() -> APIRouter:

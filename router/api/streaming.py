@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from starlette.responses import Response
@@ -15,7 +15,7 @@ from router.errors import UpstreamError
 from router.protocol import error_body
 from router.sse import EVENT_ENDS, events_end
 
-__all__ = ["ClientGone", "PassThroughStream", "until_disconnect"]
+__all__ = ["ClientGone", "ErrorEvent", "PassThroughStream", "openai_error_event", "until_disconnect"]
 
 log = logging.getLogger("triage.api")
 T = TypeVar("T")
@@ -69,16 +69,26 @@ async def until_disconnect(work: Awaitable[T], receive: Receive, watch_after: fl
             watcher.cancel()
 
 
+ErrorEvent = Callable[[UpstreamError], bytes]
+
+
+def openai_error_event(exc: UpstreamError) -> bytes:
+    return b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
+
+
 class PassThroughStream(Response):
     """Server-sent events from a worker, forwarded without re-encoding.
 
-    A worker failing mid-stream ends the stream with an OpenAI error event (the status is already sent);
+    A worker failing mid-stream ends the stream with the route's error event (the status is already sent);
     a client leaving mid-stream closes the upstream connection, which makes vLLM abort the generation."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, stream: UpstreamStream, headers: dict[str, str]) -> None:
+    def __init__(self, stream: UpstreamStream, headers: dict[str, str], error_event: ErrorEvent | None = None) -> None:
+        """`error_event`: the route's own event for a failure mid-stream (default: OpenAI's chat and completions
+        `data:` line with the error envelope)."""
         self._stream = stream
+        self._error_event = error_event or openai_error_event
         self.status_code = 200
         self.background = None
         self.init_headers({**headers, "cache-control": "no-cache"})
@@ -117,6 +127,5 @@ class PassThroughStream(Response):
                 log.warning("dropped %d bytes of an unfinished event", len(held))
                 held = b""
             log.warning("%s mid-stream: %s", exc.code, exc.message)
-            event = b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
-            await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": self._error_event(exc), "more_body": True})
         await send({"type": "http.response.body", "body": held, "more_body": False})

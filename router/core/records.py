@@ -32,6 +32,7 @@ class DecisionRecord:
     cost: float  # USD at the serving worker's prices
     cost_large: float  # USD had the large model served it: the always-large baseline
     prompt: str | None = None  # only when the operator turns storing prompts on
+    route: str = ""  # the API the request came through (/chat/completions, /responses, /messages, ...); "" before
     schema: int = SCHEMA_VERSION
 
 

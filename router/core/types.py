@@ -11,6 +11,7 @@ __all__ = ["Decision", "Prices", "Reason", "Role", "Routed", "Worker"]
 class Role(StrEnum):
     SMALL = "small"
     LARGE = "large"
+    EMBEDDINGS = "embeddings"  # serves /v1/embeddings only: never routed to, never a tier's model size
 
 
 class Reason(StrEnum):
@@ -27,6 +28,7 @@ class Reason(StrEnum):
     CASCADE_ACCEPTED = "cascade_accepted"  # cascade tier: the small model's draft was kept
     ESCALATED = "escalated"  # cascade tier: the draft looked unreliable; the large model answered
     CACHED = "cached"  # an identical deterministic request was answered before: no worker was called
+    EMBEDDINGS = "embeddings"  # /v1/embeddings: not scored, sent to a worker with role embeddings
     CONVERSATION = "conversation"  # routed, then moved to the model its conversation's earlier turns got
     SHADOW = "shadow"  # the other model answering a sampled routed request too (a shadow pair), not a request
     # How a request ended when no routing reason describes it

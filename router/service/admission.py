@@ -18,7 +18,6 @@ __all__ = ["DEFAULT_COMPLETION_ESTIMATE", "AdmissionControl", "LimiterHealth"]
 
 log = logging.getLogger("triage.service")
 DEFAULT_COMPLETION_ESTIMATE = 512  # reserved per choice when neither the request nor the tier bounds max_tokens
-_BOUNDS = ("max_tokens", "max_completion_tokens")  # a worker honours either: a tier's cap applies to both
 
 
 @dataclass
@@ -93,12 +92,14 @@ def _cap(tier: Tier, request: GenerationRequest, payload: dict[str, Any]) -> int
     """Caps every completion bound the caller sent at the tier's max_tokens (and sets max_tokens when it sent
     none); returns the most tokens a choice may use (None: unbounded). Both fields given with different values
     are both capped and the larger is reserved: whichever the worker honours is covered."""
-    chat = isinstance(request, ChatCompletionRequest)
-    sent = [(f, v) for f in _BOUNDS if (f == "max_tokens" or chat) and isinstance(v := getattr(request, f, None), int)]
+    fields = request.BOUNDS
+    if not fields:
+        return 0  # nothing generated (embeddings): only the input is reserved
+    sent = [(f, v) for f in fields if isinstance(v := getattr(request, f, None), int)]
     if not sent:
         bound = capped_max_tokens(tier, None)
         if bound is not None:
-            payload["max_tokens"] = bound
+            payload[fields[0]] = bound
         return bound
     capped = [(f, capped_max_tokens(tier, v) or v) for f, v in sent]
     payload.update(capped)
@@ -119,8 +120,8 @@ def _estimate(tier: Tier, prompt: Prompt, bound: int | None, count: int) -> int:
     if ceiling is not None and estimate > ceiling[0]:
         limit, window = ceiling
         what = f"tier {tier.name} allows {limit} tokens per {window}"
-        if bound is None:
-            param = "messages" if isinstance(request, ChatCompletionRequest) else "prompt"
+        if bound is None or not request.BOUNDS:
+            param = request.PROMPT
             message = f"{param}: the prompt (about {tokens} tokens) can never be admitted: {what}"
         else:
             param = _bound_field(request, bound)
@@ -138,7 +139,7 @@ def _bound_field(request: GenerationRequest, bound: int) -> str:
     mct = getattr(request, "max_completion_tokens", None)
     if isinstance(request, ChatCompletionRequest) and mct is not None and mct >= (request.max_tokens or 0):
         return "max_completion_tokens"
-    return "max_tokens"
+    return request.BOUNDS[0]
 
 
 def _too_many(tier: Tier, request: GenerationRequest, count: int) -> InvalidRequest:

@@ -41,7 +41,7 @@ class Cascade:
         score = self._policy.scorer.score(ctx.prompt.text)  # recorded; the cascade does not route by it
         threshold = self._policy.threshold_for(ctx.caller.tier)
         draft_payload, added = draft_logprobs_request(ctx.payload, isinstance(ctx.request, ChatCompletionRequest))
-        draft_trace = Trace(self._recorder, ctx.caller, ctx.prompt, ctx.trace.request_id)
+        draft_trace = Trace(self._recorder, ctx.caller, ctx.prompt, ctx.trace.request_id, ctx.trace.route)
         draft_ctx = RequestContext(ctx.caller, ctx.endpoint, draft_payload, ctx.request, ctx.prompt, draft_trace)
         kept = Decision(Role.SMALL, Reason.CASCADE_ACCEPTED, score, threshold)
         draft: Outcome | None = None

@@ -23,6 +23,9 @@ __all__ = ["Endpoint", "Outcome", "RequestContext", "RequestOptions", "Routed", 
 class Endpoint(StrEnum):
     CHAT = "/chat/completions"
     COMPLETIONS = "/completions"
+    RESPONSES = "/responses"
+    MESSAGES = "/messages"
+    EMBEDDINGS = "/embeddings"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import orjson
 from router.core.conversation import ConversationPolicy, remembered_role, steer
 from router.core.ports import ConversationMemory
 from router.core.types import Decision, Reason, Role, Routed, Worker
-from router.protocol import ChatCompletionRequest
+from router.protocol import ChatCompletionRequest, GenerationRequest
 from router.service.context import RequestContext
 
 __all__ = ["Conversations", "Turn"]
@@ -28,7 +28,7 @@ class Turn:
     """What the flow learnt before sending a turn, for remembering after it."""
 
     identity: str
-    request: ChatCompletionRequest
+    request: GenerationRequest
     policy: ConversationPolicy
     first: bool  # no assistant turn yet: the conversation starts here
     known: Role | None  # what was remembered for it
@@ -54,9 +54,9 @@ class Conversations:
     ) -> tuple[Routed, Turn | None]:
         """The turn's routing under the policy, and what to remember it by (None: nothing to remember)."""
         request = ctx.request
-        if policy is ConversationPolicy.PER_TURN or not isinstance(request, ChatCompletionRequest):
+        first = None if policy is ConversationPolicy.PER_TURN else request.first_turn()
+        if first is None:  # per turn, or not a conversation (a completion prompt)
             return routed, None
-        first = not any(m.role == "assistant" for m in request.messages)
         turn = Turn(_who(ctx.caller.identity, ctx.payload), request, policy, first, None)
         if not first:
             turn.known = await self._memory.get(turn.conversation())
@@ -85,7 +85,7 @@ def _who(identity: str, payload: dict[str, Any]) -> str:
     return identity
 
 
-def _key(who: str, request: ChatCompletionRequest) -> str:
+def _key(who: str, request: GenerationRequest) -> str:
     """A digest of who and the conversation's opening: its system turns and first user turn, every character
     (lengths go in first, so that no text can pass for a boundary)."""
     digest = hashlib.sha256()
@@ -95,7 +95,10 @@ def _key(who: str, request: ChatCompletionRequest) -> str:
     return digest.hexdigest()[:32]
 
 
-def _opening(request: ChatCompletionRequest) -> Iterator[str]:
+def _opening(request: GenerationRequest) -> Iterator[str]:
+    if not isinstance(request, ChatCompletionRequest):  # Messages, Responses: their system text and first turn
+        yield request.affinity_text()
+        return
     for message in request.messages:
         yield message.role
         content = message.content

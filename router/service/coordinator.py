@@ -22,8 +22,8 @@ from router.core.ports import Backend, ConversationMemory, PairSink, ResponseCac
 from router.core.shadow import ShadowGate
 from router.core.share import ShareTargets
 from router.core.tiers import Caller, Tier, allowed_role
-from router.core.types import Decision, Reason, Routed, Worker
-from router.errors import ModelNotFound, PermissionDenied, RateLimited, TriageError
+from router.core.types import Decision, Reason, Role, Routed, Worker
+from router.errors import InvalidRequest, ModelNotFound, PermissionDenied, RateLimited, TriageError
 from router.protocol import GenerationRequest, Prompt, choices
 from router.service.admission import AdmissionControl
 from router.service.cascade import Cascade
@@ -116,9 +116,11 @@ class RoutingService:
 
     def _named(self, request: GenerationRequest, tier: Tier) -> tuple[Worker, ...] | None:
         """Workers a concrete model name refers to (None for the alias); refuses what the tier may not use."""
+        if not request.SCORED:
+            return self._embedders(request)
         if request.model == self.alias:
             return None
-        candidates = self._dispatch.by_model.get(request.model)
+        candidates = tuple(w for w in self._dispatch.by_model.get(request.model, ()) if w.role is not Role.EMBEDDINGS)
         if not candidates:
             raise ModelNotFound(
                 f"The model `{request.model}` does not exist. Available: {', '.join(self.model_ids())}.",
@@ -129,7 +131,29 @@ class RoutingService:
             raise PermissionDenied(f"Your tier ({tier.name}) may not use the model `{request.model}`.", param="model")
         return allowed
 
+    def _embedders(self, request: GenerationRequest) -> tuple[Worker, ...]:
+        """The workers with role embeddings that serve the model asked for (the alias: the first one's model).
+        Any tier may use them: model sizes are about generation."""
+        pool = self._dispatch.by_role[Role.EMBEDDINGS]
+        if not pool:
+            raise ModelNotFound(
+                "No worker serves embeddings on this gateway: add one to `workers` with `role: embeddings`.",
+                param="model",
+            )
+        wanted = pool[0].model if request.model == self.alias else request.model
+        chosen = tuple(w for w in pool if wanted in (w.model, w.name))
+        if not chosen:
+            served = ", ".join(dict.fromkeys(w.model for w in pool))
+            raise ModelNotFound(
+                f"The model `{request.model}` does not serve embeddings. Available: {self.alias}, {served}.",
+                param="model",
+            )
+        return chosen
+
     def route(self, prompt: Prompt, tier: Tier, named: tuple[Worker, ...] | None) -> Routed:
+        if named is not None and not prompt.request.SCORED:
+            worker = self._dispatch.pick(named, prompt)
+            return Routed(worker, Decision(worker.role, Reason.EMBEDDINGS))
         if named is not None:
             worker = self._dispatch.pick(named, prompt)
             return Routed(worker, Decision(worker.role, Reason.REQUESTED))
@@ -156,7 +180,7 @@ class RoutingService:
         options: RequestOptions = NO_OPTIONS,
     ) -> Outcome:
         prompt = Prompt(request)
-        trace = Trace(self._recorder, caller, prompt, options.request_id)
+        trace = Trace(self._recorder, caller, prompt, options.request_id, endpoint.value)
         ctx = RequestContext(caller, endpoint, payload, request, prompt, trace)
         try:
             outcome = await self._handle(ctx, options.cache_bypass)
@@ -176,6 +200,7 @@ class RoutingService:
     async def _handle(self, ctx: RequestContext, cache_bypass: bool) -> Outcome:
         caller, request = ctx.caller, ctx.request
         named = self._named(request, caller.tier)
+        _refuse_unheld_state(request, named)
         try:
             ctx.admission = await self._admission.admit(caller, ctx.prompt, ctx.payload)
         except RateLimited:
@@ -192,14 +217,20 @@ class RoutingService:
                     await self._admission.settle(caller, ctx.admission, 0)  # nothing was generated
                     settled = True
                     return Outcome(cached.routed, cached.reply, limit_headers, "hit")
-            if caller.tier.cascade and named is None and not request.stream and choices(request) == 1:
+            if (
+                caller.tier.cascade
+                and named is None
+                and not request.stream
+                and choices(request) == 1
+                and request.CASCADES
+            ):
                 outcome = await self._cascade.run(ctx)
             else:
                 routed, turn = await self._steered(ctx, self.route(ctx.prompt, caller.tier, named), named is None)
                 outcome = await self._dispatch.serve(ctx, routed)
                 if turn is not None and self._conversations is not None:
                     await self._conversations.remember(turn, outcome.routed.worker.role)
-                if self._shadow is not None and not request.stream:
+                if self._shadow is not None and not request.stream and request.CASCADES:  # pairs read `choices`
                     self._shadow.after(ctx, outcome)
             settled = True  # by the attempt or the cascade, or by the stream when it ends
             if key is not None:
@@ -241,3 +272,19 @@ class RoutingService:
             return
         if len(reply.body) <= MAX_CACHED_BYTES:
             await self._cache.put(key, outcome.routed.worker.name.encode() + b"\n" + reply.body, self._cache_ttl)
+
+
+def _refuse_unheld_state(request: GenerationRequest, named: tuple[Worker, ...] | None) -> None:
+    """A request that refers to state one worker holds (a stored response) may go only where that state can be:
+    to a model served by a single worker. The gateway does not record which worker made a response, so a routed
+    request, or a model with replicas, could land elsewhere and get a 404: it is refused instead."""
+    state = request.worker_state()
+    if state is None or (named is not None and len(named) == 1):
+        return
+    field, value = state
+    where = "`model: auto` is routed" if named is None else f"the model `{request.model}` has {len(named)} workers"
+    raise InvalidRequest(
+        f"{field}: {value[:80]!r} is held by the one worker that made it, and {where}, so this request could reach "
+        "another worker. Send the conversation itself (its input items), or name a model served by one worker.",
+        param=field,
+    )

@@ -49,7 +49,8 @@ class Dispatcher:
 
     async def serve(self, ctx: RequestContext, routed: Routed, *, named: bool | None = None) -> Outcome:
         """The routed worker, then, if it fails, the failover chain (built only then)."""
-        named = routed.decision.reason is Reason.REQUESTED if named is None else named
+        if named is None:  # a named model, or embeddings: no other model to fall back to
+            named = routed.decision.reason in (Reason.REQUESTED, Reason.EMBEDDINGS)
         chain: list[Routed] | None = None
         attempt = 0
         while True:
@@ -89,11 +90,12 @@ class Dispatcher:
         try:
             if ctx.request.stream:
                 # The worker's usage chunk is asked for always: without it a stream is settled from an estimate.
-                body = encode(asking_usage(ctx.payload))
+                own = ctx.request.STREAM_REPORTS_USAGE  # Responses and Messages streams always end with usage
+                body = encode(ctx.payload if own else asking_usage(ctx.payload))
                 stream = await self._backend.open_stream(worker, ctx.endpoint.value, body)
                 if stream.status == 200:  # the stream settles, records and ends its attempt when it closes
                     ended = True
-                    hide = not wants_usage(ctx.request)
+                    hide = not own and not wants_usage(ctx.request)
                     metered = MeteredStream(stream, ctx.trace, self._stream_end(ctx, worker), hide_usage=hide)
                     return Outcome(routed, metered, {})
                 try:

@@ -33,8 +33,9 @@ class Recorder:
 class Trace:
     """What the service learns about one request as it goes, turned into a DecisionRecord at the end."""
 
-    def __init__(self, recorder: Recorder, caller: Caller, prompt: Prompt, request_id: str) -> None:
+    def __init__(self, recorder: Recorder, caller: Caller, prompt: Prompt, request_id: str, route: str = "") -> None:
         self.recorder = recorder
+        self.route = route  # the API's path below /v1, for the ledger
         self.caller = caller
         self.prompt = prompt
         self.request = prompt.request
@@ -69,6 +70,8 @@ class Trace:
         if usage and routed is not None:
             cost = 0.0 if self.cache_hit else costs.cost(routed.worker.prices, *usage)
             cost_large = costs.cost(rec.large_prices, *usage) if self.baseline else 0.0
+            if routed.decision.reason is Reason.EMBEDDINGS:  # paid whatever the routing: the baseline pays it too
+                cost_large = cost
         d = routed.decision if routed else None
         sink.emit(
             DecisionRecord(
@@ -93,6 +96,7 @@ class Trace:
                 cost=cost,
                 cost_large=cost_large,
                 prompt=self.prompt.text if rec.store_prompts else None,
+                route=self.route,
             )
         )
 
@@ -128,10 +132,20 @@ def answer_usage(worker: Worker, body: bytes) -> tuple[int, int] | None:
 
 
 def _usage(doc: object) -> tuple[int, int] | None:
-    usage = doc.get("usage") if isinstance(doc, dict) else None
+    """OpenAI's chat and completions usage (`prompt_tokens`, `completion_tokens`), or the Responses and Messages
+    APIs' (`input_tokens`, `output_tokens`), at the top or on the event's `response` (Responses' completed event)
+    or `message` (Messages' message_start)."""
+    if not isinstance(doc, dict):
+        return None
+    usage = doc.get("usage")
+    for wrapper in ("response", "message"):
+        if not isinstance(usage, dict) and isinstance(inner := doc.get(wrapper), dict):
+            usage = inner.get("usage")
     if not isinstance(usage, dict):
         return None
     try:
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        if "prompt_tokens" in usage or ("input_tokens" not in usage and "output_tokens" not in usage):
+            return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        return int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
     except (TypeError, ValueError, OverflowError):
         return None

@@ -56,7 +56,7 @@ class Shadow:
                 self._dispatch.pick(self._dispatch.by_role[other], ctx.prompt),
                 Decision(other, Reason.SHADOW, d.score, d.threshold),
             )
-            trace = Trace(self._recorder, ctx.caller, ctx.prompt, ctx.trace.request_id)
+            trace = Trace(self._recorder, ctx.caller, ctx.prompt, ctx.trace.request_id, ctx.trace.route)
             trace.baseline = False  # the request's own record carries the always-large baseline
             # Only choice 0 is compared: the caller's `n` would pay for n - 1 answers nobody reads.
             payload = {k: v for k, v in ctx.payload.items() if k != "n"}

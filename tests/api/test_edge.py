@@ -61,3 +61,13 @@ def test_a_defect_on_the_direct_path_is_an_envelope_not_a_bare_500() -> None:
             cut = True
         assert cut
         assert client.post("/raises").status_code == 500  # the server still serves
+
+
+def test_a_defect_on_the_messages_route_is_in_anthropics_envelope() -> None:
+    async def raises(_: Request) -> Response:
+        raise ValueError("a defect in the handler")
+
+    with serving(Edge(direct={"/v1/messages": raises})) as server:
+        r = httpx.post(f"{server.url}/v1/messages")
+    assert r.status_code == 500
+    assert r.json()["type"] == "error" and r.json()["error"]["type"] == "api_error"

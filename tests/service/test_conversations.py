@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from router.adapters.conversations import MemoryConversations
 from router.core.conversation import ConversationPolicy, remembered_role, steer
 from router.core.types import Role
+from router.protocol import decode_body
+from router.protocol.messages import MessagesRequest
+from router.protocol.responses import ResponsesRequest
+from router.service.context import Endpoint, RequestOptions
 from tests.service.fakes import Stack, ask, caller, stack
 
 SMALL_ONLY = frozenset({Role.SMALL})
@@ -156,3 +161,34 @@ async def test_a_long_system_prompt_does_not_merge_a_key_s_conversations() -> No
     assert await say(0.9, "prove the theorem") == "at_or_above_threshold"
     assert await say(0.1, "what is the weather", "and tomorrow?") == "below_threshold"  # another conversation
     assert await say(0.1, "prove the theorem", "and the second case?") == "conversation"
+
+
+async def _agent_turn(s: Stack, score: float, endpoint: Endpoint, body: dict[str, Any]) -> tuple[str, str]:
+    """One turn of an agent's loop through the Messages or Responses API."""
+    s.scorer.value = score
+    schema = MessagesRequest if endpoint is Endpoint.MESSAGES else ResponsesRequest
+    payload, request = decode_body(orjson.dumps({"model": "auto", **body}), schema)
+    out = await s.service.handle(caller(), endpoint, payload, request, RequestOptions())
+    return out.routed.worker.role.value, out.routed.decision.reason.value
+
+
+async def test_an_agents_tool_loop_stays_on_its_model_through_messages_and_responses() -> None:
+    """Regression: only chat turns were steered, so a Messages or Responses tool loop under `sticky` was
+    re-scored turn by turn and could switch models mid-task (losing the prompt cache it built)."""
+    s = stack(conversation=ConversationPolicy.STICKY)
+    ask_: dict[str, Any] = {"role": "user", "content": [{"type": "text", "text": "fix the bug"}]}
+    call = {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "read", "input": {}}]}
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "file text"}]}
+    first = {"system": "agent", "max_tokens": 5, "messages": [ask_]}
+    assert await _agent_turn(s, 0.9, Endpoint.MESSAGES, first) == ("large", "at_or_above_threshold")
+    later = {**first, "messages": [ask_, call, result]}
+    assert await _agent_turn(s, 0.1, Endpoint.MESSAGES, later) == ("large", "conversation")
+    items: list[dict[str, Any]] = [{"role": "user", "content": "fix the bug"}]
+    opening = {"instructions": "agent", "input": items}
+    assert await _agent_turn(s, 0.1, Endpoint.RESPONSES, opening) == ("small", "below_threshold")
+    loop = [
+        *items,
+        {"type": "function_call", "call_id": "c1", "name": "read", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "file text"},
+    ]
+    assert await _agent_turn(s, 0.9, Endpoint.RESPONSES, {**opening, "input": loop}) == ("small", "conversation")

@@ -42,7 +42,7 @@ def test_good_file_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        (("    role: small", "    role: tiny"), ":7: workers.0.role: Input should be 'small' or 'large'"),
+        (("    role: small", "    role: tiny"), ":7: workers.0.role: Input should be 'small', 'large' or 'embeddings'"),
         (
             ("  threshold: 0.3", "  threshold: 3"),
             ":4: routing.threshold: Input should be less than or equal to 1",

@@ -1,10 +1,12 @@
-"""OpenAI wire types. Requests are validated for what the gateway needs and otherwise passed through:
-unknown fields are allowed and the forwarded body is the caller's own dict, not a re-dump of these models."""
+"""OpenAI wire types, and what every API's request offers the service. Requests are validated for what the
+gateway needs and otherwise passed through: unknown fields are allowed and the forwarded body is the caller's own
+dict, not a re-dump of these models. The other APIs' requests (responses.py, messages.py, embeddings.py)
+subclass GenerationRequest and answer its hooks (scored text, prompt tokens, affinity) for themselves."""
 
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, TypeGuard
+from typing import Annotated, Any, ClassVar, TypeGuard
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,6 +22,8 @@ __all__ = [
     "ChatMessage",
     "CompletionRequest",
     "GenerationRequest",
+    "MaxTokens",
+    "OpenModel",
     "Prompt",
     "StreamOptions",
     "affinity_key",
@@ -29,23 +33,25 @@ __all__ = [
     "draft_logprobs_request",
     "encode",
     "error_body",
+    "json_tokens",
     "prompt_text",
     "prompt_tokens",
     "read_draft",
     "strip_logprobs",
+    "text_of",
     "wants_usage",
 ]
 
 
-class _Open(BaseModel):
+class OpenModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class StreamOptions(_Open):
+class StreamOptions(OpenModel):
     include_usage: bool | None = None
 
 
-class ChatMessage(_Open):
+class ChatMessage(OpenModel):
     role: str
     content: str | list[dict[str, Any]] | None = None
 
@@ -62,10 +68,19 @@ MAX_JSON_DEPTH = 64
 # forwarded as an int (see decode_body). A lax int took all of them while the body kept the float or string, and
 # the tier's cap, reading the body, let them through unreserved.
 MaxTokens = Annotated[int, Field(strict=True, ge=1, le=MAX_TOKENS_BOUND)]
-_COUNTS = ("max_tokens", "max_completion_tokens", "n")
+_COUNTS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n")
 
 
-class GenerationRequest(_Open):
+class GenerationRequest(OpenModel):
+    # The fields that bound a choice's completion, which a tier's max_tokens caps (the first is set when the
+    # caller sent none); whether a stream reports its usage without being asked (stream_options is OpenAI's
+    # chat and completions only); whether a cascade may draft it (its answer reads as `choices`).
+    BOUNDS: ClassVar[tuple[str, ...]] = ("max_tokens",)
+    PROMPT: ClassVar[str] = "messages"  # the field holding the prompt, named in errors about it
+    STREAM_REPORTS_USAGE: ClassVar[bool] = False
+    CASCADES: ClassVar[bool] = True
+    SCORED: ClassVar[bool] = True  # False: not routed by difficulty (embeddings go to their own workers)
+
     model: str = Field(min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -86,8 +101,31 @@ class GenerationRequest(_Open):
     def _whole(cls, value: Any) -> Any:
         return int(value) if isinstance(value, float) and value.is_integer() else value
 
+    # Hooks for the other APIs' requests (the two OpenAI ones are read by the functions below).
+    def scored_text(self) -> str:
+        return ""
+
+    def estimated_prompt_tokens(self) -> int:
+        return 0
+
+    def affinity_text(self) -> str:
+        return self.scored_text()[:AFFINITY_PROMPT_CHARS]
+
+    def first_turn(self) -> bool | None:
+        """Whether this turn starts its conversation (no answer in it yet); None: not a conversation."""
+        return None
+
+    def worker_state(self) -> tuple[str, str] | None:
+        """(field, id) of state only the worker that made it holds (Responses' previous_response_id)."""
+        return None
+
 
 class ChatCompletionRequest(GenerationRequest):
+    BOUNDS = ("max_tokens", "max_completion_tokens")
+
+    def first_turn(self) -> bool | None:
+        return not any(m.role == "assistant" for m in self.messages)
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: MaxTokens | None = None
 
@@ -96,6 +134,7 @@ TokenId = Annotated[int, Field(ge=0, lt=1 << 31)]  # vocabularies are far smalle
 
 
 class CompletionRequest(GenerationRequest):
+    PROMPT = "prompt"
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
 
 
@@ -139,7 +178,7 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def _text_of(content: str | list[dict[str, Any]] | None) -> str:
+def text_of(content: str | list[dict[str, Any]] | None) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -152,8 +191,8 @@ def prompt_text(request: GenerationRequest) -> str:
     if isinstance(request, ChatCompletionRequest):
         for message in reversed(request.messages):
             if message.role == "user":
-                return _text_of(message.content)
-        return _text_of(request.messages[-1].content)
+                return text_of(message.content)
+        return text_of(request.messages[-1].content)
     if isinstance(request, CompletionRequest):
         prompt = request.prompt
         if isinstance(prompt, str):
@@ -161,7 +200,7 @@ def prompt_text(request: GenerationRequest) -> str:
         if prompt and isinstance(prompt[0], str):
             return str(prompt[0])
         return ""  # token ids: nothing to read
-    return ""
+    return request.scored_text()
 
 
 _PROMPT_FIELDS = ("tools", "functions")  # request fields a chat template renders into the prompt
@@ -174,20 +213,20 @@ def prompt_tokens(request: GenerationRequest) -> int:
     if isinstance(request, ChatCompletionRequest):
         total = 0
         for m in request.messages:
-            total += text_tokens(_text_of(m.content))
+            total += text_tokens(text_of(m.content))
             if m.__pydantic_extra__:  # the field itself: `model_extra` is a property, ~0.4 us a message
-                total += _json_tokens(m.__pydantic_extra__)
+                total += json_tokens(m.__pydantic_extra__)
         extra = request.__pydantic_extra__ or {}
-        return total + sum(_json_tokens(extra[f]) for f in _PROMPT_FIELDS if extra.get(f))
+        return total + sum(json_tokens(extra[f]) for f in _PROMPT_FIELDS if extra.get(f))
     if isinstance(request, CompletionRequest):
         prompt = request.prompt
         if isinstance(prompt, str):
             return text_tokens(prompt)
         return sum(text_tokens(p) if isinstance(p, str) else len(p) if isinstance(p, list) else 1 for p in prompt)
-    return 0
+    return request.estimated_prompt_tokens()
 
 
-def _json_tokens(value: Any) -> int:
+def json_tokens(value: Any) -> int:
     try:
         return text_tokens(orjson.dumps(value).decode())
     except TypeError:  # not JSON (cannot come from a parsed body)
@@ -224,11 +263,13 @@ def affinity_key(request: GenerationRequest) -> bytes:
     if isinstance(request, ChatCompletionRequest):
         parts = []
         for message in request.messages:
-            parts.append(f"{message.role}\0{_text_of(message.content)}")
+            parts.append(f"{message.role}\0{text_of(message.content)}")
             if message.role == "user":
                 break
         return "\0".join(parts)[:AFFINITY_CHARS].encode()
-    return prompt_text(request)[:AFFINITY_PROMPT_CHARS].encode()
+    if isinstance(request, CompletionRequest):
+        return prompt_text(request)[:AFFINITY_PROMPT_CHARS].encode()
+    return request.affinity_text()[:AFFINITY_CHARS].encode()
 
 
 def draft_logprobs_request(payload: dict[str, Any], chat: bool) -> tuple[dict[str, Any], bool]:

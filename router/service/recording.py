@@ -128,10 +128,13 @@ def answer_usage(worker: Worker, body: bytes) -> tuple[int, int] | None:
 
 
 def _usage(doc: object) -> tuple[int, int] | None:
+    """Both counts as JSON integers, never negative; anything else says nothing of what was used (None: the
+    reservation, or the stream's estimate, is settled). Read leniently, a usage of {} or of a total only
+    settled at 0 tokens, and a negative count was credited to the caller and broke the metrics (a 500)."""
     usage = doc.get("usage") if isinstance(doc, dict) else None
     if not isinstance(usage, dict):
         return None
-    try:
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    except (TypeError, ValueError, OverflowError):
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if type(prompt) is not int or type(completion) is not int or prompt < 0 or completion < 0:
         return None
+    return prompt, completion

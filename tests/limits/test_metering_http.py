@@ -345,8 +345,8 @@ def test_a_worker_s_usage_without_two_token_counts_settles_the_reservation(
     """Regression: a worker's usage was read as int(field or 0): a negative count was credited to the caller
     (its minute's count went below zero, then admitted far past its limit), and a usage without the two counts
     (empty, total only, nulls) settled the request at 0 tokens although the worker generated 200."""
-    answer = {"id": "x", "object": "chat.completion", "model": "tiny-small", "usage": usage}
-    answer["choices"] = [{"index": 0, "message": {"role": "assistant", "content": "a " * 200}}]
+    choice = {"index": 0, "message": {"role": "assistant", "content": "a " * 200}}
+    answer = {"id": "x", "object": "chat.completion", "model": "tiny-small", "choices": [choice], "usage": usage}
     test = {"status": 200, "body": json.dumps(answer)}
     r = _post(gateway, "/v1/chat/completions", {"model": "auto", "messages": SHORT, "max_tokens": 200, "x_test": test})
     assert r.status_code == 200, r.text

@@ -127,14 +127,21 @@ def answer_usage(worker: Worker, body: bytes) -> tuple[int, int] | None:
     return _usage(doc)
 
 
+# More tokens than any request uses (2^24 per choice, 128 choices, a prompt far past any context): a count
+# above it is not believed. At 2^63 SQLite refuses the row, and with it the ledger's whole batch of records.
+MAX_USAGE = 1 << 40
+
+
 def _usage(doc: object) -> tuple[int, int] | None:
-    """Both counts as JSON integers, never negative; anything else says nothing of what was used (None: the
-    reservation, or the stream's estimate, is settled). Read leniently, a usage of {} or of a total only
-    settled at 0 tokens, and a negative count was credited to the caller and broke the metrics (a 500)."""
+    """Both counts as JSON integers, neither negative nor past MAX_USAGE; anything else says nothing of what was
+    used (None: the reservation, or the stream's estimate, is settled). Read leniently, a usage of {} or of a
+    total only settled at 0 tokens, and a negative count was credited to the caller and broke the metrics."""
     usage = doc.get("usage") if isinstance(doc, dict) else None
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if type(prompt) is not int or type(completion) is not int or prompt < 0 or completion < 0:
+    if type(prompt) is not int or type(completion) is not int:
+        return None
+    if prompt < 0 or completion < 0 or prompt + completion > MAX_USAGE:
         return None
     return prompt, completion

@@ -336,15 +336,28 @@ def test_a_request_without_a_bound_on_a_tier_smaller_than_the_default_estimate_i
         {"prompt_tokens": None, "completion_tokens": None, "total_tokens": 207},
         {"prompt_tokens": True, "completion_tokens": True},
         {"prompt_tokens": 7.9, "completion_tokens": "200"},
+        {"prompt_tokens": 1 << 62, "completion_tokens": 200},
+        {"prompt_tokens": (1 << 64) - 1, "completion_tokens": 200},
     ],
-    ids=["negative-prompt", "negative-completion", "empty", "total-only", "nulls", "booleans", "float-string"],
+    ids=[
+        "negative-prompt",
+        "negative-completion",
+        "empty",
+        "total-only",
+        "nulls",
+        "booleans",
+        "float-string",
+        "2^62",
+        "2^64",
+    ],
 )
 def test_a_worker_s_usage_without_two_token_counts_settles_the_reservation(
     gateway: Gateway, usage: dict[str, Any]
 ) -> None:
     """Regression: a worker's usage was read as int(field or 0): a negative count was credited to the caller
     (its minute's count went below zero, then admitted far past its limit), and a usage without the two counts
-    (empty, total only, nulls) settled the request at 0 tokens although the worker generated 200."""
+    (empty, total only, nulls) settled the request at 0 tokens although the worker generated 200. A count past
+    any request's (2^62) locked the caller out for the minute; at 2^63 the ledger lost its batch of records."""
     choice = {"index": 0, "message": {"role": "assistant", "content": "a " * 200}}
     answer = {"id": "x", "object": "chat.completion", "model": "tiny-small", "choices": [choice], "usage": usage}
     test = {"status": 200, "body": json.dumps(answer)}

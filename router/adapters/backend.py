@@ -72,10 +72,20 @@ class AiohttpStream:
             raise _translate(self._worker, exc) from None
 
     async def read_all(self) -> bytes:
+        """The whole body (a non-200 answer to a stream request), bounded as a whole answer is: in size, and in
+        time by the worker's timeout (unbounded, an endless error body grew memory, or held the request)."""
+        worker = self._worker
         try:
-            return await self._response.read()
+            async with asyncio.timeout(worker.timeout):
+                return await _read_bounded(worker, self._response)
+        except UpstreamTooLarge:
+            raise UpstreamFailed(
+                f"worker {worker.name!r} answered status {self.status} with a body over max_response_bytes "
+                f"({worker.max_response_bytes} bytes)",
+                worker=worker.name,
+            ) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translate(self._worker, exc) from None
+            raise _translate(worker, exc) from None
 
     async def aclose(self) -> None:
         # close(), not release(): an unfinished stream must drop its connection so the worker aborts the

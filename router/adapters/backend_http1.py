@@ -20,6 +20,8 @@ tests/api/worker_protocol/ try each point):
   worker closed (or wrote to) while it sat idle is replaced, as urllib3 does, since the worker never read that
   request. Once written, a lost connection is a failure (the gateway fails over), never a resend: the worker may
   have read it (vLLM sends no head until a whole answer is done, so a worker dying mid-generation says nothing).
+- A non-200 answer to a stream request is read whole (a 4xx is passed on, a 5xx reported) within the bounds of
+  a whole answer: max_response_bytes, and the worker's timeout for all of it.
 - A body with neither a length nor chunking ends with the connection: an orderly close (FIN) ends it whole, a
   reset (RST) is a failure, as is any close inside a body of known length or chunking."""
 
@@ -88,7 +90,29 @@ class Http1Stream:
                     raise UpstreamFailed(f"worker {worker.name!r} failed: {exc}", worker=worker.name) from None
 
     async def read_all(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
+        """The whole body (a non-200 answer to a stream request, passed on or reported), bounded as a whole
+        answer is: max_response_bytes and the worker's timeout for all of it. Unbounded, a worker flooding an
+        error body grew the gateway's memory without end, and one trickling it held the request for ever."""
+        worker = self._worker
+        limit, size, parts = worker.max_response_bytes, 0, []
+        try:
+            async with asyncio.timeout(worker.timeout):
+                async for chunk in self.chunks():
+                    size += len(chunk)
+                    if size > limit:
+                        raise UpstreamFailed(
+                            f"worker {worker.name!r} answered status {self._status} with a body over "
+                            f"max_response_bytes ({limit} bytes)",
+                            worker=worker.name,
+                        )
+                    parts.append(chunk)
+        except TimeoutError:
+            await self.aclose()
+            raise _silent(worker) from None
+        except BaseException:
+            await self.aclose()  # the half-read connection is dropped, never pooled
+            raise
+        return b"".join(parts)
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None

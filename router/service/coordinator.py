@@ -10,7 +10,7 @@ HTTP framework, Redis or classifier here."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,14 +225,15 @@ class RoutingService:
                 and request.CASCADES
             ):
                 outcome = await self._cascade.run(ctx)
+                settled = True  # by the cascade
             else:
                 routed, turn = await self._steered(ctx, self.route(ctx.prompt, caller.tier, named), named is None)
                 outcome = await self._dispatch.serve(ctx, routed)
+                settled = True  # by the attempt, or by the stream when it ends
                 if turn is not None and self._conversations is not None:
-                    await self._conversations.remember(turn, outcome.routed.worker.role)
+                    await _closing_on_error(outcome, self._conversations.remember(turn, outcome.routed.worker.role))
                 if self._shadow is not None and not request.stream and request.CASCADES:  # pairs read `choices`
                     self._shadow.after(ctx, outcome)
-            settled = True  # by the attempt or the cascade, or by the stream when it ends
             if key is not None:
                 await self._store(key, outcome)
             cache = "" if key is None else "bypass" if cache_bypass else "miss"
@@ -288,3 +289,14 @@ def _refuse_unheld_state(request: GenerationRequest, named: tuple[Worker, ...] |
         "another worker. Send the conversation itself (its input items), or name a model served by one worker.",
         param=field,
     )
+
+
+async def _closing_on_error(outcome: Outcome, step: Awaitable[None]) -> None:
+    """A step after a stream was opened: if it fails or is cancelled (the client left, a shutdown), the stream
+    nobody will read is closed, which drops the worker's connection, settles, ends the attempt and records."""
+    try:
+        await step
+    except BaseException:
+        if not isinstance(outcome.reply, UpstreamReply):
+            await outcome.reply.aclose()
+        raise

@@ -131,10 +131,18 @@ def answer_usage(worker: Worker, body: bytes) -> tuple[int, int] | None:
     return _usage(doc)
 
 
+# More tokens than any request uses (2^24 per choice, 128 choices, a prompt far past any context): a count
+# above it is not believed. At 2^63 SQLite refuses the row, and with it the ledger's whole batch of records.
+MAX_USAGE = 1 << 40
+
+
 def _usage(doc: object) -> tuple[int, int] | None:
     """OpenAI's chat and completions usage (`prompt_tokens`, `completion_tokens`), or the Responses and Messages
     APIs' (`input_tokens`, `output_tokens`), at the top or on the event's `response` (Responses' completed event)
-    or `message` (Messages' message_start)."""
+    or `message` (Messages' message_start). Both counts must be JSON integers, neither negative nor past
+    MAX_USAGE; anything else says nothing of what was used (None: the reservation, or the stream's estimate, is
+    settled). Read leniently, a usage of {} or of a total only settled at 0 tokens, and a negative count was
+    credited to the caller and broke the metrics."""
     if not isinstance(doc, dict):
         return None
     usage = doc.get("usage")
@@ -143,9 +151,14 @@ def _usage(doc: object) -> tuple[int, int] | None:
             usage = inner.get("usage")
     if not isinstance(usage, dict):
         return None
-    try:
-        if "prompt_tokens" in usage or ("input_tokens" not in usage and "output_tokens" not in usage):
-            return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        return int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
-    except (TypeError, ValueError, OverflowError):
+    names = ("input_tokens", "output_tokens") if "input_tokens" in usage or "output_tokens" in usage else None
+    if "prompt_tokens" in usage or names is None:
+        names = ("prompt_tokens", "completion_tokens")
+    prompt, completion = usage.get(names[0]), usage.get(names[1])
+    if names[0] == "input_tokens" and "input_tokens" not in usage:
+        prompt = 0  # Anthropic's message_delta carries output tokens alone; metering merges in message_start's
+    if type(prompt) is not int or type(completion) is not int:
         return None
+    if prompt < 0 or completion < 0 or prompt + completion > MAX_USAGE:
+        return None
+    return prompt, completion

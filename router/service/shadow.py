@@ -9,12 +9,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from router.core.ports import PairSink, UpstreamReply
 from router.core.shadow import ShadowGate, ShadowPair
 from router.core.types import Decision, Reason, Role, Routed
 from router.errors import TriageError
-from router.protocol import read_draft
+from router.protocol import CompletionRequest, GenerationRequest, Prompt, choices, read_draft
 from router.service.context import Outcome, RequestContext
 from router.service.dispatch import Dispatcher
 from router.service.recording import Recorder, Trace
@@ -56,12 +57,10 @@ class Shadow:
                 self._dispatch.pick(self._dispatch.by_role[other], ctx.prompt),
                 Decision(other, Reason.SHADOW, d.score, d.threshold),
             )
-            trace = Trace(self._recorder, ctx.caller, ctx.prompt, ctx.trace.request_id, ctx.trace.route)
+            payload, request, prompt = _choice_zero(ctx)
+            trace = Trace(self._recorder, ctx.caller, prompt, ctx.trace.request_id, ctx.trace.route)
             trace.baseline = False  # the request's own record carries the always-large baseline
-            # Only choice 0 is compared: the caller's `n` would pay for n - 1 answers nobody reads.
-            payload = {k: v for k, v in ctx.payload.items() if k != "n"}
-            request = ctx.request.model_copy(update={"n": None}) if ctx.request.n is not None else ctx.request
-            shadow_ctx = RequestContext(ctx.caller, ctx.endpoint, payload, request, ctx.prompt, trace)
+            shadow_ctx = RequestContext(ctx.caller, ctx.endpoint, payload, request, prompt, trace)
             try:
                 answer = await self._dispatch.serve(shadow_ctx, shadow, named=True)
             except TriageError as exc:
@@ -110,3 +109,17 @@ class Shadow:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _choice_zero(ctx: RequestContext) -> tuple[dict[str, Any], GenerationRequest, Prompt]:
+    """The caller's request reduced to the one answer compared, choice 0: without the caller's `n`, and for a
+    completions prompt list, its first prompt alone (each prompt is `n` more answers nobody reads)."""
+    payload = {k: v for k, v in ctx.payload.items() if k != "n"}
+    request, prompt = ctx.request, ctx.prompt
+    update: dict[str, Any] = {"n": None} if request.n is not None else {}
+    if isinstance(request, CompletionRequest) and choices(request) > (request.n or 1):
+        payload["prompt"] = update["prompt"] = request.prompt[0]
+    if update:
+        request = request.model_copy(update=update)
+        prompt = Prompt(request) if "prompt" in update else prompt
+    return payload, request, prompt

@@ -158,6 +158,16 @@ def test_an_answer_past_max_response_bytes_is_a_502(stack: Stack, behaviour: dic
     assert stack.chat().status_code == 200
 
 
+def test_an_error_answer_to_a_stream_past_max_response_bytes_is_refused_while_read(stack: Stack) -> None:
+    """Regression: the body of a non-200 answer to a stream request was read whole without max_response_bytes (or
+    a deadline): memory grew with whatever the worker sent, a compressed body inflated without bound."""
+    payload = {"model": "auto", "messages": SHORT, "stream": True, "x_test": {"status": 500, "body": "x" * 4 * LIMIT}}
+    r = httpx.post(stack.gateway.url + "/v1/chat/completions", json=payload, timeout=30)
+    assert r.status_code == 502, r.text
+    assert "with a body over max_response_bytes (8192 bytes)" in r.json()["error"]["message"]
+    assert stack.chat().status_code == 200
+
+
 def test_a_silent_tls_worker_is_a_504(stack: Stack) -> None:
     r = stack.chat(x_test={"sleep": 5})
     assert r.status_code == 504, r.text

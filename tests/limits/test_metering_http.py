@@ -321,3 +321,59 @@ def test_a_request_without_a_bound_on_a_tier_smaller_than_the_default_estimate_i
     r = _post(gateway, "/v1/chat/completions", {"model": "auto", "messages": SHORT}, SMALL_KEY)
     assert r.status_code == 200, r.text
     assert 0 < _reserved(r, 400) <= 400
+
+
+# -- a worker's usage that does not say what was used settles the reservation, never less ----------------------
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -100_000, "completion_tokens": 10},
+        {"prompt_tokens": 7, "completion_tokens": -50_000},
+        {},
+        {"total_tokens": 207},
+        {"prompt_tokens": None, "completion_tokens": None, "total_tokens": 207},
+        {"prompt_tokens": True, "completion_tokens": True},
+        {"prompt_tokens": 7.9, "completion_tokens": "200"},
+        {"prompt_tokens": 1 << 62, "completion_tokens": 200},
+        {"prompt_tokens": (1 << 64) - 1, "completion_tokens": 200},
+    ],
+    ids=[
+        "negative-prompt",
+        "negative-completion",
+        "empty",
+        "total-only",
+        "nulls",
+        "booleans",
+        "float-string",
+        "2^62",
+        "2^64",
+    ],
+)
+def test_a_worker_s_usage_without_two_token_counts_settles_the_reservation(
+    gateway: Gateway, usage: dict[str, Any]
+) -> None:
+    """Regression: a worker's usage was read as int(field or 0): a negative count was credited to the caller
+    (its minute's count went below zero, then admitted far past its limit), and a usage without the two counts
+    (empty, total only, nulls) settled the request at 0 tokens although the worker generated 200. A count past
+    any request's (2^62) locked the caller out for the minute; at 2^63 the ledger lost its batch of records."""
+    choice = {"index": 0, "message": {"role": "assistant", "content": "a " * 200}}
+    answer = {"id": "x", "object": "chat.completion", "model": "tiny-small", "choices": [choice], "usage": usage}
+    test = {"status": 200, "body": json.dumps(answer)}
+    r = _post(gateway, "/v1/chat/completions", {"model": "auto", "messages": SHORT, "max_tokens": 200, "x_test": test})
+    assert r.status_code == 200, r.text
+    reserved = _reserved(r)
+    assert reserved == 1 + 200
+    assert _used_once_settled(gateway, reserved) == reserved
+
+
+def test_a_stream_whose_worker_reports_a_negative_count_is_settled_from_what_arrived(gateway: Gateway) -> None:
+    """Regression: the stream was settled at -99,995 tokens (credited to the caller, who was then admitted past
+    its limit) and its end raised in the metrics. What arrived is counted instead, as for a stream without
+    usage: the prompt's estimate (one token of slack for "hi") and one token per content event."""
+    request = {"model": "auto", "messages": SHORT, "max_tokens": 5, "x_test": {"prompt_tokens": -100_000}}
+    r, text = _stream(gateway, "/v1/chat/completions", request)
+    assert r.status_code == 200
+    assert len(_events(text)) == 5 and text.rstrip().endswith("data: [DONE]")
+    assert _used_once_settled(gateway, 1 + 5) == 1 + 5

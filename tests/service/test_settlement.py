@@ -9,10 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
+from router.adapters.conversations import MemoryConversations
 from router.adapters.ledger_queue import QueuedLedger
+from router.core.conversation import ConversationPolicy
 from router.core.limits import TierLimits, estimate_tokens, text_tokens
 from router.core.ports import UpstreamReply
 from router.core.records import DecisionRecord
+from router.core.types import Role
 from router.errors import LimiterUnavailable, UpstreamUnavailable
 from router.service.context import RequestOptions
 from router.service.coordinator import MAX_CACHED_BYTES
@@ -201,3 +204,39 @@ async def test_the_record_of_a_request_is_written_once_even_when_the_stream_is_c
     await out.reply.aclose()  # type: ignore[union-attr]
     await asyncio.sleep(0)
     assert len(s.sink.records) == 1 and len(s.limiter.settled) == 1
+
+
+class _StuckMemory(MemoryConversations):
+    """A conversation store whose writes hang (a Redis that stopped answering within its timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = asyncio.Event()
+
+    async def put(self, key: str, role: Role, ttl: float) -> None:
+        self.writing.set()
+        await asyncio.Event().wait()
+
+    def __bool__(self) -> bool:  # an empty store is still the store (stack() takes `memory or` its own)
+        return True
+
+
+async def test_a_stream_abandoned_while_its_turn_is_remembered_is_closed_settled_and_recorded() -> None:
+    """Regression: a client leaving (or a shutdown) while the conversation store was writing the turn of a
+    streamed answer cancelled the request with the open stream in hand: nobody closed it, so the worker's
+    connection stayed open (its generation ran on), the reservation was never settled to what was generated,
+    the worker's in-flight count never came down and the request left no record."""
+    memory = _StuckMemory()
+    s = stack(score=0.1, conversation=ConversationPolicy.STICKY, memory=memory)
+    streams = [FakeStream(200, sse(*TOKENS)), FakeStream(200, sse(*TOKENS))]
+    s.backend.on("small-0", streams[0])
+    s.backend.on("small-1", streams[1])
+    task = asyncio.ensure_future(ask(s, caller(), {"stream": True, "max_tokens": 50}))
+    await asyncio.wait_for(memory.writing.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [stream.closed for stream in streams].count(True) == 1
+    assert len(s.limiter.settled) == 1 and s.limiter.settled[0] < 4 + 50  # what arrived: nothing
+    assert [w.name for w in s.balancer.workers if s.balancer.outstanding(w) > 0] == []
+    assert [r.status for r in s.sink.records] == [200]

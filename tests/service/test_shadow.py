@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
+
 from router.core.ports import UpstreamReply
 from router.core.shadow import ShadowPolicy
 from router.core.types import Role
 from router.errors import UpstreamUnavailable
+from router.protocol import CompletionRequest, decode_body
+from router.service.context import Endpoint, RequestOptions
 from tests.service.fakes import Stack, answer, ask, caller, stack
 
 ON = ShadowPolicy(rate=1.0, max_per_minute=5, max_in_flight=2)
@@ -95,3 +99,24 @@ async def test_a_failed_shadow_call_is_recorded_and_stores_no_pair() -> None:
     assert s.sink.reasons == ["below_threshold", "shadow"]
     assert s.sink.records[1].status == 503 and s.pairs.pairs == []
     assert s.gate is not None and s.gate.in_flight == 0
+
+
+async def test_a_completions_prompt_list_is_shadowed_by_its_first_prompt_alone() -> None:
+    """Regression: the shadow copied every prompt of a completions prompt list (up to the tier's max_n of them,
+    each generating on the other model, often the large one, outside the caller's limits) while only choice 0 is
+    compared. A single list of token ids is one prompt and is sent whole."""
+    s = stack(score=0.1, shadow=ON)
+    s.backend.on("small-0", UpstreamReply(200, answer("small"), "application/json"))
+    s.backend.on("small-1", UpstreamReply(200, answer("small"), "application/json"))
+    s.backend.on("large-0", UpstreamReply(200, answer("large"), "application/json"))
+    prompts: list[object] = [["first", "second", "third"], [[1, 2], [3, 4], [5]], [1, 2, 3], "one"]
+    for prompt in prompts:
+        body = orjson.dumps({"model": "auto", "prompt": prompt, "n": 2, "max_tokens": 3})
+        payload, request = decode_body(body, CompletionRequest)
+        await s.service.handle(caller(max_n=16), Endpoint.COMPLETIONS, payload, request, RequestOptions())
+        await settle_background(s)
+    sent = [body for name, body in s.backend.calls if name == "large-0"]
+    assert [body["prompt"] for body in sent] == ["first", [1, 2], [1, 2, 3], "one"]
+    assert all("n" not in body and body["max_tokens"] == 3 for body in sent)
+    callers = [body for name, body in s.backend.calls if name != "large-0"]
+    assert [body["prompt"] for body in callers] == prompts  # the caller's own requests are whole

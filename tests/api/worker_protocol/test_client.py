@@ -16,7 +16,7 @@ from router.adapters.backend import AiohttpBackend
 from router.adapters.backend_http1 import Http1Backend
 from router.adapters.http1_connection import MAX_HEAD_BYTES, MAX_INTERIM_ANSWERS
 from router.core.types import Prices, Role, Worker
-from router.errors import UpstreamFailed, UpstreamTimeout, UpstreamTooLarge
+from router.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, UpstreamTooLarge
 from tests.raw_worker import Exchange, RawWorker, answer, chunk, eventually, head
 
 SSE = "content-type: text/event-stream"
@@ -468,3 +468,42 @@ async def test_after_every_kind_of_error_the_next_caller_gets_its_own_answer(bac
             assert (await backend.post(_worker(raw), "/ok", b"%d" % n)).body == b'{"answers":%d}' % n
             await asyncio.sleep(0.1)  # room for stray bytes to arrive on the connection just used
         assert (await backend.post(_worker(raw), "/ok", b"4")).body == b'{"answers":4}'
+
+
+# -- an error answer to a stream request is bounded like a whole answer -------------------------------------------
+
+
+async def _endless_error(ex: Exchange, piece: bytes, pause: float) -> bool:
+    """A 500 to a stream request whose chunked body never ends (a proxy's error page gone wrong)."""
+    await ex.send(head("500 Internal Server Error", "content-type: text/html", "transfer-encoding: chunked"))
+    while True:  # until the client leaves: the send then raises, and the worker notes that it left
+        await ex.send(chunk(piece))
+        await asyncio.sleep(pause)
+
+
+@pytest.mark.parametrize(
+    ("piece", "pause", "error"),
+    [(b"x" * 65536, 0.0, "max_response_bytes"), (b"x", 0.02, "did not answer within")],
+    ids=["flood", "trickle"],
+)
+async def test_an_endless_error_body_on_a_stream_is_bounded_in_size_and_time(
+    backend: Http1Backend, piece: bytes, pause: float, error: str
+) -> None:
+    """Regression: the body of a non-200 answer to a stream request (read whole, to pass a 4xx on or report a
+    5xx) was read without max_response_bytes or a deadline: a worker flooding it grew the gateway's memory
+    without end, and one trickling it held the request forever (each byte reset the silence timeout)."""
+
+    async def script(ex: Exchange) -> bool:
+        return await _endless_error(ex, piece, pause)
+
+    with RawWorker(script) as raw:
+        w = _worker(raw, timeout=0.5)  # max_response_bytes: 1 MiB
+        s = await backend.open_stream(w, "/v1/chat/completions", b"1")
+        assert s.status == 500
+        try:
+            async with asyncio.timeout(20):  # the old code never returned: fail instead of hanging the suite
+                with pytest.raises(UpstreamError, match=error):
+                    await s.read_all()
+        finally:
+            await s.aclose()
+        assert await asyncio.to_thread(raw.closed_by_client.wait, 5)  # the connection was dropped

@@ -40,7 +40,13 @@ _TYPES = {
     "completion_tokens": "INTEGER",
     "status": "INTEGER",
     "schema": "INTEGER",
+    "cached_tokens": "INTEGER",
+    "reasoning_tokens": "INTEGER",
+    "cost_cached": "REAL",
+    "cost_seconds": "REAL",
 }
+# Columns added after the first ledger schema: an older ledger gains them on open (NULL in its old rows).
+ADDED = ("cached_tokens", "reasoning_tokens", "cost_cached", "cost_seconds")
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS decisions ("
     + ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in COLUMNS)
@@ -83,7 +89,7 @@ def check_ledger(path: Path) -> None:
         raise ConfigError(f"{path}: not a readable ledger ({exc})") from None
     if not columns and tables:
         raise ConfigError(f"{path}: an SQLite database without a decisions table (it has {', '.join(tables)})")
-    missing = set(COLUMNS) - columns if columns else set()
+    missing = set(COLUMNS) - columns - set(ADDED) if columns else set()
     if missing:
         raise ConfigError(f"{path}: its decisions table lacks {', '.join(sorted(missing))}: not this version's ledger")
 
@@ -96,6 +102,10 @@ def _connect(path: Path, *, autocheckpoint: bool = True) -> sqlite3.Connection:
     if not autocheckpoint:
         db.execute("PRAGMA wal_autocheckpoint=0")
     db.executescript(_CREATE)
+    have = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+    for column in ADDED:
+        if column not in have:
+            db.execute(f"ALTER TABLE decisions ADD COLUMN {column} {_TYPES[column]}")
     return db
 
 
@@ -180,10 +190,13 @@ def read_records(path: str | Path, where: str = "", params: tuple[Any, ...] = ()
     check_ledger(Path(path))
     db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
     try:
-        sql = f"SELECT {', '.join(COLUMNS)} FROM decisions {('WHERE ' + where) if where else ''} ORDER BY ts"
+        have = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+        columns = ", ".join(c if c in have else f"NULL AS {c}" for c in COLUMNS)  # an older ledger, read only
+        sql = f"SELECT {columns} FROM decisions {('WHERE ' + where) if where else ''} ORDER BY ts"
         for row in db.execute(sql, params):
             values = dict(zip(COLUMNS, row, strict=True))
             values["escalated"], values["cache_hit"] = bool(values["escalated"]), bool(values["cache_hit"])
+            values["cost_cached"], values["cost_seconds"] = values["cost_cached"] or 0.0, values["cost_seconds"] or 0.0
             yield DecisionRecord(**values)
     except sqlite3.DatabaseError as exc:  # damage past the header: found only while reading
         raise ConfigError(f"{path}: the ledger is damaged ({exc})") from None

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import orjson
 from fastapi import FastAPI
@@ -41,6 +42,7 @@ from router.api.policy_files import PolicyFiles, build_cascade, build_policy, bu
 from router.api.routes import build_router, generation_routes
 from router.api.state import GatewayState
 from router.core.balance import BalancePolicy, Balancer
+from router.core.budgets import Budget, micros
 from router.core.conversation import ConversationPolicy
 from router.core.limits import TierLimits
 from router.core.ports import Scorer
@@ -53,15 +55,18 @@ from router.errors import ConfigError
 from router.service.admission import AdmissionControl
 from router.service.coordinator import Ports, RoutingService
 from router.service.recording import Recorder
-from router.settings import Settings
+from router.service.spending import Spending
+from router.settings import KeySettings, Settings, TierSettings
 
 __all__ = [
     "ShutdownClock",
+    "budget_of",
     "build_balancer",
     "build_cascade",
     "build_scorer",
     "build_tiers",
     "create_app",
+    "key_budgets",
     "resolve_workers",
 ]
 
@@ -122,9 +127,24 @@ def build_tiers(settings: Settings) -> dict[str, Tier]:
             cache=t.cache,
             cascade=t.mode == "cascade",
             conversation=ConversationPolicy(t.conversation) if t.conversation else None,
+            budget=budget_of(t),
         )
         for name, t in settings.tiers.items()
     }
+
+
+def budget_of(spend: TierSettings | KeySettings) -> Budget:
+    return Budget(micros(spend.spend_per_day), micros(spend.spend_per_month), micros(spend.max_cost_per_request))
+
+
+def key_budgets(settings: Settings) -> dict[str, tuple[str, Budget]]:
+    """sha256 -> (the key's name, its own budget), for keys with a budget of their own."""
+    out = {}
+    for k in settings.auth.keys:
+        budget = budget_of(k)
+        if budget.any:
+            out[k.sha256] = (k.name or k.sha256[:8], budget)
+    return out
 
 
 def build_balancer(settings: Settings, workers: Sequence[Worker]) -> Balancer:
@@ -335,6 +355,7 @@ def create_app(
     backend = BackendByProvider(direct, litellm_backend) if litellm_backend else direct
     policy, source = build_policy(settings, scorer)
     redis_limiter = _redis_limiter(settings)
+    limiter = redis_limiter or MemoryLimiter()
     ledger = _ledger(settings)
     pairs = _pairs(settings)
     conversations = _conversations(settings)
@@ -349,7 +370,9 @@ def create_app(
         Ports(
             backend=backend,
             admission=AdmissionControl(
-                redis_limiter or MemoryLimiter(), max_pending=settings.server.max_pending_admissions
+                limiter,
+                max_pending=settings.server.max_pending_admissions,
+                spending=Spending(ZoneInfo(settings.limits.budget_timezone)),
             ),
             balancer=build_balancer(settings, workers),
             cache=cache,
@@ -374,6 +397,7 @@ def create_app(
     auth = Authenticator(
         tiers=tiers,
         keys={k.sha256: k.tier for k in settings.auth.keys},
+        key_budgets=key_budgets(settings),
         anonymous_tier=settings.auth.anonymous_tier,
         trusted_proxies=settings.auth.trusted_proxies,
         key_store=redis_limiter.key_tier if redis_limiter else None,

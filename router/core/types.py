@@ -30,7 +30,10 @@ class Reason(StrEnum):
     CONVERSATION = "conversation"  # routed, then moved to the model its conversation's earlier turns got
     SHADOW = "shadow"  # the other model answering a sampled routed request too (a shadow pair), not a request
     # How a request ended when no routing reason describes it
+    BUDGET_CAP = "budget_cap"  # routed, and pinned to the small model: the large one's worst case passes the cap
     RATE_LIMITED = "rate_limited"  # 429: a limit of the caller's tier
+    BUDGET_EXCEEDED = "budget_exceeded"  # 429: a spend budget (tier or key, day or month) is used up
+    COST_EXCEEDS_LIMIT = "cost_exceeds_limit"  # 400: the request's worst case passes max_cost_per_request
     CLIENT_GONE = "client_gone"  # 499: the caller hung up first
     INTERNAL_ERROR = "internal_error"  # 500: a defect in the gateway
     UPSTREAM_ERROR = "upstream_error"  # 502, or a stream the worker broke off after it had started (200 sent)
@@ -71,10 +74,13 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Prices:
-    """USD per million tokens."""
+    """USD per million tokens (the same number is micro-USD per token); per_second: USD per second of a request's
+    wall time on the worker, for machines paid by the hour rather than by the token."""
 
     input: float = 0.0
     output: float = 0.0
+    cached_input: float | None = None  # cached prompt tokens (vLLM prefix caching); None: the input price
+    per_second: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

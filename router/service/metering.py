@@ -79,9 +79,7 @@ class MeteredStream:
         if b'"usage"' in lines:
             for line in lines.split(b"\n"):
                 if line.startswith(b"data:") and b'"usage"' in line:
-                    usage = usage_of(line[5:])  # JSON allows the space before and the CR after
-                    if usage is not None:
-                        self._trace.usage = usage
+                    self._trace.note(usage_of(line[5:]))  # JSON allows the space before and the CR after
 
     async def read_all(self) -> bytes:
         return await self._inner.read_all()

@@ -167,13 +167,17 @@ class SpyLimiter(MemoryLimiter):
     def __init__(self, clock: Clock) -> None:
         super().__init__(clock=clock.ms)
         self.settled: list[int] = []
+        self.costs: list[int | None] = []  # the money settled, micro-units (None: the reservation stays)
         self.fail_settle = False
 
-    async def settle(self, caller: Caller, admission: Admission, actual_tokens: int) -> None:
+    async def settle(
+        self, caller: Caller, admission: Admission, actual_tokens: int, actual_cost: int | None = None
+    ) -> None:
         self.settled.append(actual_tokens)
+        self.costs.append(actual_cost)
         if self.fail_settle:
             raise LimiterUnavailable("the rate-limit store did not answer")
-        await super().settle(caller, admission, actual_tokens)
+        await super().settle(caller, admission, actual_tokens, actual_cost)
 
 
 class ListSink:

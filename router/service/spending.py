@@ -1,0 +1,108 @@
+"""Spend budgets at admission: the worst case a request may cost on the workers it may reach, the per-request
+cap (refuse, or pin a routed request to the small model when that brings it under the cap), the budget windows
+the request counts against, and the refusal a caller can act on."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from router.core.budgets import BUDGET_HEADER, Cap, caps, format_money
+from router.core.costs import priced
+from router.core.limits import Admission, duration, retry_after_seconds
+from router.core.tiers import Caller
+from router.core.types import Role, Worker
+from router.errors import BudgetExceeded, InvalidRequest
+
+__all__ = ["Quote", "Reach", "Spending"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """The workers a request may reach: `workers` (a named model's, or every model the tier may use, since a
+    routed request may escalate or fall back), and the small model's alone when routing may be pinned there."""
+
+    workers: tuple[Worker, ...]
+    small: tuple[Worker, ...] = ()
+    cascade: bool = False  # the small model drafts and the large one may answer too: both are paid
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    reserve: int  # the worst case, micro-units
+    pinned: bool  # routed, and kept on the small model to stay under max_cost_per_request
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Spending:
+    def __init__(self, tz: ZoneInfo | None = None, clock: Callable[[], int] = _now_ms) -> None:
+        self.tz = tz or ZoneInfo("UTC")
+        self._clock = clock
+
+    def caps(self, caller: Caller) -> tuple[Cap, ...]:
+        """The budget windows (tier's, key's; day, month) this caller's requests count against now."""
+        scopes = [(f"tier {caller.tier.name}", f"tier:{caller.tier.name}", caller.tier.budget)]
+        if caller.budget.windowed:
+            scopes.append((f"key {caller.key}", caller.identity, caller.budget))
+        return caps(scopes, self._clock(), self.tz)
+
+    def quote(self, caller: Caller, reach: Reach, prompt: int, completion: int, param: str) -> Quote:
+        """The reservation; refuses (400) a request whose worst case passes the per-request cap on every model
+        it could be kept on."""
+        worst = _worst(reach, prompt, completion)
+        cap = _per_request(caller)
+        if not cap or worst <= cap:
+            return Quote(worst, False)
+        if reach.small:
+            small = _worst(Reach(reach.small), prompt, completion)
+            if small <= cap:
+                return Quote(small, True)
+        raise InvalidRequest(
+            f"{param}: this request may cost up to {format_money(worst)} (a prompt of about {prompt} tokens and "
+            f"{completion} completion tokens at the prices of the models it may reach), over the "
+            f"max_cost_per_request of {format_money(cap)}; lower {param}",
+            param=param,
+            code="cost_exceeds_limit",
+        )
+
+    def refusal(self, a: Admission, reserve: int, headers: dict[str, str]) -> BudgetExceeded:
+        """The 429 for an admission a budget refused: which budget, its window, when it resets."""
+        cap = a.over
+        assert cap is not None
+        wait = max(0, cap.ends_ms - self._clock())
+        reset = datetime.fromtimestamp(cap.ends_ms / 1000, self.tz).isoformat()
+        left = max(0, cap.limit - a.over_spent)
+        return BudgetExceeded(
+            f"Budget exceeded: {cap.scope} has spent {format_money(a.over_spent)} of its spend_per_{cap.window} "
+            f"of {format_money(cap.limit)} (reservations included), and this request may cost up to "
+            f"{format_money(reserve)}; the {cap.window} "
+            f"window resets at {reset} ({self.tz.key}), in {duration(wait)}.",
+            headers={
+                **headers,
+                "retry-after": str(retry_after_seconds(wait)),
+                "retry-after-ms": str(wait),
+                BUDGET_HEADER: format_money(left),
+            },
+        )
+
+
+def _per_request(caller: Caller) -> int:
+    caps_set = [c for c in (caller.tier.budget.per_request, caller.budget.per_request) if c]
+    return min(caps_set) if caps_set else 0
+
+
+def _worst(reach: Reach, prompt: int, completion: int) -> int:
+    """The costliest worker's worst case; a cascade pays the small draft and the large answer."""
+
+    def one(workers: tuple[Worker, ...]) -> int:
+        return max((priced(w.prices, prompt, completion, seconds=w.timeout).micros for w in workers), default=0)
+
+    if reach.cascade:
+        return sum(one(tuple(w for w in reach.workers if w.role is role)) for role in Role)
+    return one(reach.workers)

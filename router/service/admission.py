@@ -71,7 +71,7 @@ class AdmissionControl:
         quote, caps = Quote(0, False), cast(tuple[Cap, ...], ())
         if budgeted and reach is not None:
             param = _bound_field(request, bound) if bound is not None else "max_tokens"
-            quote = self.spending.quote(caller, reach, prompt, completion, param)
+            quote = self.spending.quote(caller, reach, prompt + 1, completion, param)  # the slack of the tokens
             caps = self.spending.caps(caller)
         if not tier.limits.any and not caps:
             return Admitted(None, quote.pinned)  # a per-request cap alone needs no store

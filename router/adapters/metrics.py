@@ -63,6 +63,7 @@ class Metrics:
         self.latency = _Histogram(LATENCY_BUCKETS)
         self.ttft = _Histogram(LATENCY_BUCKETS)
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.families: list[Callable[[], list[str]]] = []  # labelled gauges rendered whole (spend budgets)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, read)
@@ -109,6 +110,8 @@ class Metrics:
         ]
         for name, (help_text, read) in self.gauges.items():
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read()!r}"]
+        for family in self.families:
+            lines += family()
         return "\n".join(lines) + "\n"
 
 

@@ -33,6 +33,7 @@ from router.adapters.limiter_redis import RedisLimiter
 from router.adapters.metrics import FanOutSink, Metrics
 from router.adapters.pairs import RedisPairs, SqlitePairs, pairs_path
 from router.adapters.score_windows import MemoryScores, RedisScores
+from router.adapters.spend_gauges import SpendGauges
 from router.analytics.quality import QualityGauge
 from router.api.auth import Authenticator
 from router.api.edge import Edge
@@ -356,6 +357,7 @@ def create_app(
     policy, source = build_policy(settings, scorer)
     redis_limiter = _redis_limiter(settings)
     limiter = redis_limiter or MemoryLimiter()
+    spending = Spending(ZoneInfo(settings.limits.budget_timezone))
     ledger = _ledger(settings)
     pairs = _pairs(settings)
     conversations = _conversations(settings)
@@ -372,7 +374,7 @@ def create_app(
             admission=AdmissionControl(
                 limiter,
                 max_pending=settings.server.max_pending_admissions,
-                spending=Spending(ZoneInfo(settings.limits.budget_timezone)),
+                spending=spending,
             ),
             balancer=build_balancer(settings, workers),
             cache=cache,
@@ -394,6 +396,8 @@ def create_app(
     _gauges(metrics, ledger, service, cache, settings.ledger.outcomes)
     policy_files = PolicyFiles(settings, service, source)
     tiers = build_tiers(settings)
+    spend_gauges = SpendGauges(limiter, spending.tier_caps, list(tiers.values()))
+    metrics.families.append(spend_gauges.lines)
     auth = Authenticator(
         tiers=tiers,
         keys={k.sha256: k.tier for k in settings.auth.keys},
@@ -420,11 +424,13 @@ def create_app(
             await ledger.start()
         if pairs is not None:
             await pairs.start()
+        await spend_gauges.start()
         hangup = _on_sighup(policy_files)
         try:
             yield
         finally:
             hangup()
+            await spend_gauges.close()
             # uvicorn has finished in-flight requests by now (graceful shutdown): drain their records.
             # Shadow calls under way finish first (they record too), within what is left of the graceful timeout.
             await service.close(shutdown.remaining(settings.server.graceful_shutdown_timeout))

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from router.core.budgets import BUDGET_HEADER, Cap, caps, format_money
 from router.core.costs import priced
 from router.core.limits import Admission, duration, retry_after_seconds
-from router.core.tiers import Caller
+from router.core.tiers import Caller, Tier
 from router.core.types import Role, Worker
 from router.errors import BudgetExceeded, InvalidRequest
 
@@ -51,6 +51,10 @@ class Spending:
         if caller.budget.windowed:
             scopes.append((f"key {caller.key}", caller.identity, caller.budget))
         return caps(scopes, self._clock(), self.tz)
+
+    def tier_caps(self, tier: Tier) -> tuple[Cap, ...]:
+        """A tier's own budget windows now (its callers' keys aside)."""
+        return caps([(f"tier {tier.name}", f"tier:{tier.name}", tier.budget)], self._clock(), self.tz)
 
     def quote(self, caller: Caller, reach: Reach, prompt: int, completion: int, param: str) -> Quote:
         """The reservation; refuses (400) a request whose worst case passes the per-request cap on every model

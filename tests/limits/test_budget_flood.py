@@ -35,9 +35,7 @@ BUSY_FOR = 60  # seconds a busy loop runs at most, should the test die before it
 def busy_cores() -> Iterator[None]:
     """A busy loop per core, bounded in time, stopped when the block ends."""
     code = f"import time\nend = time.monotonic() + {BUSY_FOR}\nwhile time.monotonic() < end:\n    pass\n"
-    loops = [
-        subprocess.Popen([sys.executable, "-c", code], start_new_session=True) for _ in range(os.cpu_count() or 2)
-    ]
+    loops = [subprocess.Popen([sys.executable, "-c", code], start_new_session=True) for _ in range(os.cpu_count() or 2)]
     try:
         yield
     finally:

@@ -4,6 +4,7 @@ are priced apart, a stream cut mid-way is settled from its events, and a key's c
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import redis
 from router.adapters.ledger_sqlite import read_records
 from router.api.app import create_app
 from router.api.auth import hash_key
+from router.cli import main
 from router.settings import (
     AuthSettings,
     KeySettings,
@@ -48,6 +50,7 @@ class Gateway:
     client: httpx.Client
     prefix: str
     ledger: Path
+    settings: Settings
 
     def spend(self, scope: str) -> tuple[int, int]:
         """(settled, held) micro-units in `scope`'s budget window of today (the only one it has)."""
@@ -99,13 +102,10 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
     require_redis()
     js, jl = Journal(), Journal()
     prefix, ledger = f"test-{uuid.uuid4().hex[:8]}", tmp_path / "ledger.sqlite"
-    with (
-        serving(make_upstream("tiny-small", js)) as small,
-        serving(make_upstream("tiny-large", jl)) as large,
-        serving(create_app(_settings(f"{small.url}/v1", f"{large.url}/v1", prefix, ledger))) as gw,
-        httpx.Client(base_url=gw.url, timeout=30) as client,
-    ):
-        yield Gateway(js, jl, client, prefix, ledger)
+    with serving(make_upstream("tiny-small", js)) as small, serving(make_upstream("tiny-large", jl)) as large:
+        settings = _settings(f"{small.url}/v1", f"{large.url}/v1", prefix, ledger)
+        with serving(create_app(settings)) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+            yield Gateway(js, jl, client, prefix, ledger, settings)
 
 
 def _post(gw: Gateway, body: dict[str, Any], key: str | None = None) -> httpx.Response:
@@ -199,3 +199,31 @@ def test_a_key_s_cap_below_its_tier_s_holds_and_says_which_budget_and_when_it_re
     assert _post(gateway, body, OTHER_KEY).status_code == 200  # the tier still has money
     (record,) = [x for x in _records(gateway, len(remaining) + 2) if x.status == 429]
     assert record.reason == "budget_exceeded"
+
+
+def test_spend_is_reported_by_analytics_by_triage_keys_and_in_metrics(
+    gateway: Gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three requests of the key `low` at 41 micro-USD: the ledger, the live counters and the gauges agree."""
+    body = {"model": "tiny-small", "messages": SHORT, "max_tokens": 20, "x_test": {"prompt_tokens": 1}}
+    for _ in range(3):
+        assert _post(gateway, body, LOW_KEY).status_code == 200
+    _records(gateway, 3)
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(json.dumps(gateway.settings.model_dump(mode="json")))  # JSON is YAML
+    assert main(["analytics", "spend", "--ledger", str(gateway.ledger), "--by", "key", "--config", str(cfg)]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("low "))
+    assert "0.000123 of 0.000500 (25%)" in row, table  # today against the key's spend_per_day
+    assert main(["keys", "spend", "low", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "key low per day" in out and "tier team per day" in out
+    key_row = next(line for line in out.splitlines() if line.startswith("key low per day"))
+    assert key_row.split()[4:8] == ["0.000123", "0.000000", "0.000500", "0.000377"], out
+    deadline = time.monotonic() + 15  # the gauges are refreshed in the background every 5 s
+    while 'triage_budget_spend_usd{tier="team",window="day"} 0.000123' not in (
+        text := gateway.client.get("/metrics").text
+    ):
+        assert time.monotonic() < deadline, text[-800:]
+        time.sleep(0.2)
+    assert 'triage_budget_remaining_usd{tier="team",window="day"} 0.999877' in text

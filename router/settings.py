@@ -201,9 +201,10 @@ class _Spend(_Strict):
     """Spend limits in the currency of the workers' prices (USD); 0 = none. Day and month are calendar windows
     in limits.budget_timezone."""
 
-    spend_per_day: float = Field(default=0, ge=0)
-    spend_per_month: float = Field(default=0, ge=0)
-    max_cost_per_request: float = Field(default=0, ge=0)  # a request's worst case past it is refused (400)
+    # At most a billion: budgets are counted in micro-units, exact in Redis' Lua below 2^53.
+    spend_per_day: float = Field(default=0, ge=0, le=1e9)
+    spend_per_month: float = Field(default=0, ge=0, le=1e9)
+    max_cost_per_request: float = Field(default=0, ge=0, le=1e9)  # a request's worst case past it is refused (400)
 
 
 class TierSettings(_Spend):

@@ -60,17 +60,18 @@ class Spending:
         """The reservation; refuses (400) a request whose worst case passes the per-request cap on every model
         it could be kept on."""
         worst = _worst(reach, prompt, completion)
-        cap = _per_request(caller)
+        cap, what = _ceiling(caller)
         if not cap or worst <= cap:
             return Quote(worst, False)
         if reach.small:
             small = _worst(Reach(reach.small), prompt, completion)
             if small <= cap:
                 return Quote(small, True)
+        # Past a day's or a month's whole budget a request could never be admitted: a 400, not a 429 to retry.
         raise InvalidRequest(
             f"{param}: this request may cost up to {format_money(worst)} (a prompt of about {prompt} tokens and "
-            f"{completion} completion tokens at the prices of the models it may reach), over the "
-            f"max_cost_per_request of {format_money(cap)}; lower {param}",
+            f"{completion} completion tokens at the prices of the models it may reach), over {what} of "
+            f"{format_money(cap)}; lower {param}",
             param=param,
             code="cost_exceeds_limit",
         )
@@ -96,9 +97,19 @@ class Spending:
         )
 
 
-def _per_request(caller: Caller) -> int:
-    caps_set = [c for c in (caller.tier.budget.per_request, caller.budget.per_request) if c]
-    return min(caps_set) if caps_set else 0
+def _ceiling(caller: Caller) -> tuple[int, str]:
+    """The most one request may cost (0: no bound) and what sets it: the per-request caps, and every whole
+    budget (a request costing more than a day's budget could never be admitted)."""
+    t, k = caller.tier.budget, caller.budget
+    bounds = [
+        (t.per_request, "the max_cost_per_request"),
+        (k.per_request, "the key's max_cost_per_request"),
+        (t.per_day, f"tier {caller.tier.name}'s whole spend_per_day"),
+        (t.per_month, f"tier {caller.tier.name}'s whole spend_per_month"),
+        (k.per_day, f"key {caller.key}'s whole spend_per_day"),
+        (k.per_month, f"key {caller.key}'s whole spend_per_month"),
+    ]
+    return min(((n, what) for n, what in bounds if n), default=(0, ""))
 
 
 def _worst(reach: Reach, prompt: int, completion: int) -> int:

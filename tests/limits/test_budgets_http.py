@@ -227,3 +227,15 @@ def test_spend_is_reported_by_analytics_by_triage_keys_and_in_metrics(
         assert time.monotonic() < deadline, text[-800:]
         time.sleep(0.2)
     assert 'triage_budget_remaining_usd{tier="team",window="day"} 0.999877' in text
+
+
+def test_a_request_costing_more_than_a_whole_budget_is_a_400_not_a_429_to_retry(gateway: Gateway) -> None:
+    """1 + 1,000 x 2 = 2,001 micro-USD could never fit the key's 500 a day: retrying would never help. A bound
+    of 2^24 tokens (the most a request may ask for) is refused the same way."""
+    for bound in (1000, 1 << 24):
+        r = _post(gateway, {"model": "tiny-small", "messages": SHORT, "max_tokens": bound}, LOW_KEY)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["code"] == "cost_exceeds_limit" and "key low's whole spend_per_day of 0.000500" in error["message"]
+    assert not gateway.small.bodies
+    assert _post(gateway, {"model": "tiny-small", "messages": SHORT, "max_tokens": 20}, LOW_KEY).status_code == 200

@@ -87,7 +87,7 @@ class Spending:
             f"Budget exceeded: {cap.scope} has spent {format_money(a.over_spent)} of its spend_per_{cap.window} "
             f"of {format_money(cap.limit)} (reservations included), and this request may cost up to "
             f"{format_money(reserve)}; the {cap.window} "
-            f"window resets at {reset} ({self.tz.key}), in {duration(wait)}.",
+            f"window resets at {reset} ({self.tz.key}), in {_wait(wait)}.",
             headers={
                 **headers,
                 "retry-after": str(retry_after_seconds(wait)),
@@ -95,6 +95,17 @@ class Spending:
                 BUDGET_HEADER: format_money(left),
             },
         )
+
+
+def _wait(ms: int) -> str:
+    """A wait as people read it: 1ms, 42s, 17h39m53s, 3d4h."""
+    if ms < 60_000:
+        return duration(ms)
+    s = ms // 1000
+    d, h, m, sec = s // 86_400, s // 3600 % 24, s // 60 % 60, s % 60
+    if d:
+        return f"{d}d{h}h"
+    return f"{h}h{m}m{sec}s" if h else f"{m}m{sec}s"
 
 
 def _ceiling(caller: Caller) -> tuple[int, str]:

@@ -69,6 +69,9 @@ class WorkerSettings(_Strict):
     # A non-streamed answer larger than this is dropped while it is read, and the caller gets a 502 saying so
     # (the gateway never holds more than this of one answer). Streams pass through chunk by chunk, unbounded.
     max_response_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # The model's context (vLLM's --max-model-len): a budgeted request that sets no max_tokens (and whose tier
+    # caps none) may generate up to this less its prompt, and its worst case is priced so. Unset: 512 a choice.
+    context_length: int | None = Field(default=None, gt=0, le=1 << 24)
 
     @field_validator("base_url")
     @classmethod
@@ -108,6 +111,7 @@ class WorkerSettings(_Strict):
             provider=self.provider,
             provider_model=self.provider_model,
             max_response_bytes=self.max_response_bytes,
+            context_length=self.context_length or 0,
         )
 
 

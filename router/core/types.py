@@ -98,6 +98,7 @@ class Worker:
     provider: str = "openai"  # openai: an OpenAI-compatible server (vLLM), called directly; litellm: hosted API
     provider_model: str | None = None  # litellm's model string, e.g. "anthropic/claude-3-5-haiku-latest"
     max_response_bytes: int = 32 * 1024 * 1024  # a larger non-streamed answer is refused while it is read
+    context_length: int = 0  # tokens the worker's model holds (prompt + completion); 0: not configured
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from router.core.ports import RateLimiter
 from router.core.tiers import Caller, Tier, capped_max_tokens
 from router.errors import InvalidRequest, LimiterFailed, LimiterUnavailable, Overloaded, RateLimited
 from router.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest, choices, prompt_tokens
-from router.service.spending import Quote, Reach, Spending
+from router.service.spending import Completion, Quote, Reach, Spending
 
 __all__ = ["DEFAULT_COMPLETION_ESTIMATE", "AdmissionControl", "Admitted", "LimiterHealth"]
 
@@ -71,7 +71,8 @@ class AdmissionControl:
         quote, caps = Quote(0, False), cast(tuple[Cap, ...], ())
         if budgeted and reach is not None:
             param = _bound_field(request, bound) if bound is not None else "max_tokens"
-            quote = self.spending.quote(caller, reach, prompt + 1, completion, param)  # the slack of the tokens
+            bounded = Completion(completion, count, unbounded=bound is None)
+            quote = self.spending.quote(caller, reach, prompt + 1, bounded, param)  # with the token of slack
             caps = self.spending.caps(caller)
         if not tier.limits.any and not caps:
             return Admitted(None, quote.pinned)  # a per-request cap alone needs no store

@@ -17,7 +17,7 @@ from router.core.tiers import Caller, Tier
 from router.core.types import Role, Worker
 from router.errors import BudgetExceeded, InvalidRequest
 
-__all__ = ["Quote", "Reach", "Spending"]
+__all__ = ["Completion", "Quote", "Reach", "Spending"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,26 @@ class Reach:
     workers: tuple[Worker, ...]
     small: tuple[Worker, ...] = ()
     cascade: bool = False  # the small model drafts and the large one may answer too: both are paid
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The most a request's completions may generate: `tokens` in all, unless nothing bounds them (`choices`
+    completions, each up to what a worker's context leaves after the prompt, when the worker says)."""
+
+    tokens: int
+    choices: int = 1
+    unbounded: bool = False
+
+    def said(self) -> str:
+        if self.unbounded:
+            return f"{self.choices} completions as long as the models' context allows"
+        return f"{self.tokens} completion tokens"
+
+    def on(self, worker: Worker, prompt: int) -> int:
+        if self.unbounded and worker.context_length:
+            return max(0, worker.context_length - prompt) * self.choices
+        return self.tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +76,7 @@ class Spending:
         """A tier's own budget windows now (its callers' keys aside)."""
         return caps([(f"tier {tier.name}", f"tier:{tier.name}", tier.budget)], self._clock(), self.tz)
 
-    def quote(self, caller: Caller, reach: Reach, prompt: int, completion: int, param: str) -> Quote:
+    def quote(self, caller: Caller, reach: Reach, prompt: int, completion: Completion, param: str) -> Quote:
         """The reservation; refuses (400) a request whose worst case passes the per-request cap on every model
         it could be kept on."""
         worst = _worst(reach, prompt, completion)
@@ -70,8 +90,8 @@ class Spending:
         # Past a day's or a month's whole budget a request could never be admitted: a 400, not a 429 to retry.
         raise InvalidRequest(
             f"{param}: this request may cost up to {format_money(worst)} (a prompt of about {prompt} tokens and "
-            f"{completion} completion tokens at the prices of the models it may reach), over {what} of "
-            f"{format_money(cap)}; lower {param}",
+            f"{completion.said()} at the prices of the models it may reach), over {what} of "
+            f"{format_money(cap)}; {'set' if completion.unbounded else 'lower'} {param}",
             param=param,
             code="cost_exceeds_limit",
         )
@@ -123,11 +143,14 @@ def _ceiling(caller: Caller) -> tuple[int, str]:
     return min(((n, what) for n, what in bounds if n), default=(0, ""))
 
 
-def _worst(reach: Reach, prompt: int, completion: int) -> int:
+def _worst(reach: Reach, prompt: int, completion: Completion) -> int:
     """The costliest worker's worst case; a cascade pays the small draft and the large answer."""
 
     def one(workers: tuple[Worker, ...]) -> int:
-        return max((priced(w.prices, prompt, completion, seconds=w.timeout).micros for w in workers), default=0)
+        return max(
+            (priced(w.prices, prompt, completion.on(w, prompt), seconds=w.timeout).micros for w in workers),
+            default=0,
+        )
 
     if reach.cascade:
         return sum(one(tuple(w for w in reach.workers if w.role is role)) for role in Role)

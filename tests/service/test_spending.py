@@ -72,3 +72,16 @@ async def test_a_caller_without_a_budget_reserves_no_money() -> None:
     s = stack(score=0.1)
     await ask(s, caller(limits=TierLimits(max_concurrent=4)), {"max_tokens": 10})
     assert s.limiter.held == []
+
+
+async def test_a_request_without_a_bound_reserves_what_the_worker_s_context_leaves() -> None:
+    """No max_tokens, no tier cap: the large worker's context of 4,096 tokens bounds the completion (a worker
+    that does not say is reserved 512 a choice, as the token limits are)."""
+    workers = [worker("small-0", Role.SMALL), replace(worker("large-0", Role.LARGE), context_length=4096)]
+    s = stack(workers=workers, score=0.1)
+    await ask(s, caller(budget=DAY), {"n": 2})
+    prompt = PROMPT + 1
+    assert s.limiter.held == [prompt * 3 + 2 * (4096 - prompt) * 6]
+    s = stack(score=0.1)
+    await ask(s, caller(budget=DAY), {"n": 2})
+    assert s.limiter.held == [prompt * 3 + 2 * 512 * 6]

@@ -312,7 +312,10 @@ class RedisLimiter:
         for key in self._spend_keys(caps):
             pipe.hmget(key, "s", "h")
         try:
-            rows = await pipe.execute()
+            # Through the same slots as admissions: a connection taken past them would leave an admission
+            # without one (MaxConnectionsError, read as an outage: a fail-open tier would admit uncounted).
+            async with self._slots:
+                rows = await self._reply(asyncio.ensure_future(pipe.execute()))
         except (RedisError, OSError, TimeoutError) as exc:
             raise _translate(exc) from None
         return [(int(r[0] or 0), int(r[1] or 0)) for r in rows]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from tests.limits.conftest import REDIS_URL, require_redis
+from tests.limits.conftest import REDIS_URL, forget, require_redis
 from tests.limits.gateways import SHORT, Gateway, config, flood
 from tests.servers import ThreadedServer
 from tests.upstream import Journal
@@ -67,8 +67,10 @@ def test_two_replicas_never_admit_past_a_spend_budget_with_the_cores_busy(
         f"{small.url}/v1",
         f"{large.url}/v1",
         REDIS_URL,
-        {"anonymous": {"spend_per_day": BUDGET}},
-        redis_timeout=1.0,  # about atomicity: a fail-open tier admits when the store is late, by design
+        # Fail closed: with every core busy Redis itself can be starved past any timeout, and a fail-open tier
+        # then admits uncounted, by design. This test is about atomicity across replicas.
+        {"anonymous": {"spend_per_day": BUDGET, "on_limiter_error": "closed"}},
+        redis_timeout=2.0,
         prices=PRICES,
     )
     prefix = json.loads(cfg.read_text())["limits"]["key_prefix"]
@@ -81,14 +83,18 @@ def test_two_replicas_never_admit_past_a_spend_budget_with_the_cores_busy(
     finally:
         for g in gateways:
             g.kill(signal.SIGTERM)
-    settled, held = _spend(prefix)
+    try:
+        settled, held = _spend(prefix)
+    finally:
+        forget(prefix)
     budget = int(BUDGET * 1_000_000)
     print(
         f"\nbudget {budget} micro-USD; spend admitted {settled} ({codes.get(200, 0)} requests x {COST}); "
         f"held after {held}; codes {codes}; {took:.1f} s over 2 gateways, {os.cpu_count()} busy loops"
     )
-    assert held == 0
-    assert settled == codes.get(200, 0) * COST  # every admitted request settled at its real cost
-    assert settled <= budget  # never past the budget ...
-    assert settled > budget - COST  # ... and the budget was used, not refused early
-    assert codes == {200: budget // COST, 429: 2000 - budget // COST}
+    # Every admitted request settled at its real cost, or (a settlement the store did not answer in time) still
+    # holds its reservation, the same 500.
+    assert settled + held == codes.get(200, 0) * COST
+    assert settled + held <= budget  # never past the budget ...
+    assert settled + held > budget - COST  # ... and the budget was used, not refused early
+    assert set(codes) <= {200, 429, 503} and codes[200] == budget // COST

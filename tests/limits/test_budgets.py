@@ -4,6 +4,8 @@ budgets, settlement replaces a reservation by the real cost."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -19,6 +21,7 @@ from router.errors import BudgetExceeded
 from router.protocol import ChatCompletionRequest
 from router.service.admission import AdmissionControl
 from router.service.spending import Reach, Spending
+from tests.limits.conftest import REDIS_URL, forget, require_redis
 
 PARIS = ZoneInfo("Europe/Paris")
 # 2027-01-31 23:59:59.999 in Paris (UTC+1): the last millisecond of January there, 22:59:59.999 UTC.
@@ -96,3 +99,20 @@ async def test_a_refusal_says_when_the_window_resets_to_the_millisecond() -> Non
     admitted = await control.admit(caller, request, dict(body), Reach((worker,)))
     assert admitted.admission is not None and admitted.admission.spend is not None
     assert admitted.admission.spend.remaining == 50 - 21
+
+
+async def test_reading_spend_never_takes_a_connection_an_admission_was_promised() -> None:
+    """Regression: the spend gauges' reads took pool connections past the limiter's slots, so an admission
+    found none (MaxConnectionsError, read as an outage: a fail-open tier admitted uncounted)."""
+    require_redis()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    lim = RedisLimiter(REDIS_URL, timeout=5.0, prefix=prefix, max_connections=2)
+    caller = _caller(Budget(per_day=10**12))
+    windows = _caps(caller, NEXT_MS)
+    try:
+        calls = [lim.admit(caller, 1, windows, 1) for _ in range(100)] + [lim.spent(windows) for _ in range(100)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await lim.close()
+        forget(prefix)
+    assert [r for r in results if isinstance(r, BaseException)] == []

@@ -30,7 +30,7 @@ from router.settings import (
     WorkerSettings,
 )
 from tests.api.conftest import WORKER_TIMEOUT, settings_for
-from tests.limits.conftest import REDIS_URL, require_redis
+from tests.limits.conftest import REDIS_URL, forget, require_redis
 from tests.servers import serving
 from tests.upstream import Journal, make_upstream
 
@@ -104,8 +104,11 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
     prefix, ledger = f"test-{uuid.uuid4().hex[:8]}", tmp_path / "ledger.sqlite"
     with serving(make_upstream("tiny-small", js)) as small, serving(make_upstream("tiny-large", jl)) as large:
         settings = _settings(f"{small.url}/v1", f"{large.url}/v1", prefix, ledger)
-        with serving(create_app(settings)) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
-            yield Gateway(js, jl, client, prefix, ledger, settings)
+        try:
+            with serving(create_app(settings)) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+                yield Gateway(js, jl, client, prefix, ledger, settings)
+        finally:
+            forget(prefix)
 
 
 def _post(gw: Gateway, body: dict[str, Any], key: str | None = None) -> httpx.Response:

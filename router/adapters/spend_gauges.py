@@ -1,6 +1,6 @@
 """Prometheus gauges of each tier's spend and remaining budget (today's and this month's windows), read from
 the limiter's store in the background every few seconds, so a scrape never waits on Redis. All in one place:
-`lines()` renders the two gauge families (a prometheus_client custom collector can yield the same)."""
+`spend()` and `remaining()` are what the two labelled gauges read at scrape time."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from router.core.budgets import Cap, format_money
+from router.core.budgets import MICROS, Cap
 from router.core.ports import RateLimiter
 from router.core.tiers import Tier
 from router.errors import LimiterFailed, LimiterUnavailable
@@ -60,23 +60,10 @@ class SpendGauges:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def lines(self) -> list[str]:
-        if not self._values:
-            return []
-        out = [
-            "# HELP triage_budget_spend_usd A tier's spend in the budget's current window (in flight included).",
-            "# TYPE triage_budget_spend_usd gauge",
-        ]
-        out += [
-            f'triage_budget_spend_usd{{tier="{t}",window="{w}"}} {format_money(v[0])}'
-            for (t, w), v in self._values.items()
-        ]
-        out += [
-            "# HELP triage_budget_remaining_usd What is left of a tier's budget in its current window.",
-            "# TYPE triage_budget_remaining_usd gauge",
-        ]
-        out += [
-            f'triage_budget_remaining_usd{{tier="{t}",window="{w}"}} {format_money(max(0, v[1] - v[0]))}'
-            for (t, w), v in self._values.items()
-        ]
-        return out
+    def spend(self) -> dict[tuple[str, ...], float]:
+        """(tier, window) -> USD spent in the window, reservations in flight included."""
+        return {key: spent / MICROS for key, (spent, _) in self._values.items()}
+
+    def remaining(self) -> dict[tuple[str, ...], float]:
+        """(tier, window) -> USD left of the tier's budget in the window."""
+        return {key: max(0, limit - spent) / MICROS for key, (spent, limit) in self._values.items()}

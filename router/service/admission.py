@@ -14,7 +14,7 @@ from router.core.limits import Admission, estimate_tokens, headers, retry_after_
 from router.core.ports import RateLimiter
 from router.core.tiers import Caller, Tier, capped_max_tokens
 from router.errors import InvalidRequest, LimiterFailed, LimiterUnavailable, Overloaded, RateLimited
-from router.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest, choices, prompt_tokens
+from router.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest, Prompt, choices
 from router.service.spending import Completion, Quote, Reach, Spending
 
 __all__ = ["DEFAULT_COMPLETION_ESTIMATE", "AdmissionControl", "Admitted", "LimiterHealth"]
@@ -56,10 +56,10 @@ class AdmissionControl:
         return self.pending * 8 >= self._max_pending
 
     async def admit(
-        self, caller: Caller, request: GenerationRequest, payload: dict[str, Any], reach: Reach | None = None
+        self, caller: Caller, prompt: Prompt, payload: dict[str, Any], reach: Reach | None = None
     ) -> Admitted:
         """`reach`: the workers the request may reach, which price its worst case for the caller's budgets."""
-        tier = caller.tier
+        tier, request = caller.tier, prompt.request
         count = choices(request)
         if count > tier.max_n:
             raise _too_many(tier, request, count)
@@ -67,12 +67,12 @@ class AdmissionControl:
         budgeted = caller.budgeted and reach is not None
         if not tier.limits.any and not budgeted:
             return NOT_LIMITED  # unlimited tier: no store round trip at all
-        estimate, prompt, completion = _estimate(tier, request, bound, count)
+        estimate, completion = _estimate(tier, prompt, bound, count)
         quote, caps = Quote(0, False), cast(tuple[Cap, ...], ())
         if budgeted and reach is not None:
             param = _bound_field(request, bound) if bound is not None else "max_tokens"
             bounded = Completion(completion, count, unbounded=bound is None)
-            quote = self.spending.quote(caller, reach, prompt + 1, bounded, param)  # with the token of slack
+            quote = self.spending.quote(caller, reach, prompt.tokens + 1, bounded, param)  # with the token of slack
             caps = self.spending.caps(caller)
         if not tier.limits.any and not caps:
             return Admitted(None, quote.pinned)  # a per-request cap alone needs no store
@@ -135,32 +135,32 @@ def _cap(tier: Tier, request: GenerationRequest, payload: dict[str, Any]) -> int
     return max(v for _, v in capped)
 
 
-def _estimate(tier: Tier, request: GenerationRequest, bound: int | None, count: int) -> tuple[int, int, int]:
+def _estimate(tier: Tier, prompt: Prompt, bound: int | None, count: int) -> tuple[int, int]:
     """The reservation: the prompt's estimate and `count` completions of `bound` tokens. A request that could
     never fit the tier's token limits is a 400 (a 429 would have it retry forever); without a bound the default
     completion shrinks to what the limit leaves, and the real usage settles it. Returns (the reservation, the
-    prompt's estimate, the completions' tokens)."""
-    prompt = prompt_tokens(request)
+    completions' tokens)."""
+    request, tokens = prompt.request, prompt.tokens
     ceiling = tier.limits.token_ceiling
     per_choice = bound
     if per_choice is None:
-        room = (ceiling[0] - prompt - 1) // count if ceiling else DEFAULT_COMPLETION_ESTIMATE
+        room = (ceiling[0] - tokens - 1) // count if ceiling else DEFAULT_COMPLETION_ESTIMATE
         per_choice = max(0, min(DEFAULT_COMPLETION_ESTIMATE, room))
-    estimate = estimate_tokens(prompt, per_choice * count)
+    estimate = estimate_tokens(tokens, per_choice * count)
     if ceiling is not None and estimate > ceiling[0]:
         limit, window = ceiling
         what = f"tier {tier.name} allows {limit} tokens per {window}"
         if bound is None:
             param = "messages" if isinstance(request, ChatCompletionRequest) else "prompt"
-            message = f"{param}: the prompt (about {prompt} tokens) can never be admitted: {what}"
+            message = f"{param}: the prompt (about {tokens} tokens) can never be admitted: {what}"
         else:
             param = _bound_field(request, bound)
             message = (
-                f"{param}: this request may use {estimate} tokens (a prompt of about {prompt} and {count} x {bound} "
+                f"{param}: this request may use {estimate} tokens (a prompt of about {tokens} and {count} x {bound} "
                 f"completion tokens), and can never be admitted: {what}; lower {param}"
             )
         raise InvalidRequest(message, param=param, code="tokens_exceed_limit")
-    return estimate, prompt, per_choice * count
+    return estimate, per_choice * count
 
 
 def _bound_field(request: GenerationRequest, bound: int) -> str:

@@ -24,7 +24,7 @@ from router.core.share import ShareTargets
 from router.core.tiers import Caller, Tier, allowed_role
 from router.core.types import Decision, Reason, Role, Routed, Worker
 from router.errors import BudgetExceeded, ModelNotFound, PermissionDenied, RateLimited, TriageError
-from router.protocol import GenerationRequest, choices, prompt_text
+from router.protocol import GenerationRequest, Prompt, choices
 from router.service.admission import AdmissionControl
 from router.service.cascade import Cascade
 from router.service.context import Endpoint, Outcome, RequestContext, RequestOptions, RoutingPolicy
@@ -131,11 +131,11 @@ class RoutingService:
             raise PermissionDenied(f"Your tier ({tier.name}) may not use the model `{request.model}`.", param="model")
         return allowed
 
-    def route(self, request: GenerationRequest, tier: Tier, named: tuple[Worker, ...] | None) -> Routed:
+    def route(self, prompt: Prompt, tier: Tier, named: tuple[Worker, ...] | None) -> Routed:
         if named is not None:
-            worker = self._dispatch.pick(named, request)
+            worker = self._dispatch.pick(named, prompt)
             return Routed(worker, Decision(worker.role, Reason.REQUESTED))
-        score = self._policy.scorer.score(prompt_text(request))
+        score = self._policy.scorer.score(prompt.text)
         threshold, shares = self._policy.threshold_for(tier), self._shares
         target = self._policy.target_for(tier) if shares is not None else None
         if shares is None or target is None:
@@ -145,7 +145,7 @@ class RoutingService:
         role = allowed_role(tier, decision.role)
         if role is not None and role is not decision.role:
             decision = Decision(role, Reason.TIER_POLICY, decision.score, decision.threshold)
-        return Routed(self._dispatch.pick(self._dispatch.by_role[decision.role], request), decision)
+        return Routed(self._dispatch.pick(self._dispatch.by_role[decision.role], prompt), decision)
 
     # -- one request -----------------------------------------------------------------------------------
 
@@ -157,8 +157,9 @@ class RoutingService:
         request: GenerationRequest,
         options: RequestOptions = NO_OPTIONS,
     ) -> Outcome:
-        trace = Trace(self._recorder, caller, request, options.request_id)
-        ctx = RequestContext(caller, endpoint, payload, request, trace)
+        prompt = Prompt(request)
+        trace = Trace(self._recorder, caller, prompt, options.request_id)
+        ctx = RequestContext(caller, endpoint, payload, request, prompt, trace)
         try:
             outcome = await self._handle(ctx, options.cache_bypass)
         except TriageError as exc:
@@ -178,7 +179,7 @@ class RoutingService:
         caller, request = ctx.caller, ctx.request
         named = self._named(request, caller.tier)
         try:
-            admitted = await self._admission.admit(caller, request, ctx.payload, self._reach(ctx, named))
+            admitted = await self._admission.admit(caller, ctx.prompt, ctx.payload, self._reach(ctx, named))
         except RateLimited as exc:
             ctx.trace.reason = Reason.BUDGET_EXCEEDED if isinstance(exc, BudgetExceeded) else Reason.RATE_LIMITED
             raise
@@ -195,12 +196,12 @@ class RoutingService:
                     settled = True
                     return Outcome(cached.routed, cached.reply, limit_headers, "hit")
             if admitted.pinned:  # the small model only: no escalation, no fallback to the large one
-                small = Routed(self._dispatch.pick(self._dispatch.by_role[Role.SMALL], request), _PINNED)
+                small = Routed(self._dispatch.pick(self._dispatch.by_role[Role.SMALL], ctx.prompt), _PINNED)
                 outcome = await self._dispatch.serve(ctx, small, named=True)
             elif self._cascades(ctx, named):
                 outcome = await self._cascade.run(ctx)
             else:
-                routed, turn = await self._steered(ctx, self.route(request, caller.tier, named), named is None)
+                routed, turn = await self._steered(ctx, self.route(ctx.prompt, caller.tier, named), named is None)
                 outcome = await self._dispatch.serve(ctx, routed)
                 if turn is not None and self._conversations is not None:
                     await self._conversations.remember(turn, outcome.routed.worker.role)
@@ -236,8 +237,10 @@ class RoutingService:
         if self._conversations is None or not auto:
             return routed, None
         policy = self._policy.conversation_for(ctx.caller.tier)
-        by_role, request = self._dispatch.by_role, ctx.request
-        return await self._conversations.steer(ctx, routed, policy, lambda r: self._dispatch.pick(by_role[r], request))
+        by_role = self._dispatch.by_role
+        return await self._conversations.steer(
+            ctx, routed, policy, lambda r: self._dispatch.pick(by_role[r], ctx.prompt)
+        )
 
     # -- the response cache ----------------------------------------------------------------------------
 

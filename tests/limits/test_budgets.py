@@ -18,7 +18,7 @@ from router.core.limits import TierLimits
 from router.core.tiers import Caller, Tier
 from router.core.types import Prices, Role, Worker
 from router.errors import BudgetExceeded
-from router.protocol import ChatCompletionRequest
+from router.protocol import ChatCompletionRequest, Prompt
 from router.service.admission import AdmissionControl
 from router.service.spending import Reach, Spending
 from tests.limits.conftest import REDIS_URL, forget, require_redis
@@ -87,7 +87,7 @@ async def test_a_refusal_says_when_the_window_resets_to_the_millisecond() -> Non
     worker = Worker("w", Role.SMALL, "http://x/v1", "m", Prices(1, 1), 10, 1)
     caller = _caller(Budget(per_month=50))
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
-    request = ChatCompletionRequest.model_validate(body)  # reserves 1 + 20 micro-units
+    request = Prompt(ChatCompletionRequest.model_validate(body))  # reserves 1 + 20 micro-units
     for _ in range(2):
         assert (await control.admit(caller, request, dict(body), Reach((worker,)))).admission is not None
     with pytest.raises(BudgetExceeded) as refused:

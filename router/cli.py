@@ -182,6 +182,11 @@ def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     h = cmds.add_parser("hash", help="print the sha256 to put under auth.keys for an API key")
     h.add_argument("key", nargs="?", help="the key (default: read one line from standard input)")
     h.set_defaults(run=_hash_key)
+    s = cmds.add_parser("spend", help="a key's spend and what is left of its and its tier's budgets, live from Redis")
+    s.add_argument("key", help="the key's configured name, or its sha256")
+    s.add_argument("--config", type=Path, required=True, help="the gateway's config (keys, tiers, budgets, Redis)")
+    s.add_argument("--redis", metavar="URL", help="the limits' Redis (default: limits.redis_url, or TRIAGE_REDIS_URL)")
+    s.set_defaults(run=_key_spend)
 
 
 def _hash_key(args: argparse.Namespace) -> int:
@@ -191,6 +196,51 @@ def _hash_key(args: argparse.Namespace) -> int:
     if not key:
         raise ConfigError("no key given")
     print(hash_key(key))
+    return 0
+
+
+def _key_spend(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from router.adapters.limiter_redis import RedisLimiter
+    from router.api.wiring import budget_of, build_tiers
+    from router.core.budgets import format_money
+    from router.core.tiers import Caller
+    from router.service.spending import Spending
+
+    settings = load_settings(args.config)
+    key = next((k for k in settings.auth.keys if args.key in (k.name, k.sha256)), None)
+    if key is None:
+        raise ConfigError(f"{args.config}: no key named {args.key!r} under auth.keys (give its name or sha256)")
+    url = args.redis or os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
+    if not url:
+        raise ConfigError("budgets live in the gateway's memory without Redis: use `triage analytics spend --by key`")
+    name = key.name or key.sha256[:8]
+    caller = Caller(build_tiers(settings)[key.tier], "key:" + key.sha256[:32], key=name, budget=budget_of(key))
+    tz = ZoneInfo(settings.limits.budget_timezone)
+    caps = Spending(tz).caps(caller)
+    if not caps:
+        print(f"key {name} (tier {key.tier}): no spend_per_day or spend_per_month applies to it")
+        return 0
+
+    async def read() -> list[tuple[int, int]]:
+        limiter = RedisLimiter(url, timeout=2.0, prefix=settings.limits.key_prefix)
+        try:
+            return await limiter.spent(caps)
+        finally:
+            await limiter.close()
+
+    print(f"key {name} (tier {key.tier}), USD, windows in {tz.key}")
+    print(f"{'budget':<28} {'spent':>12} {'in flight':>12} {'limit':>12} {'left':>12}  resets at")
+    for cap, (spent, held) in zip(caps, asyncio.run(read()), strict=True):
+        reset = datetime.fromtimestamp(cap.ends_ms / 1000, tz).isoformat()
+        left = format_money(max(0, cap.limit - spent - held))
+        print(
+            f"{cap.scope + ' per ' + cap.window:<28} {format_money(spent):>12} {format_money(held):>12} "
+            f"{format_money(cap.limit):>12} {left:>12}  {reset}"
+        )
     return 0
 
 

@@ -7,6 +7,7 @@
     ├── ModelNotFound                 404     invalid_request_error     model_not_found
     ├── PayloadTooLarge               413     invalid_request_error     request_too_large
     ├── RateLimited                   429     rate_limit_error          rate_limit_exceeded
+    │   └── BudgetExceeded            429     insufficient_quota        budget_exceeded
     ├── LimiterUnavailable            503     server_error              rate_limiter_unavailable
     ├── LimiterFailed                 503     server_error              rate_limiter_error
     ├── Overloaded                    503     server_error              overloaded
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationFailed",
+    "BudgetExceeded",
     "ConfigError",
     "InvalidRequest",
     "LimiterFailed",
@@ -94,6 +96,14 @@ class RateLimited(TriageError):
     def __init__(self, message: str, *, headers: dict[str, str]) -> None:
         super().__init__(message)
         self.headers = headers
+
+
+class BudgetExceeded(RateLimited):
+    """A spend budget is used up. 429 with OpenAI's own type for an exhausted quota (`insufficient_quota`), so
+    clients that already handle OpenAI's quota errors handle this one."""
+
+    type = "insufficient_quota"
+    code = "budget_exceeded"
 
 
 class LimiterUnavailable(TriageError):

@@ -57,12 +57,21 @@ class WorkerSettings(_Strict):
     # USD per million tokens. Unset: 0 for an openai worker; litellm's price table for a litellm worker.
     price_input: float | None = Field(default=None, ge=0)
     price_output: float | None = Field(default=None, ge=0)
+    # Cached prompt tokens (usage.prompt_tokens_details.cached_tokens, from vLLM's prefix caching or a hosted
+    # prompt cache), per million. Unset: the input price.
+    price_cached_input: float | None = Field(default=None, ge=0)
+    # USD per second of a request's wall time on this worker, for machines paid by the hour: added to the token
+    # prices (leave those at 0 to price by time alone).
+    price_per_second: float = Field(default=0.0, ge=0)
     timeout: float = Field(default=120.0, gt=0)
     connect_timeout: float = Field(default=3.0, gt=0)
     api_key_env: str | None = None  # name of the environment variable holding the worker's key
     # A non-streamed answer larger than this is dropped while it is read, and the caller gets a 502 saying so
     # (the gateway never holds more than this of one answer). Streams pass through chunk by chunk, unbounded.
     max_response_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # The model's context (vLLM's --max-model-len): a budgeted request that sets no max_tokens (and whose tier
+    # caps none) may generate up to this less its prompt, and its worst case is priced so. Unset: 512 a choice.
+    context_length: int | None = Field(default=None, gt=0, le=1 << 24)
 
     @field_validator("base_url")
     @classmethod
@@ -93,6 +102,8 @@ class WorkerSettings(_Strict):
             prices=Prices(
                 listed.input if self.price_input is None else self.price_input,
                 listed.output if self.price_output is None else self.price_output,
+                listed.cached_input if self.price_cached_input is None else self.price_cached_input,
+                self.price_per_second,
             ),
             timeout=self.timeout,
             connect_timeout=self.connect_timeout,
@@ -100,6 +111,7 @@ class WorkerSettings(_Strict):
             provider=self.provider,
             provider_model=self.provider_model,
             max_response_bytes=self.max_response_bytes,
+            context_length=self.context_length or 0,
         )
 
 
@@ -192,8 +204,19 @@ class ServerSettings(_Strict):
     metrics_refresh: float = Field(default=1.0, gt=0, le=60)
 
 
-class TierSettings(_Strict):
-    """A class of callers. Every limit is per caller (API key, or client address for anonymous); 0 = none."""
+class _Spend(_Strict):
+    """Spend limits in the currency of the workers' prices (USD); 0 = none. Day and month are calendar windows
+    in limits.budget_timezone."""
+
+    # At most a billion: budgets are counted in micro-units, exact in Redis' Lua below 2^53.
+    spend_per_day: float = Field(default=0, ge=0, le=1e9)
+    spend_per_month: float = Field(default=0, ge=0, le=1e9)
+    max_cost_per_request: float = Field(default=0, ge=0, le=1e9)  # a request's worst case past it is refused (400)
+
+
+class TierSettings(_Spend):
+    """A class of callers. Every rate limit is per caller (API key, or client address for anonymous); the
+    spend limits are the whole tier's (all its callers together); 0 = none."""
 
     requests_per_minute: int = Field(default=0, ge=0)
     tokens_per_minute: int = Field(default=0, ge=0)  # prompt + completion, reserved at admission
@@ -221,7 +244,9 @@ class TierSettings(_Strict):
         return _one_of_threshold_or_target(value, info, "")
 
 
-class KeySettings(_Strict):
+class KeySettings(_Spend):
+    """An API key; its spend limits are its own, held on top of its tier's (both apply)."""
+
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # `triage keys hash KEY` prints it; keys are never stored
     tier: str
     name: str | None = None
@@ -257,6 +282,20 @@ class LimitsSettings(_Strict):
     # once). A Redis error reply (not an outage) always refuses the request.
     redis_timeout: float = Field(default=0.1, gt=0)
     key_prefix: str = "triage"
+    # The calendar of the spend budgets' day and month windows (an IANA zone: UTC, Europe/Paris, ...): they
+    # reset at this zone's midnight and on its first of the month.
+    budget_timezone: str = "UTC"
+
+    @field_validator("budget_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as UTC or Europe/Paris)") from None
+        return value
 
 
 class CascadeSettings(_Strict):

@@ -7,7 +7,8 @@ connection drops); the answer itself: {"content": text, "finish_reason": r, "log
 events, then half of one, then the connection drops), {"crlf": true} and {"gate": true} (see `_events`).
 Usage: {"prompt_tokens": k} (what the worker says the prompt was; default 7); a stream sends its usage chunk
 only when asked, as vLLM does, or {"usage_on_last": true} on its last content chunk (llama.cpp's way), and
-{"null_usage": true} adds `"usage": null` to every other chunk (OpenAI's way). Like vLLM, the answer has `n`
+{"null_usage": true} adds `"usage": null` to every other chunk (OpenAI's way); {"cached_tokens": k} reports k
+of the prompt's tokens as served from the prefix cache (vLLM's prompt_tokens_details). Like vLLM, the answer has `n`
 choices for each prompt of a completions prompt list.
 `Journal.always` applies a behaviour to every request. Every request is recorded, and so is each one the client
 abandoned. The Responses and Messages APIs answer in tests/upstream_apis.py."""
@@ -37,8 +38,15 @@ class Journal:
     gate: threading.Event = field(default_factory=threading.Event)
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
 
 
 def _choices(body: dict[str, Any]) -> int:
@@ -128,7 +136,7 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
                 "created": int(time.time()),
                 "model": model,
                 "choices": [{**choice, "index": i} for i in range(count)],
-                "usage": _usage(int(test.get("prompt_tokens", 7)), completion * count),
+                "usage": _usage(int(test.get("prompt_tokens", 7)), completion * count, test.get("cached_tokens")),
                 "echo": body,
             }
         )
@@ -136,7 +144,7 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
     async def _events(body: dict[str, Any], test: dict[str, Any], journal: Journal) -> Any:
         n = int(body.get("max_tokens") or 5)
         count = _choices(body)
-        usage = _usage(int(test.get("prompt_tokens", 7)), n * count)
+        usage = _usage(int(test.get("prompt_tokens", 7)), n * count, test.get("cached_tokens"))
         asked = bool((body.get("stream_options") or {}).get("include_usage"))
         # {"crlf": true}: lines end in CRLF and fields have no space after the colon, as SSE allows (sse-starlette's
         # default, which llama-cpp-python's server uses)

@@ -14,8 +14,9 @@ from router.core.records import COLUMNS, DecisionRecord
 
 __all__ = ["RedisStreamLedger", "read_stream_records"]
 
-_FLOATS = {"ts", "score", "threshold", "ttft_ms", "latency_ms", "cost", "cost_large"}
-_INTS = {"prompt_tokens", "completion_tokens", "status", "schema"}
+_FLOATS = {"ts", "score", "threshold", "ttft_ms", "latency_ms", "cost", "cost_large", "cost_cached", "cost_seconds"}
+_INTS = {"prompt_tokens", "completion_tokens", "status", "schema", "cached_tokens", "reasoning_tokens"}
+_ZERO = {"cost_cached", "cost_seconds"}  # absent from records written before they existed
 _BOOLS = {"escalated", "cache_hit"}
 
 
@@ -30,6 +31,8 @@ def _encode(value: Any) -> str:
 def _decode(column: str, raw: str) -> Any:
     if column in _BOOLS:
         return raw == "1"
+    if raw == "" and column in _ZERO:
+        return 0.0
     if raw == "" and column not in (
         "request_id",
         "tier",

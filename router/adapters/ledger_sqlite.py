@@ -40,6 +40,10 @@ _TYPES = {
     "completion_tokens": "INTEGER",
     "status": "INTEGER",
     "schema": "INTEGER",
+    "cached_tokens": "INTEGER",
+    "reasoning_tokens": "INTEGER",
+    "cost_cached": "REAL",
+    "cost_seconds": "REAL",
 }
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS decisions ("
@@ -47,8 +51,14 @@ _CREATE = (
     + ");\nCREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);"
 )
 # Columns added since the first ledger, with what older rows read as: a ledger without them is still this
-# version's (the writer adds them; a reader reads the default).
-_ADDED = {"route": "''"}
+# version's (the writer adds them on open; a reader of an older file reads the default).
+_ADDED = {
+    "route": "''",
+    "cached_tokens": "NULL",
+    "reasoning_tokens": "NULL",
+    "cost_cached": "NULL",
+    "cost_seconds": "NULL",
+}
 # Rows go in by one multi-row INSERT per 32: about a fifth less CPU per row than executemany's one statement a
 # row. 32 rows of 23 columns stay under 999 bound values, the oldest SQLite's limit for one statement.
 ROWS_PER_INSERT = 32
@@ -102,7 +112,8 @@ def _connect(path: Path, *, autocheckpoint: bool = True) -> sqlite3.Connection:
     columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
     for column, default in _ADDED.items():
         if column not in columns:  # a ledger written before the column existed
-            db.execute(f"ALTER TABLE decisions ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}")
+            kept = "" if default == "NULL" else f" NOT NULL DEFAULT {default}"
+            db.execute(f"ALTER TABLE decisions ADD COLUMN {column} {_TYPES.get(column, 'TEXT')}{kept}")
     return db
 
 
@@ -193,6 +204,7 @@ def read_records(path: str | Path, where: str = "", params: tuple[Any, ...] = ()
         for row in db.execute(sql, params):
             values = dict(zip(COLUMNS, row, strict=True))
             values["escalated"], values["cache_hit"] = bool(values["escalated"]), bool(values["cache_hit"])
+            values["cost_cached"], values["cost_seconds"] = values["cost_cached"] or 0.0, values["cost_seconds"] or 0.0
             yield DecisionRecord(**values)
     except sqlite3.DatabaseError as exc:  # damage past the header: found only while reading
         raise ConfigError(f"{path}: the ledger is damaged ({exc})") from None

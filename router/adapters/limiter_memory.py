@@ -13,6 +13,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
 
+from router.core.budgets import Cap, SpendHold
 from router.core.limits import BUCKET_MS, DAY_MS, WINDOW_MS, Admission
 from router.core.tiers import Caller
 
@@ -60,6 +61,7 @@ class MemoryLimiter:
         self._max_callers = max_callers
         self._states: OrderedDict[tuple[str, str], _State] = OrderedDict()  # least recently seen first
         self._since_sweep = 0
+        self._spend: dict[str, list[int]] = {}  # budget window key -> [settled, held, expires_ms]
 
     def __len__(self) -> int:
         return len(self._states)
@@ -88,7 +90,36 @@ class MemoryLimiter:
         for key in idle:
             del self._states[key]
 
-    async def admit(self, caller: Caller, estimate: int) -> Admission:
+    def _window(self, cap: Cap, now: int) -> list[int]:
+        """A budget window's counters; windows past their expiry are dropped (a few per tier and key)."""
+        if len(self._spend) > 4 * self._max_callers:
+            for key in [k for k, v in self._spend.items() if v[2] <= now]:
+                del self._spend[key]
+        row = self._spend.get(cap.key)
+        if row is None or row[2] <= now:
+            row = self._spend[cap.key] = [0, 0, cap.expires_ms]
+        return row
+
+    def _spend_check(self, caps: tuple[Cap, ...], reserve: int, now: int) -> tuple[int, int, int]:
+        """(remaining after the reservation, 1-based index of the budget that refuses or 0, what it has used)."""
+        remaining = -1
+        for i, cap in enumerate(caps, 1):
+            settled, held, _ = self._window(cap, now)
+            left = cap.limit - settled - held - reserve
+            if left < 0:
+                return remaining, i, settled + held
+            remaining = left if remaining < 0 else min(remaining, left)
+        return remaining, 0, 0
+
+    def _hold(self, caps: tuple[Cap, ...], reserve: int, now: int) -> None:
+        for cap in caps:
+            self._window(cap, now)[1] += reserve
+
+    async def spent(self, caps: tuple[Cap, ...]) -> list[tuple[int, int]]:
+        now = self._clock()
+        return [(r[0], r[1]) if (r := self._spend.get(c.key)) and r[2] > now else (0, 0) for c in caps]
+
+    async def admit(self, caller: Caller, estimate: int, caps: tuple[Cap, ...] = (), reserve: int = 0) -> Admission:
         lim = caller.tier.limits
         now = self._clock()
         st = self._state((caller.tier.name, caller.identity), now)
@@ -114,6 +145,8 @@ class MemoryLimiter:
             deny, retry = "daily_tokens", DAY_MS - now % DAY_MS
         elif lim.max_concurrent and len(leases) >= lim.max_concurrent:
             deny, retry = "concurrency", min(1000, min(leases.values()) - now)
+        left, over, over_spent = (-1, 0, 0) if deny else self._spend_check(caps, reserve, now)
+        deny = deny or ("budget" if over else "")
         lease = uuid.uuid4().hex
         if not deny:
             # Only the limits the tier sets keep state, as in the Redis script.
@@ -127,6 +160,7 @@ class MemoryLimiter:
             if lim.max_concurrent:
                 st.leases = leases
                 leases[lease] = now + lim.lease_ttl_ms
+            self._hold(caps, reserve, now)
             used_r, used_t = used_r + 1, used_t + estimate
         return Admission(
             admitted=not deny,
@@ -141,9 +175,22 @@ class MemoryLimiter:
             bucket=bucket,
             day=day,
             reserved=estimate if not deny else 0,
+            spend=SpendHold(caps, reserve, left) if caps and not deny else None,
+            over=caps[over - 1] if over else None,
+            over_spent=over_spent,
         )
 
-    async def settle(self, caller: Caller, admission: Admission, actual_tokens: int) -> None:
+    async def settle(
+        self, caller: Caller, admission: Admission, actual_tokens: int, actual_cost: int | None = None
+    ) -> None:
+        hold = admission.spend
+        if hold is not None:
+            cost = hold.reserved if actual_cost is None else max(0, actual_cost)
+            for cap in hold.caps:
+                row = self._spend.get(cap.key)
+                if row is not None:
+                    row[0] += cost
+                    row[1] -= hold.reserved
         st = self._states.get((caller.tier.name, caller.identity))
         if st is None:
             return

@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from router.core.budgets import Cap, SpendHold
 from router.core.limits import BUCKET_MS, DAY_MS, WINDOW_MS, Admission
 from router.core.tiers import Caller
 from router.errors import LimiterFailed, LimiterUnavailable
@@ -30,8 +31,11 @@ PROBE_S = 0.005  # how long a loop-responsiveness probe sleeps, past the store d
 
 # KEYS[1]: the caller's key prefix; under it :rq request log (zset), :tk token buckets (hash), :day:N daily
 # counters (hash), :cc leases (zset), all sharing one hash tag (one Cluster slot).
-# ARGV: "rpm:tpm:daily_requests:daily_tokens:max_concurrent:lease_ttl_ms", estimate, lease id
+# KEYS[2..]: spend budget windows (hashes: s settled spend, h held reservations, in micro-units).
+# ARGV: "rpm:tpm:daily_requests:daily_tokens:max_concurrent:lease_ttl_ms", estimate, lease id, the money
+# reservation, then "limit:expire_at_ms" for each spend key.
 ADMIT = """
+local SKEYS = {unpack(KEYS, 2)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local a, b, c, d, e, f = string.match(ARGV[1], '^(%d+):(%d+):(%d+):(%d+):(%d+):(%d+)$')
@@ -85,7 +89,9 @@ elseif conc > 0 and used_c >= conc then
   local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
   deny, retry = 'concurrency', math.min(1000, tonumber(first[2]) - now)
 end
+SPEND_CHECK
 if deny == '' then
+  SPEND_HOLD
   if rpm > 0 then
     redis.call('ZADD', KEYS[1], now, lease)
     redis.call('PEXPIRE', KEYS[1], win + bms)
@@ -108,16 +114,52 @@ end
 -- One string, not an array: the client reads one line instead of eight. Numbers go out with %d: Lua's
 -- default formatting turns 1e14 into "1e+14", which no integer parser reads back.
 local out = {deny}
-for _, v in ipairs({retry, used_r, used_t, oldest_request(), reset_t, bucket, day}) do
+for _, v in ipairs({retry, used_r, used_t, oldest_request(), reset_t, bucket, day, remaining, over, over_spent}) do
   out[#out + 1] = string.format('%d', v)
 end
 return table.concat(out, ' ')
 """
-for _name, _value in (("WINDOW_MS", WINDOW_MS), ("BUCKET_MS", BUCKET_MS), ("DAY_MS", DAY_MS)):
-    ADMIT = ADMIT.replace(_name, str(_value))
+# Spend: refused when a budget's spent + held + this reservation would pass its limit; else held in each.
+SPEND_CHECK = """
+local reserve = ARGV[4] or '0'
+local remaining, over, over_spent = -1, 0, 0
+if deny == '' then
+  for i = 1, #SKEYS do
+    local v = redis.call('HMGET', SKEYS[i], 's', 'h')
+    local used = tonumber(v[1] or '0') + tonumber(v[2] or '0')
+    local left = tonumber(string.match(ARGV[4 + i], '^(%d+):')) - used - tonumber(reserve)
+    if left < 0 then
+      deny, over, over_spent = 'budget', i, used
+      break
+    end
+    if remaining < 0 or left < remaining then remaining = left end
+  end
+end
+"""
+SPEND_HOLD = """
+for i = 1, #SKEYS do
+  redis.call('HINCRBY', SKEYS[i], 'h', reserve)
+  redis.call('PEXPIREAT', SKEYS[i], string.match(ARGV[4 + i], ':(%d+)$'))
+end
+"""
+for _name, _value in (
+    ("SPEND_CHECK", SPEND_CHECK),
+    ("SPEND_HOLD", SPEND_HOLD),
+    ("WINDOW_MS", str(WINDOW_MS)),
+    ("BUCKET_MS", str(BUCKET_MS)),
+    ("DAY_MS", str(DAY_MS)),
+):
+    ADMIT = ADMIT.replace(_name, _value)
 
-# KEYS[1]: the caller's key prefix. ARGV: bucket, day, delta tokens, lease id
+# KEYS[1]: the caller's key prefix; KEYS[2..] its spend windows. ARGV: bucket, day, delta tokens, lease id,
+# money reserved, money spent (micro-units): the reservation leaves each window and the real cost enters it.
 SETTLE = """
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    if ARGV[5] ~= '0' then redis.call('HINCRBY', KEYS[i], 'h', '-' .. ARGV[5]) end
+    redis.call('HINCRBY', KEYS[i], 's', ARGV[6])
+  end
+end
 local base = KEYS[1]
 local tk, cc, dkey = base .. ':tk', base .. ':cc', base .. ':day:' .. ARGV[2]
 if ARGV[3] ~= '0' and redis.call('HEXISTS', tk, ARGV[1]) == 1 then redis.call('HINCRBY', tk, ARGV[1], ARGV[3]) end
@@ -197,7 +239,12 @@ class RedisLimiter:
     def _base(self, caller: Caller) -> str:
         return f"{self._prefix}:{{{caller.tier.name}:{caller.identity}}}"
 
-    async def admit(self, caller: Caller, estimate: int) -> Admission:
+    def _spend_keys(self, caps: tuple[Cap, ...]) -> list[str]:
+        return [f"{self._prefix}:{c.key}" for c in caps]
+
+    async def admit(self, caller: Caller, estimate: int, caps: tuple[Cap, ...] = (), reserve: int = 0) -> Admission:
+        """`caps`: the budget windows the request counts against, `reserve` its worst-case cost (micro-units):
+        checked and held in the same script as the rate limits (one round trip)."""
         lim = caller.tier.limits
         lease = f"{self._lease_base}{next(self._leases):x}"
         packed = (
@@ -206,13 +253,15 @@ class RedisLimiter:
         )
         base = self._base(caller)
         try:
-            reply = await self._call(self._admit, [base], [packed, estimate, lease])
+            keys = [base, *self._spend_keys(caps)]
+            spend_args = [f"{c.limit}:{c.expires_ms}" for c in caps]
+            reply = await self._call(self._admit, keys, [packed, estimate, lease, reserve, *spend_args])
         except (RedisError, OSError, TimeoutError) as exc:
             raise _translate(exc) from None
         try:
             text = reply.decode() if isinstance(reply, bytes) else str(reply)
             deny, *numbers = text.split(" ")  # an admitted reply starts with the empty deny reason
-            retry, used_r, used_t, reset_r, reset_t, bucket, day = (int(n) for n in numbers)
+            retry, used_r, used_t, reset_r, reset_t, bucket, day, left, over, over_spent = (int(n) for n in numbers)
         except ValueError:
             # The script ran and may hold a lease: free it, or this caller waits out lease_ttl for nothing.
             await self._free(base, lease)
@@ -230,6 +279,9 @@ class RedisLimiter:
             bucket=bucket,
             day=day,
             reserved=estimate if not deny else 0,
+            spend=SpendHold(caps, reserve, left) if caps and not deny else None,
+            over=caps[over - 1] if deny == "budget" and 0 < over <= len(caps) else None,
+            over_spent=over_spent,
         )
 
     async def _free(self, base: str, lease: str) -> None:
@@ -238,15 +290,35 @@ class RedisLimiter:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("could not free a concurrency lease (%s); it expires by itself", type(exc).__name__)
 
-    async def settle(self, caller: Caller, admission: Admission, actual_tokens: int) -> None:
+    async def settle(
+        self, caller: Caller, admission: Admission, actual_tokens: int, actual_cost: int | None = None
+    ) -> None:
+        """`actual_cost` (micro-units) replaces the money held; None keeps the reservation as the spend."""
         delta = actual_tokens - admission.reserved
+        hold = admission.spend
+        keys, money = [self._base(caller)], [0, 0]
+        if hold is not None:
+            keys += self._spend_keys(hold.caps)
+            money = [hold.reserved, hold.reserved if actual_cost is None else max(0, actual_cost)]
         try:
-            await self._call(
-                self._settle, [self._base(caller)], [admission.bucket, admission.day, delta, admission.lease]
-            )
+            await self._call(self._settle, keys, [admission.bucket, admission.day, delta, admission.lease, *money])
         except (RedisError, OSError, TimeoutError) as exc:
             # The reservation stays (the safe side) and the lease expires by itself.
             raise _translate(exc) from None
+
+    async def spent(self, caps: tuple[Cap, ...]) -> list[tuple[int, int]]:
+        """(settled, held) micro-units in each budget window; (0, 0) for a window nothing was spent in."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key in self._spend_keys(caps):
+            pipe.hmget(key, "s", "h")
+        try:
+            # Through the same slots as admissions: a connection taken past them would leave an admission
+            # without one (MaxConnectionsError, read as an outage: a fail-open tier would admit uncounted).
+            async with self._slots:
+                rows = await self._reply(asyncio.ensure_future(pipe.execute()))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _translate(exc) from None
+        return [(int(r[0] or 0), int(r[1] or 0)) for r in rows]
 
     async def key_tier(self, sha256: str) -> str | None:
         """Tier of an API key managed in Redis (HSET <prefix>:keys <sha256> <tier>); None if unknown."""

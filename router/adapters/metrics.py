@@ -45,6 +45,17 @@ class _ReadCounter:
             self._last = value
 
 
+class _ReadFamily:
+    """Labelled levels kept elsewhere (label values -> level), copied into a labelled gauge."""
+
+    def __init__(self, gauge: Gauge, read: Callable[[], dict[tuple[str, ...], float]]) -> None:
+        self._gauge, self._read = gauge, read
+
+    def refresh(self) -> None:
+        for labels, value in self._read().items():
+            self._gauge.labels(*labels).set(value)
+
+
 class _ReadGauge:
     def __init__(self, gauge: Gauge, read: Callable[[], float]) -> None:
         self._gauge, self._read = gauge, read
@@ -105,7 +116,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self._reads: list[_ReadCounter | _ReadGauge] = []
+        self._reads: list[_ReadCounter | _ReadGauge | _ReadFamily] = []
         # Each series looked up once: labels() cost about 3 us a call, several calls a request.
         self._request_children: dict[tuple[str, str, str, int], Counter] = {}
         self._models: dict[str, _PerModel] = {}
@@ -119,6 +130,19 @@ class Metrics:
         """A level read at scrape time; `mode` says how several processes' levels combine."""
         gauge = Gauge(name, help_text, registry=self._registry, multiprocess_mode=mode)
         self._reads.append(_ReadGauge(gauge, read))
+
+    def family(
+        self,
+        name: str,
+        help_text: str,
+        labels: Sequence[str],
+        read: Callable[[], dict[tuple[str, ...], float]],
+        mode: MultiprocessMode = "livemostrecent",
+    ) -> None:
+        """Labelled levels read at scrape time (each tier's spend budgets: every process reads the same store,
+        so the newest reading stands)."""
+        gauge = Gauge(name, help_text, labels, registry=self._registry, multiprocess_mode=mode)
+        self._reads.append(_ReadFamily(gauge, read))
 
     def counter(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A running total kept elsewhere, read at scrape time; processes' totals add up (dead ones' too)."""

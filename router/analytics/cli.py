@@ -264,6 +264,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spend(args: argparse.Namespace) -> int:
+    from router.analytics import spend  # only this command reads budgets
+
+    budgets = spend.Budgets()
+    if args.config is not None:
+        from router.settings import load_settings
+
+        budgets = spend.budgets_of(load_settings(Path(args.config)), args.by)
+    now = time.time()
+    if not args.since:  # this month, in the budgets' zone: the longest window a budget has
+        args.since = datetime.fromtimestamp(spend.month_start(now, budgets.tz), budgets.tz).isoformat()
+    rows = spend.spend_rows(_records(args), args.by, budgets, now)
+    print(spend.render(rows, args.by, args.format, args.since))
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from router.analytics.plots import plot_ledger
 
@@ -319,6 +335,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     e.add_argument("--format", choices=["csv", "json"], default="csv")
     e.add_argument("--out", help="file to write (default: standard output)")
     e.set_defaults(run=_export)
+    m = _with_filters(
+        cmds.add_parser(
+            "spend", help="money spent per tier or per API key, against each budget (this month by default)"
+        )
+    )
+    m.add_argument("--by", choices=["tier", "key"], default="tier", help="group by tier (default) or by API key")
+    m.add_argument("--config", help="the gateway's config: budgets, key names and the budgets' time zone")
+    m.add_argument("--format", choices=["table", "json"], default="table")
+    m.set_defaults(run=_spend)
     g = _with_filters(cmds.add_parser("plot", help="PNG charts: share and saving over time, latency per model"))
     g.add_argument("--out", default=".triage/plots", help="folder for the PNGs (default .triage/plots)")
     g.add_argument("--step", default="1h", help="period length for the time charts (default 1h)")

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from starlette.requests import Request
 
+from router.core.budgets import Budget
 from router.core.tiers import Caller, Tier
 from router.errors import AuthenticationFailed, InvalidRequest
 
@@ -47,6 +48,7 @@ class Authenticator:
         *,
         tiers: Mapping[str, Tier],
         keys: Mapping[str, str],  # sha256 -> tier name
+        key_budgets: Mapping[str, tuple[str, Budget]] | None = None,  # sha256 -> (key name, its own budget)
         anonymous_tier: str,
         trusted_proxies: Sequence[str] = (),
         key_store: Callable[[str], Awaitable[str | None]] | None = None,  # sha256 -> tier name, e.g. Redis
@@ -55,6 +57,7 @@ class Authenticator:
         self._secret = identity_secret
         self._tiers = dict(tiers)
         self._keys = dict(keys)
+        self._budgets = dict(key_budgets or {})
         self._anonymous = self._tiers[anonymous_tier]
         self._trusted: list[Network] = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
         self._key_store = key_store
@@ -81,6 +84,9 @@ class Authenticator:
             tier = self._tiers.get(tier_name or "")
             if tier is None:
                 raise AuthenticationFailed("Incorrect API key provided.")
+            own = self._budgets.get(digest)
+            if own is not None:
+                return Caller(tier, "key:" + digest[:32], key=own[0], budget=own[1])
             return Caller(tier, "key:" + digest[:32])
         client = self.client_network(request)
         identity = self._identities.get(client)

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -34,9 +35,11 @@ from router.adapters.metrics import FanOutSink, Metrics
 from router.adapters.pairs import RedisPairs, SqlitePairs, pairs_path
 from router.adapters.quality import QualityGauge
 from router.adapters.score_windows import MemoryScores, RedisScores
+from router.adapters.spend_gauges import SpendGauges
 from router.api.auth import Authenticator
 from router.api.policy_files import PolicyFiles, build_policy
 from router.core.balance import BalancePolicy, Balancer
+from router.core.budgets import Budget, micros
 from router.core.conversation import ConversationPolicy
 from router.core.limits import TierLimits
 from router.core.ports import Backend, Scorer
@@ -50,13 +53,16 @@ from router.processes import SighupLatch
 from router.service.admission import AdmissionControl
 from router.service.coordinator import Ports, RoutingService
 from router.service.recording import Recorder
-from router.settings import Settings
+from router.service.spending import Spending
+from router.settings import KeySettings, Settings, TierSettings
 
 __all__ = [
     "ShutdownClock",
     "Wiring",
+    "budget_of",
     "build_balancer",
     "build_tiers",
+    "key_budgets",
     "resolve_workers",
     "running",
     "wire",
@@ -121,6 +127,7 @@ class Wiring:
     service: RoutingService
     policy_files: PolicyFiles
     auth: Authenticator
+    spend_gauges: SpendGauges | None = None  # tiers' spend and remaining budgets, read in the background
 
     def models_body(self) -> bytes:
         created = int(time.time())
@@ -145,11 +152,19 @@ def wire(settings: Settings, workers: Sequence[Worker] | None = None, scorer: Sc
         _scores(settings), _cache(settings),
     )  # fmt: skip
     redis_limiter, ledger = stores.redis_limiter, stores.ledger
+    limiter = redis_limiter or MemoryLimiter()
+    spending = Spending(ZoneInfo(settings.limits.budget_timezone))
     metrics = Metrics(_metrics_dir())
     service = RoutingService(
         workers,
         policy,
-        _ports(settings, workers, backend, stores),
+        _ports(
+            settings,
+            workers,
+            backend,
+            stores,
+            AdmissionControl(limiter, max_pending=settings.server.max_pending_admissions, spending=spending),
+        ),
         Recorder(
             FanOutSink([metrics, ledger]) if ledger is not None else metrics,
             next((w.prices for w in workers if w.role is Role.LARGE), Prices()),
@@ -157,10 +172,23 @@ def wire(settings: Settings, workers: Sequence[Worker] | None = None, scorer: Sc
         ),
     )
     _read_metrics(metrics, ledger, service, stores.cache, settings.ledger.outcomes)
+    spend_gauges = SpendGauges(limiter, spending.tier_caps, list(build_tiers(settings).values()))
+    metrics.family(
+        "triage_budget_spend_usd",
+        "A tier's spend in the budget's current window (in flight included).",
+        ("tier", "window"),
+        spend_gauges.spend,
+    )
+    metrics.family(
+        "triage_budget_remaining_usd",
+        "What is left of a tier's budget in its current window.",
+        ("tier", "window"),
+        spend_gauges.remaining,
+    )
     auth = _authenticator(settings, redis_limiter)
     return Wiring(
         settings, workers, direct, hosted, backend, redis_limiter, ledger, stores.pairs, stores.conversations,
-        stores.scores, stores.cache, metrics, service, PolicyFiles(settings, service, source), auth,
+        stores.scores, stores.cache, metrics, service, PolicyFiles(settings, service, source), auth, spend_gauges,
     )  # fmt: skip
 
 
@@ -177,7 +205,7 @@ async def running(wiring: Wiring, shutdown: ShutdownClock) -> AsyncIterator[None
         await stack.enter_async_context(_started(w.direct))
         if w.redis_limiter is not None:
             await w.redis_limiter.warm()
-        for store in (w.ledger, w.pairs):
+        for store in (w.ledger, w.pairs, w.spend_gauges):
             if store is not None:
                 await stack.enter_async_context(_started(store))
         # Closed before the stores: uvicorn has finished in-flight requests by then (graceful shutdown), and
@@ -198,13 +226,13 @@ async def _started(resource: _Starts) -> AsyncIterator[None]:
         await resource.close()
 
 
-def _ports(settings: Settings, workers: list[Worker], backend: Backend, w: _Stores) -> Ports:
+def _ports(
+    settings: Settings, workers: list[Worker], backend: Backend, w: _Stores, admission: AdmissionControl
+) -> Ports:
     shadow = settings.routing.shadow
     return Ports(
         backend=backend,
-        admission=AdmissionControl(
-            w.redis_limiter or MemoryLimiter(), max_pending=settings.server.max_pending_admissions
-        ),
+        admission=admission,
         balancer=build_balancer(settings, workers),
         cache=w.cache,
         cache_ttl=settings.cache.ttl,
@@ -223,6 +251,7 @@ def _authenticator(settings: Settings, redis_limiter: RedisLimiter | None) -> Au
     return Authenticator(
         tiers=build_tiers(settings),
         keys={k.sha256: k.tier for k in auth.keys},
+        key_budgets=key_budgets(settings),
         anonymous_tier=auth.anonymous_tier,
         trusted_proxies=auth.trusted_proxies,
         key_store=redis_limiter.key_tier if redis_limiter else None,
@@ -271,9 +300,24 @@ def build_tiers(settings: Settings) -> dict[str, Tier]:
             cache=t.cache,
             cascade=t.mode == "cascade",
             conversation=ConversationPolicy(t.conversation) if t.conversation else None,
+            budget=budget_of(t),
         )
         for name, t in settings.tiers.items()
     }
+
+
+def budget_of(spend: TierSettings | KeySettings) -> Budget:
+    return Budget(micros(spend.spend_per_day), micros(spend.spend_per_month), micros(spend.max_cost_per_request))
+
+
+def key_budgets(settings: Settings) -> dict[str, tuple[str, Budget]]:
+    """sha256 -> (the key's name, its own budget), for keys with a budget of their own."""
+    out = {}
+    for k in settings.auth.keys:
+        budget = budget_of(k)
+        if budget.any:
+            out[k.sha256] = (k.name or k.sha256[:8], budget)
+    return out
 
 
 def build_balancer(settings: Settings, workers: Sequence[Worker]) -> Balancer:

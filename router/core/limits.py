@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from router.core.budgets import BUDGET_HEADER, Cap, SpendHold, format_money
+
 __all__ = [
     "Admission",
     "TierLimits",
@@ -62,7 +64,8 @@ class TierLimits:
 @dataclass(frozen=True, slots=True)
 class Admission:
     admitted: bool
-    denied_by: str  # "" when admitted; else requests | tokens | daily_requests | daily_tokens | concurrency
+    # "" when admitted; else requests | tokens | daily_requests | daily_tokens | concurrency | budget
+    denied_by: str
     retry_after_ms: int
     limits: TierLimits
     used_requests: int  # in the current minute, this request included when admitted
@@ -73,6 +76,9 @@ class Admission:
     bucket: int  # token bucket the reservation went into
     day: int  # UTC day number of the admission
     reserved: int  # tokens reserved
+    spend: SpendHold | None = None  # money reserved against the caller's budgets (None: no budget windows)
+    over: Cap | None = None  # the budget that refused the request (denied_by "budget")
+    over_spent: int = 0  # what that budget had spent and reserved, in micro-units
 
 
 def text_tokens(text: str) -> int:
@@ -120,6 +126,8 @@ def headers(a: Admission) -> dict[str, str]:
         out["x-ratelimit-limit-tokens"] = str(lim.tokens_per_minute)
         out["x-ratelimit-remaining-tokens"] = str(max(0, lim.tokens_per_minute - a.used_tokens))
         out["x-ratelimit-reset-tokens"] = duration(a.reset_tokens_ms)
+    if a.spend is not None:
+        out[BUDGET_HEADER] = format_money(max(0, a.spend.remaining))
     if not a.admitted:
         out["retry-after"] = str(retry_after_seconds(a.retry_after_ms))
         out["retry-after-ms"] = str(max(0, a.retry_after_ms))

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.core.budgets import Cap
 from router.core.limits import Admission
 from router.core.records import DecisionRecord
 from router.core.shadow import ShadowPair
@@ -71,12 +72,22 @@ class Backend(Protocol):
 
 
 class RateLimiter(Protocol):
-    """Admits or refuses a request under its caller's tier limits; one call per admission."""
+    """Admits or refuses a request under its caller's tier limits and spend budgets; one call per admission."""
 
-    async def admit(self, caller: Caller, estimate: int) -> Admission: ...
+    async def admit(self, caller: Caller, estimate: int, caps: tuple[Cap, ...] = (), reserve: int = 0) -> Admission:
+        """`estimate` tokens reserved under the rate limits, and `reserve` micro-units in each budget window of
+        `caps`, all or nothing."""
+        ...
 
-    async def settle(self, caller: Caller, admission: Admission, actual_tokens: int) -> None:
-        """Replace the admission's token reservation by the real usage and free its concurrency slot."""
+    async def settle(
+        self, caller: Caller, admission: Admission, actual_tokens: int, actual_cost: int | None = None
+    ) -> None:
+        """Replace the admission's reservations by the real usage and cost (None: the money reserved is spent)
+        and free its concurrency slot."""
+        ...
+
+    async def spent(self, caps: tuple[Cap, ...]) -> list[tuple[int, int]]:
+        """(settled, held) micro-units in each budget window."""
         ...
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 
 __all__ = ["DRAFT_PREFIX", "SHADOW", "DecisionRecord", "is_draft", "is_extra_call"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,12 @@ class DecisionRecord:
     prompt: str | None = None  # only when the operator turns storing prompts on
     route: str = ""  # the API the request came through (/chat/completions, /responses, /messages, ...); "" before
     schema: int = SCHEMA_VERSION
+    # The priced parts (schema 2): `cost` includes both; cached prompt tokens are part of prompt_tokens and
+    # reasoning tokens part of completion_tokens.
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_cached: float = 0.0  # USD for the cached prompt tokens (price_cached_input)
+    cost_seconds: float = 0.0  # USD for the wall time on the worker (price_per_second)
 
 
 COLUMNS = tuple(f.name for f in fields(DecisionRecord))

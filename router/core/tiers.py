@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from router.core.budgets import Budget
 from router.core.conversation import ConversationPolicy
 from router.core.limits import TierLimits
 from router.core.types import Role
@@ -25,6 +26,7 @@ class Tier:
     cache: bool = True  # deterministic requests may be answered from the response cache (scoped to the tier)
     conversation: ConversationPolicy | None = None  # None: the gateway's routing.conversation
     cascade: bool = False  # the small model drafts routed non-streamed requests; unreliable drafts escalate
+    budget: Budget = field(default_factory=Budget)  # the tier's spend, all its callers together
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,12 @@ class Caller:
 
     tier: Tier
     identity: str
+    key: str = ""  # the API key's configured name (or its hash's start) when a key with a budget of its own called
+    budget: Budget = field(default_factory=Budget)  # that key's own spend limits, on top of the tier's
+
+    @property
+    def budgeted(self) -> bool:
+        return self.tier.budget.any or self.budget.any
 
 
 def allowed_role(tier: Tier, wanted: Role) -> Role | None:

@@ -32,7 +32,10 @@ class Reason(StrEnum):
     CONVERSATION = "conversation"  # routed, then moved to the model its conversation's earlier turns got
     SHADOW = "shadow"  # the other model answering a sampled routed request too (a shadow pair), not a request
     # How a request ended when no routing reason describes it
+    BUDGET_CAP = "budget_cap"  # routed, and pinned to the small model: the large one's worst case passes the cap
     RATE_LIMITED = "rate_limited"  # 429: a limit of the caller's tier
+    BUDGET_EXCEEDED = "budget_exceeded"  # 429: a spend budget (tier or key, day or month) is used up
+    COST_EXCEEDS_LIMIT = "cost_exceeds_limit"  # 400: the request's worst case passes max_cost_per_request
     CLIENT_GONE = "client_gone"  # 499: the caller hung up first
     INTERNAL_ERROR = "internal_error"  # 500: a defect in the gateway
     UPSTREAM_ERROR = "upstream_error"  # 502, or a stream the worker broke off after it had started (200 sent)
@@ -73,10 +76,13 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Prices:
-    """USD per million tokens."""
+    """USD per million tokens (the same number is micro-USD per token); per_second: USD per second of a request's
+    wall time on the worker, for machines paid by the hour rather than by the token."""
 
     input: float = 0.0
     output: float = 0.0
+    cached_input: float | None = None  # cached prompt tokens (vLLM prefix caching); None: the input price
+    per_second: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +100,7 @@ class Worker:
     provider: str = "openai"  # openai: an OpenAI-compatible server (vLLM), called directly; litellm: hosted API
     provider_model: str | None = None  # litellm's model string, e.g. "anthropic/claude-3-5-haiku-latest"
     max_response_bytes: int = 32 * 1024 * 1024  # a larger non-streamed answer is refused while it is read
+    context_length: int = 0  # tokens the worker's model holds (prompt + completion); 0: not configured
 
 
 @dataclass(frozen=True, slots=True)

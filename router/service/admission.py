@@ -1,23 +1,35 @@
 """Admission under a tier's limits: cap max_tokens, reserve an estimate of the tokens (the prompt, and every
-choice's completion), refuse with 429 (or 400 when the request could never fit); and settle the reservation to
-the real usage. A store that does not answer is counted, and the tier decides."""
+choice's completion) and the worst-case cost against the caller's spend budgets, refuse with 429 (or 400 when
+the request could never fit); and settle the reservations to the real usage and cost. A store that does not
+answer is counted, and the tier decides."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from router.core.budgets import Cap
 from router.core.limits import Admission, estimate_tokens, headers, retry_after_seconds
 from router.core.ports import RateLimiter
 from router.core.tiers import Caller, Tier, capped_max_tokens
 from router.errors import InvalidRequest, LimiterFailed, LimiterUnavailable, Overloaded, RateLimited
 from router.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest, Prompt, choices
+from router.service.spending import Completion, Quote, Reach, Spending
 
-__all__ = ["DEFAULT_COMPLETION_ESTIMATE", "AdmissionControl", "LimiterHealth"]
+__all__ = ["DEFAULT_COMPLETION_ESTIMATE", "AdmissionControl", "Admitted", "LimiterHealth"]
 
 log = logging.getLogger("triage.service")
 DEFAULT_COMPLETION_ESTIMATE = 512  # reserved per choice when neither the request nor the tier bounds max_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    admission: Admission | None  # None: nothing to settle (an unlimited tier, or a store down failing open)
+    pinned: bool = False  # kept on the small model by max_cost_per_request
+
+
+NOT_LIMITED = Admitted(None)
 
 
 @dataclass
@@ -27,8 +39,9 @@ class LimiterHealth:
 
 
 class AdmissionControl:
-    def __init__(self, limiter: RateLimiter, *, max_pending: int = 512) -> None:
+    def __init__(self, limiter: RateLimiter, *, max_pending: int = 512, spending: Spending | None = None) -> None:
         self._limiter = limiter
+        self.spending = spending or Spending()
         self.health = LimiterHealth()
         # Requests waiting on the limiter at once. Past it the gateway is saturated: it refuses new requests
         # with 503 + Retry-After (Envoy's overload manager does the same) instead of letting them queue until
@@ -41,44 +54,61 @@ class AdmissionControl:
         """Optional work (shadow calls) waits while an eighth of the admission queue is in use."""
         return self.pending * 8 >= self._max_pending
 
-    async def admit(self, caller: Caller, prompt: Prompt, payload: dict[str, Any]) -> Admission | None:
+    async def admit(
+        self, caller: Caller, prompt: Prompt, payload: dict[str, Any], reach: Reach | None = None
+    ) -> Admitted:
+        """`reach`: the workers the request may reach, which price its worst case for the caller's budgets."""
         tier, request = caller.tier, prompt.request
         count = choices(request)
         if count > tier.max_n:
             raise _too_many(tier, request, count)
         bound = _cap(tier, request, payload)
-        if not tier.limits.any:
-            return None  # unlimited tier: no store round trip at all
-        estimate = _estimate(tier, prompt, bound, count)
+        budgeted = caller.budgeted and reach is not None
+        if not tier.limits.any and not budgeted:
+            return NOT_LIMITED  # unlimited tier: no store round trip at all
+        estimate, completion = _estimate(tier, prompt, bound, count)
+        quote, caps = Quote(0, False), cast(tuple[Cap, ...], ())
+        if budgeted and reach is not None:
+            param = _bound_field(request, bound) if bound is not None else "max_tokens"
+            bounded = Completion(completion, count, unbounded=bound is None)
+            quote = self.spending.quote(caller, reach, prompt.tokens + 1, bounded, param)  # with the token of slack
+            caps = self.spending.caps(caller)
+        if not tier.limits.any and not caps:
+            return Admitted(None, quote.pinned)  # a per-request cap alone needs no store
         if self.pending >= self._max_pending:
             self.shed += 1
             raise Overloaded(f"the gateway is saturated ({self.pending} requests waiting for admission); retry")
         self.pending += 1
         try:
-            admission = await self._limiter.admit(caller, estimate)
+            admission = await self._limiter.admit(caller, estimate, caps, quote.reserve)
         except LimiterUnavailable as exc:
             self._failed(exc, f"admission for tier {tier.name} fails {'open' if tier.fail_open else 'closed'}")
             if tier.fail_open:
-                return None
+                return Admitted(None, quote.pinned)
             raise
         except LimiterFailed as exc:
             self._failed(exc, "the request is refused (a store fault never fails open)")
             raise
         finally:
             self.pending -= 1
+        if admission.denied_by == "budget":
+            raise self.spending.refusal(admission, quote.reserve, headers(admission))
         if not admission.admitted:
             raise RateLimited(
                 f"Rate limit reached for tier {tier.name} ({admission.denied_by}); retry after "
                 f"{retry_after_seconds(admission.retry_after_ms)} s.",
                 headers=headers(admission),
             )
-        return admission
+        return Admitted(admission, quote.pinned)
 
-    async def settle(self, caller: Caller, admission: Admission | None, tokens: int | None) -> None:
+    async def settle(
+        self, caller: Caller, admission: Admission | None, tokens: int | None, cost: int | None = None
+    ) -> None:
+        """`tokens` and `cost` (micro-units) are what the request really used; None keeps the reservation."""
         if admission is None:
             return
         try:
-            await self._limiter.settle(caller, admission, admission.reserved if tokens is None else tokens)
+            await self._limiter.settle(caller, admission, admission.reserved if tokens is None else tokens, cost)
         except (LimiterUnavailable, LimiterFailed) as exc:
             self._failed(exc, "the reservation stays until its window passes")
 
@@ -106,10 +136,11 @@ def _cap(tier: Tier, request: GenerationRequest, payload: dict[str, Any]) -> int
     return max(v for _, v in capped)
 
 
-def _estimate(tier: Tier, prompt: Prompt, bound: int | None, count: int) -> int:
+def _estimate(tier: Tier, prompt: Prompt, bound: int | None, count: int) -> tuple[int, int]:
     """The reservation: the prompt's estimate and `count` completions of `bound` tokens. A request that could
     never fit the tier's token limits is a 400 (a 429 would have it retry forever); without a bound the default
-    completion shrinks to what the limit leaves, and the real usage settles it."""
+    completion shrinks to what the limit leaves, and the real usage settles it. Returns (the reservation, the
+    completions' tokens)."""
     request, tokens = prompt.request, prompt.tokens
     ceiling = tier.limits.token_ceiling
     per_choice = bound
@@ -130,7 +161,7 @@ def _estimate(tier: Tier, prompt: Prompt, bound: int | None, count: int) -> int:
                 f"completion tokens), and can never be admitted: {what}; lower {param}"
             )
         raise InvalidRequest(message, param=param, code="tokens_exceed_limit")
-    return estimate
+    return estimate, per_choice * count
 
 
 def _bound_field(request: GenerationRequest, bound: int) -> str:

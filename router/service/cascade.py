@@ -70,7 +70,10 @@ class Cascade:
         ctx.trace.escalated = True
         _record_draft(draft, draft_trace, why)
         used = [u for u in (draft_trace.usage, ctx.trace.usage) if u]
-        await self._admission.settle(ctx.caller, ctx.admission, sum(map(sum, used)) if used else None)
+        paid = [draft_trace.cost_micros(), ctx.trace.cost_micros()]
+        known = [c for c in paid if c is not None]
+        cost = sum(known) if known else None
+        await self._admission.settle(ctx.caller, ctx.admission, sum(map(sum, used)) if used else None, cost)
         return Outcome(answer.routed, answer.reply, {}, escalation=why or "")
 
     async def _keep(
@@ -79,9 +82,10 @@ class Cascade:
         """The draft is the answer: the request's own record describes it."""
         assert isinstance(draft.reply, UpstreamReply)
         routed = Routed(draft.routed.worker, decision)
-        ctx.trace.routed, ctx.trace.usage = routed, draft_trace.usage
+        ctx.trace.routed = routed
+        ctx.trace.take_usage(draft_trace)
         usage = ctx.trace.usage
-        await self._admission.settle(ctx.caller, ctx.admission, sum(usage) if usage else None)
+        await self._admission.settle(ctx.caller, ctx.admission, sum(usage) if usage else None, ctx.trace.cost_micros())
         reply = draft.reply
         body = strip_logprobs(reply.body) if added else reply.body
         return Outcome(routed, UpstreamReply(reply.status, body, reply.content_type), {})

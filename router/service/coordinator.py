@@ -23,7 +23,7 @@ from router.core.shadow import ShadowGate
 from router.core.share import ShareTargets
 from router.core.tiers import Caller, Tier, allowed_role
 from router.core.types import Decision, Reason, Role, Routed, Worker
-from router.errors import InvalidRequest, ModelNotFound, PermissionDenied, RateLimited, TriageError
+from router.errors import BudgetExceeded, InvalidRequest, ModelNotFound, PermissionDenied, RateLimited, TriageError
 from router.protocol import GenerationRequest, Prompt, choices
 from router.service.admission import AdmissionControl
 from router.service.cascade import Cascade
@@ -32,10 +32,12 @@ from router.service.conversation import Conversations, Turn
 from router.service.dispatch import Dispatcher
 from router.service.recording import Recorder, Trace, usage_of
 from router.service.shadow import Shadow
+from router.service.spending import Reach
 
 __all__ = ["Endpoint", "Health", "Outcome", "Ports", "RequestOptions", "Routed", "RoutingPolicy", "RoutingService"]
 
 NO_OPTIONS = RequestOptions()
+_PINNED = Decision(Role.SMALL, Reason.BUDGET_CAP)
 MAX_CACHED_BYTES = 1 << 20  # larger answers are not cached: one entry must not crowd out thousands
 
 
@@ -202,10 +204,11 @@ class RoutingService:
         named = self._named(request, caller.tier)
         _refuse_unheld_state(request, named)
         try:
-            ctx.admission = await self._admission.admit(caller, ctx.prompt, ctx.payload)
-        except RateLimited:
-            ctx.trace.reason = Reason.RATE_LIMITED
+            admitted = await self._admission.admit(caller, ctx.prompt, ctx.payload, self._reach(ctx, named))
+        except RateLimited as exc:
+            ctx.trace.reason = Reason.BUDGET_EXCEEDED if isinstance(exc, BudgetExceeded) else Reason.RATE_LIMITED
             raise
+        ctx.admission = admitted.admission
         limit_headers = headers(ctx.admission) if ctx.admission else {}
         settled = False
         try:
@@ -214,16 +217,14 @@ class RoutingService:
             if key is not None and not cache_bypass:
                 cached = await self._cached(key, ctx.trace)
                 if cached is not None:
-                    await self._admission.settle(caller, ctx.admission, 0)  # nothing was generated
+                    await self._admission.settle(caller, ctx.admission, 0, 0)  # nothing was generated
                     settled = True
                     return Outcome(cached.routed, cached.reply, limit_headers, "hit")
-            if (
-                caller.tier.cascade
-                and named is None
-                and not request.stream
-                and choices(request) == 1
-                and request.CASCADES
-            ):
+            if admitted.pinned:  # the small model only: no escalation, no fallback to the large one
+                small = Routed(self._dispatch.pick(self._dispatch.by_role[Role.SMALL], ctx.prompt), _PINNED)
+                outcome = await self._dispatch.serve(ctx, small, named=True)
+                settled = True  # by the attempt, or by the stream when it ends
+            elif self._cascades(ctx, named):
                 outcome = await self._cascade.run(ctx)
                 settled = True  # by the cascade
             else:
@@ -241,6 +242,28 @@ class RoutingService:
         finally:
             if not settled:  # failed or cancelled: the reservation stands, the slot is freed
                 await self._admission.settle(caller, ctx.admission, None)
+
+    def _cascades(self, ctx: RequestContext, named: tuple[Worker, ...] | None) -> bool:
+        request = ctx.request
+        return (
+            ctx.caller.tier.cascade
+            and named is None
+            and not request.stream
+            and choices(request) == 1
+            and request.CASCADES  # pairs read `choices`
+        )
+
+    def _reach(self, ctx: RequestContext, named: tuple[Worker, ...] | None) -> Reach | None:
+        """The workers a budgeted caller's request may reach (a routed one may escalate or fall back); None for
+        a caller without a budget, who pays nothing for this."""
+        if not ctx.caller.budgeted:
+            return None
+        if named is not None:
+            return Reach(named)
+        roles = ctx.caller.tier.roles
+        workers = tuple(w for w in self.workers if w.role in roles)
+        small = self._dispatch.by_role[Role.SMALL] if {Role.SMALL, Role.LARGE} <= roles else ()
+        return Reach(workers, small, cascade=self._cascades(ctx, named))
 
     async def _steered(self, ctx: RequestContext, routed: Routed, auto: bool) -> tuple[Routed, Turn | None]:
         """A routed turn under its tier's conversation policy (unchanged without a conversation memory)."""
@@ -264,7 +287,8 @@ class RoutingService:
         if worker is None:
             return None
         routed = Routed(worker, Decision(worker.role, Reason.CACHED))
-        trace.routed, trace.cache_hit, trace.usage = routed, True, usage_of(body)
+        trace.routed, trace.cache_hit = routed, True
+        trace.note(usage_of(body))
         return Outcome(routed, UpstreamReply(200, body, "application/json"), {})
 
     async def _store(self, key: str, outcome: Outcome) -> None:

@@ -5,6 +5,7 @@ answers settles the caller's reservation; a stream settles when it ends."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from router.core.balance import Balancer
@@ -85,6 +86,7 @@ class Dispatcher:
         """One attempt on one worker; raises UpstreamError when it cannot answer (refused, down, 5xx, timeout)."""
         worker = routed.worker
         self.balancer.begin(worker)
+        started = time.perf_counter()  # the wall time on the worker (price_per_second)
         ended = False
         failed: bool | None = None  # stays None when the client leaves: no verdict on the worker
         try:
@@ -96,7 +98,7 @@ class Dispatcher:
                 if stream.status == 200:  # the stream settles, records and ends its attempt when it closes
                     ended = True
                     hide = not own and not wants_usage(ctx.request)
-                    metered = MeteredStream(stream, ctx.trace, self._stream_end(ctx, worker), hide_usage=hide)
+                    metered = MeteredStream(stream, ctx.trace, self._stream_end(ctx, worker, started), hide_usage=hide)
                     return Outcome(routed, metered, {})
                 try:
                     error = await stream.read_all()
@@ -108,26 +110,30 @@ class Dispatcher:
             failed = not _passes_on(reply.status)
             _raise_unless_passed_on(worker, reply)
             if reply.status == 200:
-                ctx.trace.usage = answer_usage(worker, reply.body)
+                ctx.trace.note(answer_usage(worker, reply.body))
         except UpstreamError:
             failed = True
             raise
         finally:
             if not ended:
                 self.balancer.end(worker, failed=failed)
+                ctx.trace.worker_seconds += time.perf_counter() - started
         usage = ctx.trace.usage
-        await self._admission.settle(ctx.caller, ctx.admission, sum(usage) if usage else None)
+        cost = ctx.trace.cost_micros() if reply.status == 200 else 0  # a refusal generated nothing
+        await self._admission.settle(ctx.caller, ctx.admission, sum(usage) if usage else None, cost)
         return Outcome(routed, reply, {})
 
-    def _stream_end(self, ctx: RequestContext, worker: Worker) -> StreamEnd:
+    def _stream_end(self, ctx: RequestContext, worker: Worker, started: float) -> StreamEnd:
         async def ended(failed: bool, events: int) -> None:
             self.balancer.end(worker, failed=failed)
+            ctx.trace.worker_seconds += time.perf_counter() - started
             usage = ctx.trace.usage
             # No usage chunk (the stream was cut before it, or the worker does not send one): what arrived is
             # counted, at vLLM's one token per event, on top of the prompt's estimate.
             completion = usage[1] if usage else max(0, events - 2)
             tokens = sum(usage) if usage else estimate_tokens(ctx.prompt.tokens, completion)
-            await self._admission.settle(ctx.caller, ctx.admission, tokens)
+            cost = ctx.trace.cost_micros(None if usage else completion)
+            await self._admission.settle(ctx.caller, ctx.admission, tokens, cost)
             broken = Reason.UPSTREAM_ERROR if failed else None
             ctx.trace.finish(200, reason=broken, estimated_completion=completion)
 

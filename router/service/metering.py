@@ -79,9 +79,7 @@ class MeteredStream:
         if b'"usage"' in lines:
             for line in lines.split(b"\n"):
                 if line.startswith(b"data:") and b'"usage"' in line:
-                    usage = usage_of(line[5:])  # JSON allows the space before and the CR after
-                    if usage is not None:
-                        self._trace.usage = _merged(self._trace.usage, usage)
+                    self._trace.note(usage_of(line[5:]))  # JSON allows the space before and the CR after
 
     async def read_all(self) -> bytes:
         return await self._inner.read_all()
@@ -94,11 +92,3 @@ class MeteredStream:
             await self._inner.aclose()
         finally:
             await self._on_end(self._failed, self._events)
-
-
-def _merged(before: tuple[int, int] | None, usage: tuple[int, int]) -> tuple[int, int]:
-    """A stream's usage so far: Anthropic's message_delta may carry only output tokens, its message_start the
-    prompt's; a later report without a prompt count keeps the earlier one."""
-    if before is not None and usage[0] == 0:
-        return before[0], usage[1]
-    return usage

@@ -20,7 +20,17 @@ from router.core.types import Prices, Reason, Routed, Worker
 from router.errors import UpstreamFailed
 from router.protocol import Prompt
 
-__all__ = ["Recorder", "Trace", "answer_usage", "usage_of"]
+__all__ = ["Recorder", "Trace", "Usage", "answer_usage", "usage_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A worker's `usage`: prompt and output tokens (reasoning included), and the parts priced apart."""
+
+    prompt: int
+    completion: int
+    cached: int = 0  # prompt_tokens_details.cached_tokens (vLLM's prefix cache, a provider's prompt cache)
+    reasoning: int = 0  # completion_tokens_details.reasoning_tokens (already part of `completion`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +55,43 @@ class Trace:
         self.routed: Routed | None = None
         self.reason: Reason | None = None
         self.usage: tuple[int, int] | None = None  # prompt, completion
+        self.cached_tokens = 0  # of the prompt's, served from the worker's prefix cache
+        self.reasoning_tokens = 0  # of the completion's
+        self.worker_seconds = 0.0  # wall time of this request's calls on workers (price_per_second)
         self.ttft_ms: float | None = None
         self.cache_hit = False
         self.escalated = False
         self.baseline = True  # False for a cascade's escalated draft: the answer's record carries the baseline
         self._done = False
+
+    def note(self, usage: Usage | None) -> None:
+        """A worker's usage (nothing when it reported none). Anthropic's message_delta carries only output tokens:
+        the prompt's, from its message_start, are kept."""
+        if usage is not None:
+            prompt = self.usage[0] if usage.prompt == 0 and self.usage is not None else usage.prompt
+            self.usage = (prompt, usage.completion)
+            self.cached_tokens, self.reasoning_tokens = usage.cached, usage.reasoning
+
+    def take_usage(self, other: Trace) -> None:
+        self.usage, self.cached_tokens, self.reasoning_tokens = other.usage, other.cached_tokens, other.reasoning_tokens
+        self.worker_seconds = other.worker_seconds
+
+    def priced(self, estimated_completion: int | None = None) -> costs.Priced | None:
+        """What this request cost at the serving worker's prices: its usage, or without one the prompt's
+        estimate and `estimated_completion` (a stream's events); None when nothing is known."""
+        usage = self.usage
+        if usage is None and estimated_completion is not None:
+            usage = (estimate_tokens(self.prompt.tokens, 0), estimated_completion)
+        if usage is None or self.routed is None:
+            return None
+        if self.cache_hit:
+            return costs.priced(self.routed.worker.prices, 0, 0)
+        prices = self.routed.worker.prices
+        return costs.priced(prices, *usage, cached=self.cached_tokens, seconds=self.worker_seconds)
+
+    def cost_micros(self, estimated_completion: int | None = None) -> int | None:
+        p = self.priced(estimated_completion)
+        return None if p is None else p.micros
 
     def first_chunk(self) -> None:
         if self.ttft_ms is None:
@@ -66,12 +108,14 @@ class Trace:
         if usage is None and estimated_completion is not None:
             usage = (estimate_tokens(self.prompt.tokens, 0), estimated_completion)
         prompt_tokens, completion_tokens = usage if usage else (None, None)
-        cost = cost_large = 0.0
-        if usage and routed is not None:
-            cost = 0.0 if self.cache_hit else costs.cost(routed.worker.prices, *usage)
-            cost_large = costs.cost(rec.large_prices, *usage) if self.baseline else 0.0
-            if routed.decision.reason is Reason.EMBEDDINGS:  # paid whatever the routing: the baseline pays it too
-                cost_large = cost
+        cost = cost_large = cost_cached = cost_seconds = 0.0
+        parts = self.priced(estimated_completion)
+        if usage and parts is not None:
+            cost, cost_cached, cost_seconds = parts.usd(parts.total), parts.usd(parts.cached), parts.usd(parts.seconds)
+            large = costs.priced(rec.large_prices, *usage, cached=self.cached_tokens)
+            cost_large = large.usd(large.total) if self.baseline else 0.0
+            if routed is not None and routed.decision.reason is Reason.EMBEDDINGS:
+                cost_large = cost  # paid whatever the routing: the always-large baseline pays it too
         d = routed.decision if routed else None
         sink.emit(
             DecisionRecord(
@@ -97,6 +141,10 @@ class Trace:
                 cost_large=cost_large,
                 prompt=self.prompt.text if rec.store_prompts else None,
                 route=self.route,
+                cached_tokens=self.cached_tokens if usage else None,
+                reasoning_tokens=self.reasoning_tokens if usage else None,
+                cost_cached=cost_cached,
+                cost_seconds=cost_seconds,
             )
         )
 
@@ -108,15 +156,15 @@ def _caller_hash(identity: str) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
-def usage_of(body: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens from an OpenAI `usage` object."""
+def usage_of(body: bytes) -> Usage | None:
+    """The tokens of an OpenAI `usage` object."""
     try:
         return _usage(orjson.loads(body))
     except orjson.JSONDecodeError:
         return None
 
 
-def answer_usage(worker: Worker, body: bytes) -> tuple[int, int] | None:
+def answer_usage(worker: Worker, body: bytes) -> Usage | None:
     """The usage of a worker's 200 answer, which must be a JSON object: anything else is the worker failing
     (a 502 for the caller, never cached), not an answer to pass on."""
     try:
@@ -136,7 +184,7 @@ def answer_usage(worker: Worker, body: bytes) -> tuple[int, int] | None:
 MAX_USAGE = 1 << 40
 
 
-def _usage(doc: object) -> tuple[int, int] | None:
+def _usage(doc: object) -> Usage | None:
     """OpenAI's chat and completions usage (`prompt_tokens`, `completion_tokens`), or the Responses and Messages
     APIs' (`input_tokens`, `output_tokens`), at the top or on the event's `response` (Responses' completed event)
     or `message` (Messages' message_start). Both counts must be JSON integers, neither negative nor past
@@ -156,9 +204,25 @@ def _usage(doc: object) -> tuple[int, int] | None:
         names = ("prompt_tokens", "completion_tokens")
     prompt, completion = usage.get(names[0]), usage.get(names[1])
     if names[0] == "input_tokens" and "input_tokens" not in usage:
-        prompt = 0  # Anthropic's message_delta carries output tokens alone; metering merges in message_start's
+        prompt = 0  # Anthropic's message_delta carries output tokens alone (Trace.note keeps message_start's)
+    elif "completion_tokens" not in usage and type(prompt) is int and usage.get("total_tokens") == prompt:
+        completion = 0  # embeddings: input tokens only
     if type(prompt) is not int or type(completion) is not int:
         return None
     if prompt < 0 or completion < 0 or prompt + completion > MAX_USAGE:
         return None
-    return prompt, completion
+    cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
+    reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
+    total = usage.get("total_tokens")
+    # OpenAI and vLLM count reasoning inside completion_tokens; a provider whose total adds it on top reports
+    # it apart, and it is output all the same.
+    if reasoning and type(total) is int and total == prompt + completion + reasoning:
+        completion += reasoning
+    return Usage(prompt, completion, min(cached, prompt), reasoning)
+
+
+def _detail(usage: dict[str, object], group: str, name: str) -> int:
+    """A part of a count (`prompt_tokens_details.cached_tokens`, say): a whole number from 0 to MAX_USAGE, else 0."""
+    details = usage.get(group)
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if type(value) is int and 0 <= value <= MAX_USAGE else 0

@@ -14,6 +14,14 @@ from router.adapters.limiter_redis import RedisLimiter
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+def forget(prefix: str) -> None:
+    """Delete a test's keys: spend budgets' windows are kept for 40 days after they end."""
+    store = redis.Redis.from_url(REDIS_URL)
+    keys = list(store.scan_iter(f"{prefix}:*", count=1000))
+    if keys:
+        store.delete(*keys)
+
+
 def require_redis() -> None:
     try:
         redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
@@ -27,8 +35,10 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[MemoryLimiter
         yield MemoryLimiter()
         return
     require_redis()
-    lim = RedisLimiter(REDIS_URL, timeout=1.0, prefix=f"test-{uuid.uuid4().hex[:8]}")
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    lim = RedisLimiter(REDIS_URL, timeout=1.0, prefix=prefix)
     try:
         yield lim
     finally:
         await lim.close()
+        forget(prefix)

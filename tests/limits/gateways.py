@@ -30,7 +30,9 @@ def config(
     redis_timeout: float = 0.2,
     routing: dict[str, object] | None = None,
     ledger: dict[str, object] | None = None,
+    prices: dict[str, float] | None = None,
 ) -> Path:
+    """`prices`: worker settings (price_input, ...) given to both workers."""
     path = tmp / f"gateway-{uuid.uuid4().hex[:6]}.json"
     path.write_text(
         json.dumps(
@@ -38,8 +40,8 @@ def config(
                 "server": {"log_level": "warning"},
                 "routing": {"scorer": "length", **(routing or {})},
                 "workers": [
-                    {"name": "small", "role": "small", "base_url": small, "model": "tiny-small"},
-                    {"name": "large", "role": "large", "base_url": large, "model": "tiny-large"},
+                    {"name": "small", "role": "small", "base_url": small, "model": "tiny-small", **(prices or {})},
+                    {"name": "large", "role": "large", "base_url": large, "model": "tiny-large", **(prices or {})},
                 ],
                 "tiers": tiers,
                 "auth": {"keys": keys or []},
@@ -85,10 +87,14 @@ class Gateway:
             self.proc.wait(timeout=20)
 
 
-async def flood(urls: list[str], total: int, in_flight: int) -> dict[int, int]:
+async def flood(
+    urls: list[str], total: int, in_flight: int, request: dict[str, object] | None = None
+) -> dict[int, int]:
+    """Status codes of `total` requests (`request`, default a short routed one), `in_flight` at a time, spread
+    over the gateways."""
     codes: dict[int, int] = {}
     gate = asyncio.Semaphore(in_flight)
-    body = json.dumps({"model": "auto", "messages": SHORT, "max_tokens": 2}).encode()
+    body = json.dumps(request or {"model": "auto", "messages": SHORT, "max_tokens": 2}).encode()
 
     async def one(i: int, session: aiohttp.ClientSession) -> None:
         async with (

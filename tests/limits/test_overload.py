@@ -113,10 +113,10 @@ class _Faulty:
     def __init__(self, exc: Exception) -> None:
         self.exc = exc
 
-    async def admit(self, caller: Caller, estimate: int) -> object:
+    async def admit(self, caller: Caller, estimate: int, *budget: object) -> object:
         raise self.exc
 
-    async def settle(self, caller: Caller, admission: object, actual_tokens: int) -> None:
+    async def settle(self, caller: Caller, admission: object, actual_tokens: int, cost: int | None = None) -> None:
         raise self.exc
 
 
@@ -128,7 +128,7 @@ REQUEST = Prompt(
 async def test_a_fail_open_tier_fails_open_only_when_the_store_is_unreachable() -> None:
     open_tier = _caller(TierLimits(requests_per_minute=1), fail_open=True)
     unreachable = AdmissionControl(_Faulty(LimiterUnavailable("down")))  # type: ignore[arg-type]
-    assert await unreachable.admit(open_tier, REQUEST, {}) is None  # admitted without a count
+    assert (await unreachable.admit(open_tier, REQUEST, {})).admission is None  # admitted without a count
     faulty = AdmissionControl(_Faulty(LimiterFailed("script error")))  # type: ignore[arg-type]
     with pytest.raises(LimiterFailed):
         await faulty.admit(open_tier, REQUEST, {})
@@ -139,7 +139,7 @@ class _Slow:
     def __init__(self) -> None:
         self.release = asyncio.Event()
 
-    async def admit(self, caller: Caller, estimate: int) -> None:
+    async def admit(self, caller: Caller, estimate: int, *budget: object) -> None:
         await self.release.wait()
         raise LimiterUnavailable("released")
 

@@ -14,6 +14,7 @@ from router.adapters.cache_memory import MemoryCache
 from router.adapters.conversations import MemoryConversations
 from router.adapters.limiter_memory import MemoryLimiter
 from router.core.balance import Balancer
+from router.core.budgets import Cap
 from router.core.cascade import EscalationRule
 from router.core.conversation import ConversationPolicy
 from router.core.limits import Admission, TierLimits
@@ -167,13 +168,23 @@ class SpyLimiter(MemoryLimiter):
     def __init__(self, clock: Clock) -> None:
         super().__init__(clock=clock.ms)
         self.settled: list[int] = []
+        self.costs: list[int | None] = []  # the money settled, micro-units (None: the reservation stays)
+        self.held: list[int] = []  # the money each budgeted admission reserved, micro-units
         self.fail_settle = False
 
-    async def settle(self, caller: Caller, admission: Admission, actual_tokens: int) -> None:
+    async def admit(self, caller: Caller, estimate: int, caps: tuple[Cap, ...] = (), reserve: int = 0) -> Admission:
+        if caps:
+            self.held.append(reserve)
+        return await super().admit(caller, estimate, caps, reserve)
+
+    async def settle(
+        self, caller: Caller, admission: Admission, actual_tokens: int, actual_cost: int | None = None
+    ) -> None:
         self.settled.append(actual_tokens)
+        self.costs.append(actual_cost)
         if self.fail_settle:
             raise LimiterUnavailable("the rate-limit store did not answer")
-        await super().settle(caller, admission, actual_tokens)
+        await super().settle(caller, admission, actual_tokens, actual_cost)
 
 
 class ListSink:

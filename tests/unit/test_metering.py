@@ -9,7 +9,7 @@ from typing import cast
 import pytest
 
 from router.service.metering import MeteredStream
-from router.service.recording import Trace
+from router.service.recording import Trace, Usage
 
 EVENTS = (
     b'data: {"choices": [{"index": 0, "delta": {"content": "w0 "}}]}\n\n'
@@ -24,6 +24,10 @@ class _Trace:
 
     def first_chunk(self) -> None:
         pass
+
+    def note(self, usage: Usage | None) -> None:
+        if usage is not None:
+            self.usage = (usage.prompt, usage.completion)
 
 
 class _Reads:

@@ -7,6 +7,7 @@ OpenAI JSON and SSE the caller expects."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -132,6 +133,11 @@ def _event(chunk: Any) -> bytes:
 class LitellmBackend:
     def __init__(self) -> None:
         self._text_clients: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        """Imports litellm before the first request: the import takes seconds (4 s on an idle core here, past 10 s
+        on a busy machine), and on the event loop it would stall every request in flight."""
+        await asyncio.to_thread(_litellm)
 
     def _text_client(self, worker: Worker, args: dict[str, Any]) -> Any:
         """litellm builds (and never closes) a new OpenAI client on every text completion to an `openai/`

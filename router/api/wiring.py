@@ -199,9 +199,11 @@ async def running(wiring: Wiring, shutdown: ShutdownClock) -> AsyncIterator[None
     w, server = wiring, wiring.settings.server
     async with AsyncExitStack() as stack:
         stack.callback(w.metrics.refresh)  # last: this process's final totals stay in the files after it exits
-        for client in (w.scores, w.conversations, w.cache, w.redis_limiter, w.hosted):  # closed after the rest
-            if isinstance(client, (RedisScores, RedisConversations, RedisCache, RedisLimiter, LitellmBackend)):
+        for client in (w.scores, w.conversations, w.cache, w.redis_limiter):  # closed after the rest
+            if isinstance(client, (RedisScores, RedisConversations, RedisCache, RedisLimiter)):
                 stack.push_async_callback(client.close)
+        if w.hosted is not None:
+            await stack.enter_async_context(_started(w.hosted))
         await stack.enter_async_context(_started(w.direct))
         if w.redis_limiter is not None:
             await w.redis_limiter.warm()

@@ -139,3 +139,25 @@ def test_litellm_worker_needs_a_provider_model() -> None:
         WorkerSettings.model_validate({"name": "x", "role": "large", "provider": "litellm"})
     with pytest.raises(ValueError, match="base_url is required"):
         WorkerSettings.model_validate({"name": "x", "role": "large"})
+
+
+def test_litellm_is_imported_at_start_not_on_the_first_request() -> None:
+    """Importing litellm takes seconds (past 10 s on a busy machine): done on the first request it stalled the event
+    loop, and every request in flight with it. In a fresh interpreter, starting the app must import it."""
+    import subprocess
+    import sys
+
+    script = """
+import asyncio, sys
+from router.api.app import create_app
+from tests.api.test_litellm import _hosted
+app = create_app(_hosted("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1"))
+assert "litellm" not in sys.modules, "imported before the start"
+async def start() -> None:
+    async with app.router.lifespan_context(app):
+        print("litellm" in sys.modules)
+asyncio.run(start())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True"

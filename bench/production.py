@@ -2,7 +2,10 @@
 deployment of several replicas runs (limits and conversation memory in Redis, the ledger as a Redis stream)
 beside the embedded configuration (in-process limits, SQLite ledger).
 
-    ./dev bench production [--duration 4] [--repeats 3] [--redis redis://127.0.0.1:6379/0]
+    ./dev bench production [--duration 4] [--repeats 3] [--redis redis://127.0.0.1:6379/0] [--compare CHECKOUT]
+
+--compare runs every gateway arm a second time from another checkout of llm-triage (say, the main branch's), in
+the same run and interleaved: a before/after table with the noise falling on both.
 
 Arms, each one gateway process (every arm has the same tier limits: requests, tokens and concurrency per
 minute, all far above what the bench sends, so that every request pays for every limit):
@@ -168,6 +171,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="repeats of every cell, arms interleaved (default 3)")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="the Redis the production arms use")
     ap.add_argument("--arms", nargs="*", choices=list(ARMS), default=list(ARMS), help="gateway arms to run")
+    ap.add_argument("--compare", type=Path, help="another checkout whose gateway runs every arm too (before/after)")
     args = ap.parse_args()
     if args.duration <= 0 or args.repeats < 1:
         ap.error("--duration must be positive and --repeats at least 1")
@@ -192,14 +196,18 @@ def main() -> int:
         arms.append(
             Arm("bare pass-through", f"http://127.0.0.1:{bare_port}/v1/chat/completions", bare.pid, "bench-model")
         )
+        checkouts = [(ROOT, "")] + ([(args.compare.resolve(), f" ({args.compare.name})")] if args.compare else [])
         for name in args.arms:
-            port = free_port()
-            config = tmp / f"gateway-{port}.yaml"
-            config.write_text(json.dumps(gateway_config(tmp, port, upstream, (args.redis, prefix), name)))
-            gw = start([sys.executable, "-m", "router", "serve", "--config", str(config)], 0, tmp / f"{port}.log")
-            procs.append(gw)
-            wait_http(f"http://127.0.0.1:{port}/health", 30)
-            arms.append(Arm(name, f"http://127.0.0.1:{port}/v1/chat/completions", gw.pid, "auto"))
+            for checkout, label in checkouts:
+                port = free_port()
+                config = tmp / f"gateway-{port}.yaml"
+                config.write_text(json.dumps(gateway_config(tmp, port, upstream, (args.redis, prefix), name)))
+                # env -C: `python -m` puts the working folder first on sys.path, so it picks the checkout
+                cmd = ["env", "-C", str(checkout), sys.executable, "-m", "router", "serve", "--config", str(config)]
+                gw = start(cmd, 0, tmp / f"{port}.log")
+                procs.append(gw)
+                wait_http(f"http://127.0.0.1:{port}/health", 30)
+                arms.append(Arm(name + label, f"http://127.0.0.1:{port}/v1/chat/completions", gw.pid, "auto"))
         print(
             f"arms: {', '.join(a.target for a in arms)}; {args.repeats} x {args.duration:g} s per cell", file=sys.stderr
         )

@@ -175,6 +175,11 @@ class RedisLimiter:
         self._batch = ScriptBatch(self._redis, max_in_flight=max_connections)
         self.unsettled = 0  # give-backs the store did not take (each reservation then stands until it expires)
 
+    @property
+    def batch(self) -> ScriptBatch:
+        """Where this limiter's calls queue: other stores on the same Redis may share its round trips."""
+        return self._batch
+
     async def _call(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
         return await self._reply(self._batch.call(script, keys, args))
 

@@ -1,7 +1,8 @@
-"""Script calls made in one turn of the event loop go to Redis together: one pipeline, one write, the replies read
-in order. Concurrent requests then share round trips (an admission with the settlements of requests that just
-ended, many admissions at once), and a call that need not be waited for (a settlement that only gives back) costs
-its request nothing.
+"""Calls made in one turn of the event loop go to Redis together: one pipeline, one write, the replies read in
+order. Concurrent requests then share round trips (an admission with the settlements of requests that just ended,
+many admissions at once), one request's admission shares one with its conversation lookup (the limiter and the
+conversation memory hold the same batch), and a call that need not be waited for (a settlement that only gives
+back) costs its request nothing.
 
 Calls leave in the order they were made; a batch waits while `max_in_flight` batches are out, and grows."""
 
@@ -20,7 +21,7 @@ __all__ = ["ScriptBatch"]
 
 log = logging.getLogger("triage.redis")
 
-Call = tuple[AsyncScript, list[str], list[str | int], "asyncio.Future[Any]"]
+Call = tuple[tuple[Any, ...], AsyncScript | None, "asyncio.Future[Any]"]  # the command, its script, its reply
 
 
 class ScriptBatch:
@@ -36,9 +37,16 @@ class ScriptBatch:
     def call(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> asyncio.Future[Any]:
         """Queue one script call; the future holds its reply, or the error that stopped it (a Redis error reply
         is that call's alone: the rest of its batch is unaffected)."""
+        return self._queued(("EVALSHA", script.sha, len(keys), *keys, *args), script)
+
+    def command(self, *args: str | int) -> asyncio.Future[Any]:
+        """Queue one plain command (GET key, ...), as `call` does."""
+        return self._queued(args, None)
+
+    def _queued(self, command: tuple[Any, ...], script: AsyncScript | None) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((script, keys, args, future))
+        self._queue.append((command, script, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)  # after every call this turn of the loop makes
@@ -55,7 +63,7 @@ class ScriptBatch:
 
     def _flush(self) -> None:
         self._scheduled = False
-        calls = [c for c in self._queue if not c[3].done()]  # cancelled before it left: never sent
+        calls = [c for c in self._queue if not c[2].done()]  # cancelled before it left: never sent
         self._queue = []
         for start in range(0, len(calls), self._max_batch):
             task = asyncio.ensure_future(self._send(calls[start : start + self._max_batch]))
@@ -68,7 +76,8 @@ class ScriptBatch:
                 replies = await self._pipeline(calls)
                 missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
                 if missing:  # Redis restarted or flushed its scripts: they did not run; load them and send those again
-                    for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                    scripts = {id(s): s for i in missing if (s := calls[i][1]) is not None}
+                    for script in scripts.values():
                         await self._redis.script_load(script.script)
                     again = await self._pipeline([calls[i] for i in missing])
                     for i, reply in zip(missing, again, strict=True):
@@ -90,8 +99,8 @@ class ScriptBatch:
 
     async def _pipeline(self, calls: list[Call]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
-        for script, keys, args, _ in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        for command, _, _ in calls:
+            pipe.execute_command(*command)
         self.sent += 1
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies

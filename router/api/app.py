@@ -185,7 +185,7 @@ def _ledger(settings: Settings) -> QueuedLedger[DecisionRecord] | None:
     return SqliteLedger(cfg.path)
 
 
-def _conversations(settings: Settings) -> MemoryConversations | RedisConversations | None:
+def _conversations(settings: Settings, limiter: RedisLimiter | None) -> MemoryConversations | RedisConversations | None:
     """Where conversations' routing is remembered: Redis when limits use it (replicas agree), else in process."""
     routing = settings.routing
     if routing.conversation == "per_turn" and all(
@@ -199,6 +199,7 @@ def _conversations(settings: Settings) -> MemoryConversations | RedisConversatio
             prefix=settings.limits.key_prefix,
             timeout=settings.limits.redis_timeout,
             max_entries=routing.conversation_max,
+            batch=limiter.batch if limiter is not None else None,  # a lookup rides with its admission
         )
     return MemoryConversations(max_entries=routing.conversation_max)
 
@@ -337,7 +338,7 @@ def create_app(
     redis_limiter = _redis_limiter(settings)
     ledger = _ledger(settings)
     pairs = _pairs(settings)
-    conversations = _conversations(settings)
+    conversations = _conversations(settings, redis_limiter)
     scores = _scores(settings)
     shadow = settings.routing.shadow
     cache = _cache(settings)

@@ -10,7 +10,7 @@ HTTP framework, Redis or classifier here."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from router.core.ports import Backend, ConversationMemory, PairSink, ResponseCac
 from router.core.shadow import ShadowGate
 from router.core.share import ShareTargets
 from router.core.tiers import Caller, Tier, allowed_role
-from router.core.types import Decision, Reason, Routed, Worker
+from router.core.types import Decision, Reason, Role, Routed, Worker
 from router.errors import ModelNotFound, PermissionDenied, RateLimited, TriageError
 from router.protocol import GenerationRequest, choices, prompt_text
 from router.service.admission import AdmissionControl
@@ -175,6 +175,24 @@ class RoutingService:
     async def _handle(self, ctx: RequestContext, cache_bypass: bool) -> Outcome:
         caller, request = ctx.caller, ctx.request
         named = self._named(request, caller.tier)
+        cascade = caller.tier.cascade and named is None and not request.stream and choices(request) == 1
+        # Asked for before admission: a later turn's lookup leaves with the admission (one round trip in Redis).
+        turn = self._recall(ctx) if named is None and not cascade else None
+        try:
+            return await self._admitted(ctx, cache_bypass, named, cascade, turn)
+        finally:
+            if turn is not None:
+                turn.cancel()  # a no-op once it has answered
+
+    async def _admitted(
+        self,
+        ctx: RequestContext,
+        cache_bypass: bool,
+        named: tuple[Worker, ...] | None,
+        cascade: bool,
+        turn: Turn | None,
+    ) -> Outcome:
+        caller, request = ctx.caller, ctx.request
         try:
             ctx.admission = await self._admission.admit(caller, request, ctx.payload)
         except RateLimited:
@@ -191,10 +209,12 @@ class RoutingService:
                     await self._admission.settle(caller, ctx.admission, 0)  # nothing was generated
                     settled = True
                     return Outcome(cached.routed, cached.reply, limit_headers, "hit")
-            if caller.tier.cascade and named is None and not request.stream and choices(request) == 1:
+            if cascade:
                 outcome = await self._cascade.run(ctx)
             else:
-                routed, turn = await self._steered(ctx, self.route(request, caller.tier, named), named is None)
+                routed = self.route(request, caller.tier, named)
+                if turn is not None and self._conversations is not None:
+                    routed = await self._conversations.steer(ctx, routed, turn, self._picker(request))
                 outcome = await self._dispatch.serve(ctx, routed)
                 if turn is not None and self._conversations is not None:
                     await self._conversations.remember(turn, outcome.routed.worker.role)
@@ -209,13 +229,15 @@ class RoutingService:
             if not settled:  # failed or cancelled: the reservation stands, the slot is freed
                 await self._admission.settle(caller, ctx.admission, None)
 
-    async def _steered(self, ctx: RequestContext, routed: Routed, auto: bool) -> tuple[Routed, Turn | None]:
-        """A routed turn under its tier's conversation policy (unchanged without a conversation memory)."""
-        if self._conversations is None or not auto:
-            return routed, None
-        policy = self._policy.conversation_for(ctx.caller.tier)
-        by_role, request = self._dispatch.by_role, ctx.request
-        return await self._conversations.steer(ctx, routed, policy, lambda r: self._dispatch.pick(by_role[r], request))
+    def _recall(self, ctx: RequestContext) -> Turn | None:
+        """A routed turn under its tier's conversation policy (None without a conversation memory)."""
+        if self._conversations is None:
+            return None
+        return self._conversations.recall(ctx, self._policy.conversation_for(ctx.caller.tier))
+
+    def _picker(self, request: GenerationRequest) -> Callable[[Role], Worker]:
+        by_role = self._dispatch.by_role
+        return lambda role: self._dispatch.pick(by_role[role], request)
 
     # -- the response cache ----------------------------------------------------------------------------
 

@@ -5,20 +5,27 @@ client, every packed write on a connection)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 
-from router.adapters.limiter_redis import RedisLimiter
+from router.adapters.limiter_redis import ADMIT, RedisLimiter
 from router.adapters.redis_batch import ScriptBatch
+from router.api.app import create_app
 from router.core.limits import TierLimits
 from router.core.tiers import Caller, Tier
+from router.settings import CacheSettings, LimitsSettings, TierSettings
+from tests.api.conftest import settings_for
 from tests.limits.conftest import REDIS_URL, require_redis
+from tests.servers import serving
+from tests.upstream import make_upstream
 
 
 @pytest.fixture
@@ -148,3 +155,41 @@ async def test_an_error_reply_is_that_calls_alone(prefix: str) -> None:
     assert got[2] == b"c"
     assert batch.sent == 1
     await client.aclose()
+
+
+def test_a_later_turns_conversation_lookup_rides_with_its_admission(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the gateway: the admission script and the conversation memory's GET leave in one write."""
+    sent: list[bytes] = []
+    original = AbstractConnection.send_packed_command
+
+    async def recorded(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        sent.append(command if isinstance(command, bytes) else b"".join(command))
+        await original(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recorded)
+    admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest().encode()
+    later_turn = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and?"},
+    ]
+    with serving(make_upstream("tiny-small")) as small, serving(make_upstream("tiny-large")) as large:
+        settings = settings_for(f"{small.url}/v1", f"{large.url}/v1").model_copy(
+            update={
+                "limits": LimitsSettings(redis_url=REDIS_URL, key_prefix=prefix),
+                "tiers": {"anonymous": TierSettings(requests_per_minute=2)},
+                "cache": CacheSettings(enabled=False),
+            }
+        )
+        with serving(create_app(settings)) as gw:
+            # the first also opens the connections and loads the scripts; the third is refused, and the lookup
+            # it had started is dropped
+            codes = [
+                httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "auto", "messages": later_turn}).status_code
+                for _ in range(3)
+            ]
+    assert codes == [200, 200, 429]
+    together = [w for w in sent if admit_sha in w and b"GET" in w and f"{prefix}:conv:".encode() in w]
+    assert together, "the admission and the conversation lookup went in separate writes"

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from classifiers.answer import ANSWER_STRUCTURE, answer_structure, split_answer_text
+from classifiers.tasks import TASKS, task_kind
 
 __all__ = ["STRUCTURE", "FeatureSpec", "Featurizer", "structure"]
 
@@ -57,11 +58,15 @@ class FeatureSpec:
     # An answer scorer's text is answer_text(prompt, answer): the prompt's features, the same features of the
     # answer in a second block, then the answer's own structure (classifiers.answer).
     answer: bool = False
+    # Task-type indicators (classifiers.tasks) after the structure counts: what kind of request a prompt is.
+    tasks: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        if not self.answer:
-            del data["answer"]  # files written before answer scorers existed stay byte for byte the same
+        # Files written before answer scorers and task indicators existed stay byte for byte the same.
+        for name in ("answer", "tasks"):
+            if not data[name]:
+                del data[name]
         return data
 
     @classmethod
@@ -74,6 +79,7 @@ class FeatureSpec:
             structure_weight=float(data["structure_weight"]),
             max_chars=int(data["max_chars"]),
             answer=bool(data.get("answer", False)),
+            tasks=bool(data.get("tasks", False)),
         )
 
     @property
@@ -85,9 +91,13 @@ class FeatureSpec:
         return self.char_offset + ((1 << self.char_bits) if self.char_bits else 0)
 
     @property
+    def task_offset(self) -> int:
+        return self.structure_offset + (len(STRUCTURE) if self.structure else 0)
+
+    @property
     def text_width(self) -> int:
         """Columns for one text (the prompt, or the answer of an answer scorer)."""
-        return self.structure_offset + (len(STRUCTURE) if self.structure else 0)
+        return self.task_offset + (len(TASKS) if self.tasks else 0)
 
     @property
     def width(self) -> int:
@@ -268,6 +278,10 @@ class Featurizer:
         if spec.structure:
             values = np.asarray(structure(text), np.float32) * np.float32(spec.structure_weight)
             parts.append((np.arange(len(values), dtype=np.int64) + spec.structure_offset, values))
+        if spec.tasks:
+            parts.append(
+                (np.arange(len(TASKS), dtype=np.int64) + spec.task_offset, np.asarray(task_kind(text), np.float32))
+            )
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def short_row(self, text: str) -> tuple[list[int], array.array[float]] | None:
@@ -302,4 +316,7 @@ class Featurizer:
                 val += counts
             else:  # multiplied in float32, as _text_row does: the same bits
                 val += (np.asarray(counts, np.float32) * np.float32(spec.structure_weight)).tolist()
+        if spec.tasks:  # 0/1 values: exact in float32
+            idx += range(spec.task_offset, spec.task_offset + len(TASKS))
+            val += task_kind(text)
         return idx, val

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 
 from classifiers import ClassifierFileError
 from router.errors import ConfigError
-from router.processes import CHILD_ENV, reuse_port_socket, supervise
+from router.processes import CHILD_ENV, holding_sighup, reuse_port_socket, supervise, watch_parent
 from router.settings import RoutingSettings, ServerSettings, Settings, WorkerSettings, load_settings
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     import uvicorn
 
-    from router.api.app import ShutdownClock
+    from router.api.wiring import ShutdownClock
 
 __all__ = ["build_settings", "main", "parser"]
 
@@ -107,6 +108,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = build_settings(args)
     child = bool(os.environ.get(CHILD_ENV))
+    if child and os.environ[CHILD_ENV].isdigit():
+        watch_parent(int(os.environ[CHILD_ENV]))  # never serve the port on after the supervisor is gone
     if args.workers < 1:
         raise ConfigError("--workers: at least 1")
     logging.basicConfig(
@@ -214,8 +217,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    # SIGHUP asks a running gateway to reload; one that lands while `serve` starts must not end it.
+    with holding_sighup() if given[:1] == ["serve"] else contextlib.nullcontext():
+        return _run(given)
+
+
+def _run(given: list[str]) -> int:
+    args = parser().parse_args(given)
+    args.argv = given
     try:
         code: int = args.run(args)
     except (ConfigError, ClassifierFileError, FileNotFoundError, ValueError) as exc:

@@ -3,6 +3,7 @@ unknown fields are allowed and the forwarded body is the caller's own dict, not 
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, TypeGuard
 
 import orjson
@@ -19,6 +20,7 @@ __all__ = [
     "ChatMessage",
     "CompletionRequest",
     "GenerationRequest",
+    "Prompt",
     "StreamOptions",
     "affinity_key",
     "asking_usage",
@@ -288,3 +290,25 @@ def encode(payload: dict[str, Any]) -> bytes:
 def error_body(message: str, type_: str, code: str | int | None, param: str | None = None) -> bytes:
     """OpenAI's error envelope."""
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+class Prompt:
+    """What the flows read of a request's prompt, computed once per request and only when first read: its text
+    (scored, stored, judged), its token estimate (reserved, settled) and its affinity key (balanced)."""
+
+    __slots__ = ("__dict__", "request")
+
+    def __init__(self, request: GenerationRequest) -> None:
+        self.request = request
+
+    @functools.cached_property
+    def text(self) -> str:
+        return prompt_text(self.request)
+
+    @functools.cached_property
+    def tokens(self) -> int:
+        return prompt_tokens(self.request)
+
+    @functools.cached_property
+    def affinity(self) -> bytes:
+        return affinity_key(self.request)

@@ -187,6 +187,9 @@ class ServerSettings(_Strict):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = False
     discover_timeout: float = Field(default=60.0, ge=0)  # seconds to wait for workers at start
+    # Under --workers N: seconds between copies of each process's read metrics (queue depth, limiter errors...)
+    # into the files that /metrics sums; request counters are written at once.
+    metrics_refresh: float = Field(default=1.0, gt=0, le=60)
 
 
 class TierSettings(_Strict):

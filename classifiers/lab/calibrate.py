@@ -19,6 +19,7 @@ __all__ = [
     "PromptRecord",
     "read_prompts",
     "threshold_for_budget",
+    "threshold_for_mean_quality",
     "threshold_for_quality",
     "threshold_for_share",
 ]
@@ -99,3 +100,21 @@ def threshold_for_quality(scores: Floats, small: Floats, large: Floats, floor: f
     reached = np.flatnonzero(curve.quality >= target - 1e-12)
     share = float(curve.share[reached[0]]) if len(reached) else 1.0
     return threshold_for_share(s, share)
+
+
+def threshold_for_mean_quality(
+    scores: np.ndarray, small: np.ndarray, large: np.ndarray, groups: Sequence[np.ndarray], floor: float
+) -> float:
+    """The highest threshold (fewest large-model calls) whose quality, as a share of the large model's, averages
+    at least `floor` over the groups (index arrays into scores, small and large), each group weighing the same;
+    -inf if none does. Pooled items would let the largest group set the threshold for traffic that looks nothing
+    like it. One sort per group: every candidate threshold is scored at once."""
+    candidates = np.unique(np.concatenate([scores[g] for g in groups]))[::-1]
+    kept = np.zeros(len(candidates))
+    for g in groups:
+        s, sm, lg = scores[g], small[g], large[g]
+        gained = np.concatenate([[0.0], np.cumsum((lg - sm)[np.argsort(-s, kind="stable")])])
+        sent = len(s) - np.searchsorted(np.sort(s), candidates, "left")  # items at or above each threshold
+        kept += (sm.sum() + gained[sent]) / len(s) / lg.mean()
+    reached = np.flatnonzero(kept / len(groups) >= floor - 1e-12)
+    return float(candidates[reached[0]]) if len(reached) else float("-inf")

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from classifiers.lab.matrix import feature_matrix
 
-__all__ = ["OWN_TRAFFIC", "add_commands"]
+__all__ = ["OWN_TRAFFIC", "OWN_TRAFFIC_MIX", "add_commands"]
 
 OWN_TRAFFIC = "own traffic"  # the learning-curve protocol of `triage classifier eval`
+OWN_TRAFFIC_MIX = "own traffic mix"  # the same on a pooled mix of families the prior never saw
 TURN_TWO = "turn 2"  # MT-Bench's second turns: context-aware scoring and conversation policies
 
 
@@ -106,8 +107,7 @@ def _train_prior(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     meta: dict[str, object] = {
         "recipe": args.recipe,
         "trained_on": {f.name: len(f.items) for f in families},
-        "label": "blend of hashed word n-grams fitted to the RouteLLM pair's outcome gap and structure counts fitted "
-        "to open small models' failure rate (classifiers/lab/lodo.py), Platt-scaled to P(large better)",
+        "label": f"recipe {args.recipe} (classifiers/lab/lodo.py), Platt-scaled to P(large better)",
     }
     model = fit_prior(families, args.recipe, meta=meta, progress=say)
     out = Path(args.out or default_path())
@@ -122,28 +122,38 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     from classifiers.lab.families import PEER_LARGE, load_families
     from classifiers.lab.lodo import (
         MIN_GAP,
+        PREVIOUS_PRIOR,
         PRIOR,
         RECIPES,
         FamilyResult,
         familiarity_effect,
+        held_out_fits,
         held_out_scores,
         in_family,
         kfold_within,
+        large_shares,
         oracles,
         random_spread,
         score_family,
     )
+    from classifiers.lab.lodo_report import level_table, pooled_table
 
-    names = args.recipe or ["shipped-v1", PRIOR]
+    names = args.recipe or ["shipped-v1", PREVIOUS_PRIOR, PRIOR]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise SystemExit(f"unknown recipe {unknown[0]!r}; known: {', '.join(RECIPES)}")
     families = list(load_families(args.data).values())
-    spec = FeatureSpec()
+    recipes = [RECIPES[n] for n in names]
+    # Only the features some recipe reads: byte n-grams are most of the hashing, and the matrix's width
+    spec = FeatureSpec(
+        char_bits=FeatureSpec().char_bits if any(r.reads_bytes() for r in recipes) else 0,
+        tasks=any(r.reads_tasks() for r in recipes),
+    )
     say(f"featurizing {sum(len(f.items) for f in families)} prompts from {len(families)} families")
     X = feature_matrix(spec, [p for f in families for p in f.prompts])
     spread, mean_spread = random_spread(families)
-    scores = {n: held_out_scores(X, spec, families, RECIPES[n], say) for n in names}
+    fits = {n: held_out_fits(X, spec, families, RECIPES[n], say) for n in names}
+    scores = {n: held_out_scores(X, spec, families, RECIPES[n], fits=fits[n]) for n in names}
     results = {n: [score_family(f, s) for f, s in zip(families, scores[n], strict=True)] for n in names}
     mmlu = {n: kfold_within(X, spec, families, RECIPES[n], "mmlu").apgr for n in names}
     say("in-family reference (each family's own outcomes, 5-fold)")
@@ -179,6 +189,8 @@ def _eval_lodo(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     pair_means = " | ".join(f"{mean(rs, pair):.3f}" for rs in runs)
     print(f"| mean, families graded GPT-4 vs Mixtral | | | | | {pair_means} |")
     print("| MMLU 5-fold (in-family, for reference) | | | | | " + " | ".join(f"{mmlu[n]:.3f}" for n in names) + " | |")
+    print(pooled_table(families, scores, {n: mean(results[n]) for n in names}, mean_spread))
+    print(level_table(families, {n: large_shares(X, families, fits[n]) for n in names}))
     last = {r.family: r.apgr for r in results[names[-1]]}
     known = oracles(families)
     print("\n## routing by what other models actually did on each item (families scored with the open pair)")
@@ -227,6 +239,22 @@ def _eval_turn_two(args: argparse.Namespace, say: Callable[[str], None]) -> None
     print(f"| random (200 permutations) | {mean:.3f} ±{spread:.3f} | | |")
 
 
+def _eval_families(args: argparse.Namespace, say: Callable[[str], None], wanted: set[str]) -> None:
+    """The protocols over every task family (after the per-benchmark ones), in this order."""
+    if "lodo" in wanted:
+        _eval_lodo(args, say)
+    if TURN_TWO in wanted:
+        _eval_turn_two(args, say)
+    if OWN_TRAFFIC in wanted:
+        from classifiers.lab.cli_outcomes import eval_own_traffic
+
+        eval_own_traffic(args, say)
+    if OWN_TRAFFIC_MIX in wanted:
+        from classifiers.lab.cli_outcomes import eval_own_traffic_mix
+
+        eval_own_traffic_mix(args, say)
+
+
 def _eval(args: argparse.Namespace) -> int:
     _need_training_libraries()
     from classifiers.lab.evaluate import PROTOCOLS, ROUTELLM_PUBLISHED, run_protocols
@@ -238,17 +266,20 @@ def _eval(args: argparse.Namespace) -> int:
 
         return eval_outcomes(args)
     protocols = tuple(args.protocol) if args.protocol else (*PROTOCOLS, "lodo")
-    lodo_too = "lodo" in protocols
-    own_too = OWN_TRAFFIC in protocols
-    turn_two_too = TURN_TWO in protocols
-    protocols = tuple(p for p in protocols if p not in ("lodo", OWN_TRAFFIC, TURN_TWO))
-    results = run_protocols(
-        root=args.data,
-        alpha=args.alpha or DEFAULT_ALPHA,
-        price_small=args.small_price,
-        price_large=args.large_price,
-        protocols=protocols,
-        progress=say,
+    protocols_all = protocols
+    protocols = tuple(p for p in protocols if p not in ("lodo", OWN_TRAFFIC, OWN_TRAFFIC_MIX, TURN_TWO))
+    # (run_protocols featurizes every benchmark first: half a minute wasted when only family protocols are asked)
+    results = (
+        run_protocols(
+            root=args.data,
+            alpha=args.alpha or DEFAULT_ALPHA,
+            price_small=args.small_price,
+            price_large=args.large_price,
+            protocols=protocols,
+            progress=say,
+        )
+        if protocols
+        else []
     )
     if args.format == "json":
         print(json.dumps([r.to_json() for r in results], indent=2))
@@ -273,14 +304,7 @@ def _eval(args: argparse.Namespace) -> int:
                     f"| RouteLLM (published, arena-trained) | {'-' if apgr is None else f'{apgr:.3f}'} | | | "
                     f"~{_pct(published['share_at_95'])} | | |"
                 )
-    if lodo_too:
-        _eval_lodo(args, say)
-    if turn_two_too:
-        _eval_turn_two(args, say)
-    if own_too:
-        from classifiers.lab.cli_outcomes import eval_own_traffic
-
-        eval_own_traffic(args, say)
+    _eval_families(args, say, set(protocols_all))
     if args.plots:
         from classifiers.lab.plots import plot_results
 
@@ -358,7 +382,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     t.add_argument(
         "--recipe",
         default=PRIOR,
-        help=f"how to train across all task families (default {PRIOR}, the leave-one-family-out winner); "
+        help=f"how to train across all task families (default {PRIOR}, the pooled leave-one-family-out winner); "
         "ignored with --benchmarks or --answers",
     )
     t.add_argument(
@@ -386,12 +410,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     e.add_argument(
         "--protocol",
         action="append",
-        help="run only this protocol (repeatable; `lodo`: leave one family out; `own traffic`: the learning curve)",
+        help="run only this protocol (repeatable; `lodo`: leave one family out; `own traffic`: the learning curve "
+        "per family; `own traffic mix`: on a pooled mix of families the prior never saw)",
     )
     e.add_argument("--outcomes", nargs="+", metavar="FILE", help="judge --model on these held-out outcomes instead")
     e.add_argument("--model", help="with --outcomes: the classifier file to judge (default: the shipped one)")
     e.add_argument(
-        "--recipe", action="append", help="with lodo: a recipe to evaluate (repeatable; see classifiers/lab/lodo.py)"
+        "--recipe",
+        action="append",
+        help="with lodo: a recipe to evaluate (repeatable; see classifiers/lab/lodo.py); with `own traffic mix`: the "
+        "prior's recipe (default: the shipped one's)",
     )
     e.add_argument("--small-price", type=float, default=0.24, help="USD per million tokens (default 0.24)")
     e.add_argument("--large-price", type=float, default=24.7, help="USD per million tokens (default 24.7)")

@@ -14,7 +14,14 @@ from classifiers.lab.matrix import feature_matrix
 from classifiers.lab.outcomes import Outcome, OutcomesError, read_outcomes
 from classifiers.model import Classifier
 
-__all__ = ["calibrate_outcomes", "eval_outcomes", "eval_own_traffic", "load_or_exit", "train_outcomes"]
+__all__ = [
+    "calibrate_outcomes",
+    "eval_outcomes",
+    "eval_own_traffic",
+    "eval_own_traffic_mix",
+    "load_or_exit",
+    "train_outcomes",
+]
 
 DEFAULT_OUT = "own-classifier.json"
 DEFAULT_ANSWERS_OUT = "own-answer-scorer.json"
@@ -67,8 +74,12 @@ def train_outcomes(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     key = "cascade.answer_scorer" if args.answers else "routing.classifier_path"
+    check = model.meta.get("own_check")
+    if isinstance(check, dict):
+        print(("PRIOR KEPT: " if model.meta["prior_kept"] else "") + str(check["verdict"]))
+    clusters = f", {model.meta['own_clusters']} clusters of your prompts" if model.meta.get("own_clusters") else ""
     say(
-        f"wrote {out}: own model weight {model.meta['own_weight']}, suggested threshold "
+        f"wrote {out}: own model weight {model.meta['own_weight']}{clusters}, suggested threshold "
         f"{model.meta['suggested_threshold']}; point {key} at it and send the gateway SIGHUP to load it"
     )
     return 0
@@ -175,3 +186,42 @@ def eval_own_traffic(args: argparse.Namespace, say: Callable[[str], None]) -> No
         gains.append(f"**{np.mean([a - b for a, b in rows]):+.3f}** ({len(rows)})" if rows else "-")
     print("| **mean gain over the prior on the same items** (families) | | " + " | ".join(gains) + " |")
     print("\n(in brackets: the prior alone on the same held-out items)")
+
+
+MIX_KS = (50, 100, 300, 1000)
+
+
+def eval_own_traffic_mix(args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    """The learning curve on the pooled mix (classifiers.lab.own_mix), for the prompt classifier and the answer
+    scorer: pooled APGR against the number of own outcomes, mean ± sd over 5 draws."""
+    from classifiers.lab.families import load_families
+    from classifiers.lab.lodo import PRIOR, RECIPES
+    from classifiers.lab.own_mix import MIX, build_mix, in_answer_space, mix_curve, mix_prior, small_answers
+
+    name = (args.recipe or [PRIOR])[-1]
+    if name not in RECIPES:
+        raise SystemExit(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    families = list(load_families(args.data).values())
+    say(f"training the prior ({name}) on the {len(families) - len(MIX)} families outside the mix")
+    spec, prior = mix_prior(families, RECIPES[name])
+    answer_spec, answer_prior = in_answer_space(spec, prior)
+    mixes = {
+        "prompt classifier": build_mix(families, spec, prior),
+        "answer scorer": build_mix(families, answer_spec, answer_prior, small_answers(args.data)),
+    }
+    print(
+        f"\n## own traffic, pooled mix: {', '.join(MIX)} pooled, each family weighing the same; k own outcomes "
+        f"drawn from the mix, the rest scored; prior: {name} trained on the llmrouter families alone (none of the "
+        "three); pooled APGR, mean ±sd over 5 draws\n"
+    )
+    for what, mix in mixes.items():
+        say(f"{what}: learning curve")
+        results, (mean, sd) = mix_curve(mix, MIX_KS, 5, say)
+        sizes = ", ".join(f"{n} {len(r)}" for n, r in zip(mix.names, mix.rows, strict=True))
+        print(f"\n### {what} (items: {sizes})\n")
+        print("| router | " + " | ".join(f"k = {k}" for k in MIX_KS) + " |")
+        print("|---|" + "---:|" * len(MIX_KS))
+        for router in dict.fromkeys(r.router for r in results):
+            cells = {r.k: f"{r.mean:.3f} ±{r.sd:.3f}" for r in results if r.router == router}
+            print(f"| {router} | " + " | ".join(cells.get(k, "-") for k in MIX_KS) + " |")
+        print(f"| random (200 draws, whole mix) | {mean:.3f} ±{sd:.3f} | | | |")

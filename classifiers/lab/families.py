@@ -23,7 +23,7 @@ from pathlib import Path
 
 from classifiers.lab.data import load_benchmark
 
-__all__ = ["FAMILIES", "PEER_LARGE", "Family", "FamilyItem", "load_families"]
+__all__ = ["FAMILIES", "LARGE_OPEN_MODELS", "PEER_LARGE", "Family", "FamilyItem", "load_families"]
 
 LLMROUTER_SMALL = "mistral-7b-instruct-v0.3"
 LLMROUTER_LARGE = "llama-3.1-nemotron-51b-instruct"
@@ -36,6 +36,8 @@ SMALL_OPEN_MODELS = (
     "llama3-chatqa-1.5-8b",
     "mistral-7b-instruct-v0.3",
 )
+# llama3-chatqa-1.5-70b is left out: it scores about 0 on multiple choice (formatting, see PROVENANCE.md).
+LARGE_OPEN_MODELS = (LLMROUTER_LARGE, PEER_LARGE)
 FAMILIES = (
     "mmlu",
     "gsm8k",
@@ -65,6 +67,9 @@ class FamilyItem:
     # another large model's outcome.
     peer_failure: float = float("nan")
     peer_large: float = float("nan")
+    # The open models' gain from size (llmrouter only, else nan): the two ~50B models' mean outcome minus the six
+    # 7-9B models' mean. A training label: where scale gains, less noisy than one pair's outcome gap.
+    open_gap: float = float("nan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,7 @@ def _llmrouter(folder: Path) -> dict[str, list[FamilyItem]]:
             "llmrouter",
             peer_failure=1.0 - sum(float(scores[m]) for m in peers) / len(peers),
             peer_large=float(scores[PEER_LARGE]),
+            open_gap=sum(float(scores[m]) for m in LARGE_OPEN_MODELS) / len(LARGE_OPEN_MODELS) - (1.0 - proxy),
         )
         out.setdefault(tasks[question], []).append(item)
     return out

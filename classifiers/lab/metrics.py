@@ -9,15 +9,34 @@ linear across ties (which is random tie-breaking in expectation).
   APGR     = integral of PGR over x in [0, 1]            0.5 for a random router
   CPT(p)   = least x with PGR(x) >= p                    call-performance threshold
   share at 95% = least x with q(x) >= 0.95 * q_large
+
+Pooled: a gateway sees a mix of kinds of request, so families are also judged as one stream. Each family's items
+weigh 1/n_family (every family counts the same, whatever its size), and the curve runs over the weighted pool:
+it asks whether the scores rank items within a family well AND put the families that gain most first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Curve", "RouteMetrics", "oracle_curve", "random_curve", "route_metrics", "routing_curve"]
+__all__ = [
+    "Curve",
+    "Part",
+    "RouteMetrics",
+    "oracle_curve",
+    "pooled_curve",
+    "pooled_random",
+    "pooled_route_metrics",
+    "random_curve",
+    "route_metrics",
+    "routing_curve",
+]
+
+# One family's held-out (scores, small outcomes, large outcomes), equal lengths.
+Part = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,17 +45,26 @@ class Curve:
     quality: np.ndarray  # q(x)
 
 
-def routing_curve(scores: np.ndarray, small: np.ndarray, large: np.ndarray) -> Curve:
+def routing_curve(scores: np.ndarray, small: np.ndarray, large: np.ndarray, weights: np.ndarray | None = None) -> Curve:
+    """`weights`: each item's weight in the share and the quality (default: all alike)."""
     scores, small, large = (np.asarray(a, dtype=np.float64) for a in (scores, small, large))
     n = len(scores)
     order = np.argsort(-scores, kind="stable")
-    gain = np.cumsum((large - small)[order])
     sorted_scores = scores[order]
     # Cut only where the next score differs: a threshold cannot separate equal scores.
     cuts = np.flatnonzero(np.diff(sorted_scores) != 0) + 1
     ks = np.concatenate([[0], cuts, [n]])
-    gains = np.concatenate([[0.0], gain])[ks]
-    return Curve(ks / n, (small.sum() + gains) / n)
+    if weights is None:
+        gain = np.cumsum((large - small)[order])
+        gains = np.concatenate([[0.0], gain])[ks]
+        return Curve(ks / n, (small.sum() + gains) / n)
+    w = np.asarray(weights, dtype=np.float64)
+    total = float(w.sum())
+    mass = np.concatenate([[0.0], np.cumsum(w[order])])[ks]
+    gains = np.concatenate([[0.0], np.cumsum((w * (large - small))[order])])[ks]
+    share = mass / total
+    share[-1] = 1.0  # exactly, whatever the rounding of the sum
+    return Curve(share, (float((w * small).sum()) + gains) / total)
 
 
 def random_curve(small: np.ndarray, large: np.ndarray) -> Curve:
@@ -99,3 +127,47 @@ def route_metrics(
         saved_free_small=1 - share95,
         saved_priced=1 - cost / price_large,
     )
+
+
+def _pool(parts: Sequence[Part]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, small, large, weights) of the pool: every family's items, each weighing 1/n_family."""
+    if not parts:
+        raise ValueError("pooling needs at least one family")
+    arrays = [tuple(np.asarray(a, dtype=np.float64).ravel() for a in part) for part in parts]
+    for k, (s, lo, hi) in enumerate(arrays):
+        if not len(s) or not len(s) == len(lo) == len(hi):
+            raise ValueError(f"family {k}: scores, small and large must be non-empty and of equal length")
+    scores, small, large = (np.concatenate([a[j] for a in arrays]) for j in range(3))
+    weights = np.concatenate([np.full(len(a[0]), 1.0 / len(a[0])) for a in arrays])
+    return scores, small, large, weights
+
+
+def pooled_curve(parts: Sequence[Part]) -> tuple[Curve, float, float]:
+    """The routing curve of the families pooled into one stream with equal family weight, and the pool's
+    (q_small, q_large): the means of the families' own qualities."""
+    scores, small, large, weights = _pool(parts)
+    q_small = float((weights * small).sum() / weights.sum())
+    q_large = float((weights * large).sum() / weights.sum())
+    return routing_curve(scores, small, large, weights), q_small, q_large
+
+
+def pooled_route_metrics(parts: Sequence[Part], price_small: float = 0.24, price_large: float = 24.7) -> RouteMetrics:
+    """APGR, large share at 95% quality etc. of the pool (default prices: RouteLLM's Mixtral / GPT-4).
+    Raises ValueError when the pool's large model is not better than its small one (PGR is undefined)."""
+    curve, q_small, q_large = pooled_curve(parts)
+    if q_large - q_small <= 0:
+        raise ValueError(f"the pool has no gap to recover (q_small {q_small:.4f}, q_large {q_large:.4f})")
+    return route_metrics(curve, q_small, q_large, price_small, price_large)
+
+
+def pooled_random(parts: Sequence[Part], draws: int = 200, seed: int = 0) -> tuple[float, float]:
+    """A random router on the same pool: the (mean, standard deviation) of its pooled APGR over `draws` draws
+    of uniform scores. The spread is the noise a pooled figure has to clear."""
+    rng = np.random.default_rng(seed)
+    apgrs = np.array(
+        [
+            pooled_route_metrics([(rng.random(len(np.asarray(s))), lo, hi) for s, lo, hi in parts]).apgr
+            for _ in range(draws)
+        ]
+    )
+    return float(apgrs.mean()), float(apgrs.std())

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from classifiers.features import FeatureSpec
-from classifiers.lab.calibrate import threshold_for_quality
+from classifiers.lab.calibrate import threshold_for_mean_quality, threshold_for_quality
 from classifiers.lab.families import Family
 from classifiers.lab.matrix import feature_matrix
 from classifiers.model import Classifier
@@ -124,23 +124,11 @@ def fit_prior(
     calibrated = 1.0 / (1.0 + np.exp(-(a * oof + b)))
     groups = [r[graded[r]] for r in rows if graded[r].any()]
     info = dict(meta or {})
-    info["suggested_threshold"] = round(_balanced_threshold(calibrated, small, large, groups, 0.95), 6)
+    # Over the three families, each weighing the same: pooled, MMLU's 14,037 items would set it alone.
+    threshold = threshold_for_mean_quality(calibrated, small, large, groups, 0.95)
+    info["suggested_threshold"] = round(max(threshold, 0.0), 6)
     info["suggested_for"] = (
         "95% of the large model's quality on average over the GPT-4/Mixtral-graded families, each weighing "
         "the same (out of fold)"
     )
     return Classifier(spec, coef.astype(np.float32), float(intercept), (a, b), info)
-
-
-def _balanced_threshold(
-    scores: np.ndarray, small: np.ndarray, large: np.ndarray, groups: Sequence[np.ndarray], floor: float
-) -> float:
-    """The highest threshold (fewest large-model calls) whose quality, as a share of the large model's, averages
-    at least `floor` over the groups. Pooled items would let the largest family (MMLU: 91% of the graded items)
-    set the threshold for traffic that looks nothing like it."""
-    pooled = np.concatenate([scores[g] for g in groups])
-    for t in np.unique(pooled)[::-1]:
-        kept = [float(np.where(scores[g] >= t, large[g], small[g]).mean() / large[g].mean()) for g in groups]
-        if sum(kept) / len(kept) >= floor:
-            return float(t)
-    return 0.0

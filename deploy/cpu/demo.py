@@ -13,9 +13,8 @@ import httpx
 
 EASY = "What is the capital of France? Answer in one word."
 HARD = (
-    "A uniform rod of length 2 m pivots about one end and is released from rest in a horizontal position. "
-    "What is the angular speed of the rod as it passes through the vertical? (g = 9.8 m/s^2)\n"
-    "A. 2.7 rad/s\nB. 3.8 rad/s\nC. 4.4 rad/s\nD. 5.4 rad/s\nAnswer:"
+    "A train leaves a station at 3 pm at 60 km/h; a second train leaves the same station at 4 pm at 90 km/h on "
+    "the same track. How many kilometres from the station does the second train catch the first, and at what time?"
 )
 UNSURE = "Continue this sequence of made-up words: blorf, quandle, zix,"
 WEATHER_TOOL = {

@@ -1,24 +1,39 @@
 """A lean HTTP/1.1 client for workers reached over plain HTTP (vLLM beside the gateway or on its network): asyncio
 protocols and httptools' parser (uvicorn's, already a dependency), a keep-alive pool per worker, one request at
-a time per connection. Workers behind TLS go to the `tls` backend (aiohttp).
+a time per connection (no pipelining). Workers behind TLS go to the `tls` backend (aiohttp).
 
 Why not aiohttp here: in the gateway bench its client took about 100 us of CPU per proxied request (request and
 response objects, a writer task, timers, header multidicts), a third of a routed request; this one takes a
 fraction of that. What it keeps of aiohttp's behaviour: the same timeouts (whole answer; silence inside a
 stream; connecting), max_response_bytes, a dropped connection whenever an answer is abandoned (vLLM then aborts
-the generation), one retry on a fresh connection when a reused one turns out to be closed before answering."""
+the generation), and no POST sent twice.
+
+The protocol, as a client of one's own must get it right (the wire rules live in http1_connection;
+tests/api/worker_protocol/ try each point):
+- Interim answers (1xx: 100 Continue, 103 Early Hints) are skipped and the final answer is read: at most
+  MAX_INTERIM_ANSWERS of them, their heads counted in MAX_HEAD_BYTES with the final head and any trailers.
+  A 101 (switching protocols) is a failure: a worker speaks HTTP/1.1 here.
+- A connection returns to the pool only after an answer read to its end that the worker let it keep. Bytes a
+  worker sends outside an answer (after it, or on an idle connection) retire the connection; so does idling
+  longer than MAX_IDLE_SECONDS, below the keep-alive of the worker's server.
+- A request is written once. A pooled connection is checked on its socket just before the write: one that the
+  worker closed (or wrote to) while it sat idle is replaced, as urllib3 does, since the worker never read that
+  request. Once written, a lost connection is a failure (the gateway fails over), never a resend: the worker may
+  have read it (vLLM sends no head until a whole answer is done, so a worker dying mid-generation says nothing).
+- A body with neither a length nor chunking ends with the connection: an orderly close (FIN) ends it whole, a
+  reset (RST) is a failure, as is any close inside a body of known length or chunking."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httptools
-
 from router.adapters.backend import AiohttpBackend
+from router.adapters.http1_connection import Closed, Connection, TooLarge
 from router.core.ports import UpstreamReply, UpstreamStream
 from router.core.types import Worker
 from router.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
@@ -26,17 +41,10 @@ from router.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, Upstre
 __all__ = ["Http1Backend", "Http1Stream"]
 
 MAX_IDLE_PER_WORKER = 256  # idle keep-alive connections kept per worker; more are closed when returned
-HIGH_WATER = 256 * 1024  # stream bytes held before reading from the worker pauses (its own backpressure)
-MAX_HEAD_BYTES = 64 * 1024  # an answer's status line and headers; past it the worker is misbehaving
+# A pooled connection idle longer than this is closed, not reused: below the 5 s keep-alive of uvicorn (vLLM's
+# server), so a request does not meet a worker closing the connection as it arrives (a failure, not a resend).
+MAX_IDLE_SECONDS = 4.0
 PROBE_TIMEOUT = 2.0
-
-
-class _Closed(Exception):
-    """The connection closed before the answer was complete; `answered` says whether any of it had arrived."""
-
-    def __init__(self, reason: str, answered: bool) -> None:
-        super().__init__(reason)
-        self.answered = answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,192 +57,14 @@ class _Plan:
     target: bytes  # the base URL's path, to which the endpoint's path is appended
 
 
-class _Connection(asyncio.Protocol):
-    """One connection and the answer it is receiving. Parser callbacks fill the answer; a waiter wakes the
-    reader when the head is in (streams), when the answer is complete (whole answers) or when it breaks."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.reused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._held = 0  # bytes in _chunks
-        self._size = 0  # body bytes received
-        self._head_bytes = 0  # bytes received before the head was complete
-        self._limit: int | None = None  # body bytes allowed in a whole answer; None: a stream, unbounded
-        self._paused = False
-        self.status = 0
-        self.content_type = ""
-        self.headers_done = False
-        self.complete = False
-        self._keep_alive = False
-        self.answered = False  # any byte of the answer arrived
-        self.error: BaseException | None = None
-        self._length_known = False  # content-length or chunked: else the body runs until the connection closes
-
-    # -- asyncio.Protocol ----------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is not a subclass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.complete:
-            return
-        if self.headers_done and not self._length_known and self.error is None:
-            self.on_message_complete()  # an answer delimited by the connection's end
-            return
-        self._fail(_Closed(f"connection closed: {exc}" if exc else "connection closed", self.answered))
-
-    def data_received(self, data: bytes) -> None:
-        if self.complete:  # bytes after the answer, before the next request: the worker is misbehaving
-            self._keep_alive = False
-            self.abort()
-            return
-        self.answered = True
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(_Closed(f"malformed answer: {exc}", True))
-            self.abort()
-            return
-        if not self.headers_done and self.error is None:
-            self._head_bytes += len(data)  # a read that did not finish the head was all head
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._fail(_Closed(f"malformed answer: its head exceeds {MAX_HEAD_BYTES} bytes", True))
-                self.abort()
-
-    # -- httptools callbacks ---------------------------------------------------------------------------
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.complete:  # a second message in the read that ended the answer: not ours
-            return
-        key = name.lower()
-        if key == b"content-type":
-            self.content_type = value.split(b";", 1)[0].strip().lower().decode("latin-1")
-        elif key in (b"content-length", b"transfer-encoding"):
-            self._length_known = True
-
-    def on_headers_complete(self) -> None:
-        if self.complete:
-            self._keep_alive = False
-            return
-        self.status = self._parser.get_status_code()
-        self.headers_done = True
-        if self.status in (204, 304) or 100 <= self.status < 200:
-            self._length_known = True
-        if self._limit is None:
-            self._wake()  # a stream's head is in: its status is known
-
-    def on_body(self, body: bytes) -> None:
-        if self.complete:
-            return
-        self._size += len(body)
-        if self._limit is not None and self._size > self._limit:
-            self._fail(_TooLarge())
-            self.abort()
-            return
-        self._chunks.append(body)
-        self._held += len(body)
-        if self._limit is None:
-            if self._held > HIGH_WATER and not self._paused and self.transport is not None:
-                self._paused = True
-                self.transport.pause_reading()
-            self._wake()
-
-    def on_message_complete(self) -> None:
-        if self.complete:
-            self._keep_alive = False
-            return
-        self.complete = True
-        self._keep_alive = self._parser.should_keep_alive()  # read now: the parser forgets once the feed ends
-        self._wake()
-
-    # -- the reader's side -----------------------------------------------------------------------------
-
-    def start(self, request: bytes, limit: int | None) -> None:
-        """Send one request; the answer's state starts afresh."""
-        if self.closed or self.transport is None or self.transport.is_closing():
-            raise _Closed("connection closed", answered=False)
-        self._chunks.clear()
-        self._held = self._size = self._head_bytes = 0
-        self._limit = limit
-        self.status, self.content_type = 0, ""
-        self.headers_done = self.complete = self.answered = self._length_known = False
-        self.error = None
-        self.transport.write(request)
-
-    def keep_alive(self) -> bool:
-        return self.complete and self._keep_alive and not self.closed
-
-    async def wait(self, within: float, expired: Callable[[], BaseException]) -> None:
-        """Until the parser has something for the reader (or the answer broke); after `within` seconds the
-        answer fails with `expired()` and the connection is dropped."""
-        if self.error is not None:
-            raise self.error
-        waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(within, self._expire, waiter, expired)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            timer.cancel()
-        if self.error is not None:
-            raise self.error
-
-    def body(self) -> bytes:
-        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks.clear()
-        self._held = 0
-        return data
-
-    def take(self) -> bytes | None:
-        """The next stream chunk held, if any; reading resumes once the reader has caught up."""
-        if not self._chunks:
-            return None
-        chunk = self._chunks.popleft()
-        self._held -= len(chunk)
-        if self._paused and self._held < HIGH_WATER // 2 and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
-        return chunk
-
-    def abort(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def _expire(self, waiter: asyncio.Future[None], expired: Callable[[], BaseException]) -> None:
-        if waiter is self._waiter:
-            self._fail(expired())
-            self.abort()
-
-
-class _TooLarge(Exception):
-    pass
-
-
 class Http1Stream:
     """An open streamed answer on a pooled connection; chunks are yielded as they arrive. The connection goes
     back to the pool when the answer has been read to its end, and is dropped when it is abandoned."""
 
-    def __init__(self, backend: Http1Backend, worker: Worker, conn: _Connection) -> None:
+    def __init__(self, backend: Http1Backend, worker: Worker, conn: Connection) -> None:
         self._backend = backend
         self._worker = worker
-        self._conn: _Connection | None = conn
+        self._conn: Connection | None = conn
         self._status = conn.status
 
     @property
@@ -254,7 +84,7 @@ class Http1Stream:
             else:
                 try:
                     await conn.wait(worker.timeout, lambda: _silent(worker))
-                except _Closed as exc:
+                except Closed as exc:
                     raise UpstreamFailed(f"worker {worker.name!r} failed: {exc}", worker=worker.name) from None
 
     async def read_all(self) -> bytes:
@@ -273,11 +103,19 @@ def _silent(worker: Worker) -> UpstreamError:
 class Http1Backend:
     """Backend for plain-HTTP workers; a worker with any other scheme goes to `tls`."""
 
-    def __init__(self, tls: AiohttpBackend) -> None:
+    def __init__(
+        self,
+        tls: AiohttpBackend,
+        *,
+        max_idle_seconds: float = MAX_IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._tls = tls
+        self._max_idle = max_idle_seconds
+        self._clock = clock
         self._plans: dict[str, _Plan] = {}
-        self._idle: dict[str, list[_Connection]] = {}
-        self._busy: set[_Connection] = set()  # closed at shutdown with the idle ones
+        self._idle: dict[str, collections.deque[Connection]] = {}  # oldest first
+        self._busy: set[Connection] = set()  # closed at shutdown with the idle ones
 
     def _plan(self, worker: Worker) -> _Plan:
         plan = self._plans.get(worker.name)
@@ -338,12 +176,11 @@ class Http1Backend:
         limit: int | None,
         within: float | None = None,
         connect_within: float | None = None,
-    ) -> _Connection:
+    ) -> Connection:
         """A connection whose whole answer (of at most `limit` bytes) is in, or for a stream (`limit` None)
-        whose head is in. `within` (default: the worker's timeout) bounds the whole answer, or a stream's
-        wait for its head; `connect_within` (default: its connect_timeout) the connecting. A reused
-        connection found closed before it answered is replaced once by a fresh one: the worker never saw
-        that request."""
+        whose final head is in. `within` (default: the worker's timeout) bounds the whole answer, or a stream's
+        wait for its head; `connect_within` (default: its connect_timeout) the connecting. The request is
+        written once: a connection lost after that is a failure, whatever the worker had read."""
         plan = self._plan(worker)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (worker.timeout if within is None else within)
@@ -351,67 +188,78 @@ class Http1Backend:
         def expired() -> BaseException:
             return _silent(worker)
 
-        fresh = False
-        while True:
-            conn = None if fresh else self._idle_connection(worker)
-            if conn is None:
-                conn = await self._connect(worker, plan, connect_within or worker.connect_timeout, deadline)
-            self._busy.add(conn)
-            try:
-                conn.start(request, limit)
-                while not (conn.complete if limit is not None else conn.headers_done):
-                    await conn.wait(max(0.0, deadline - loop.time()), expired)
-                return conn
-            except _Closed as exc:
-                self.drop(conn)
-                if conn.reused and not exc.answered and not fresh:
-                    fresh = True  # the worker had closed it while it sat idle: it never saw this request
-                    continue
-                raise UpstreamFailed(f"worker {worker.name!r} failed: {exc}", worker=worker.name) from None
-            except _TooLarge:
-                self.drop(conn)
-                raise UpstreamTooLarge(
-                    f"worker {worker.name!r} answered with more than max_response_bytes ({limit} bytes); the "
-                    "answer was dropped. Ask for fewer tokens or choices, or stream it."
-                ) from None
-            except BaseException:  # a timeout, or the caller left: the half-read connection is dropped
-                self.drop(conn)
-                raise
+        conn = self._idle_connection(worker)
+        if conn is None:
+            conn = await self._connect(worker, plan, connect_within or worker.connect_timeout, deadline)
+        self._busy.add(conn)
+        try:
+            conn.start(request, limit)
+            while not (conn.complete if limit is not None else conn.headers_done):
+                await conn.wait(max(0.0, deadline - loop.time()), expired)
+            return conn
+        except Closed as exc:
+            self.drop(conn)
+            raise UpstreamFailed(f"worker {worker.name!r} failed: {exc}", worker=worker.name) from None
+        except TooLarge:
+            self.drop(conn)
+            raise UpstreamTooLarge(
+                f"worker {worker.name!r} answered with more than max_response_bytes ({limit} bytes); the "
+                "answer was dropped. Ask for fewer tokens or choices, or stream it."
+            ) from None
+        except BaseException:  # a timeout, or the caller left: the half-read connection is dropped
+            self.drop(conn)
+            raise
 
-    def _finish(self, worker: Worker, conn: _Connection) -> bytes:
+    def _finish(self, worker: Worker, conn: Connection) -> bytes:
         """A whole answer's body; its connection goes back to the pool."""
         data = conn.body()
         self.release(worker, conn)
         return data
 
-    def release(self, worker: Worker, conn: _Connection) -> None:
+    def release(self, worker: Worker, conn: Connection) -> None:
         """An answer read to its end: the connection is kept for the next request if the worker allows."""
         self._busy.discard(conn)
-        idle = self._idle.setdefault(worker.name, [])
+        idle = self._idle.get(worker.name)
+        if idle is None:
+            idle = self._idle[worker.name] = collections.deque()
+        now = self._clock()
+        while idle and idle[0].idle_since < now - self._max_idle:  # the pool's oldest, idle too long
+            idle.popleft().abort()
         if conn.keep_alive() and len(idle) < MAX_IDLE_PER_WORKER:
-            conn.reused = True
+            conn.idle_since = now
             idle.append(conn)
         else:
             conn.abort()
 
-    def drop(self, conn: _Connection) -> None:
+    def drop(self, conn: Connection) -> None:
         self._busy.discard(conn)
         conn.abort()
 
-    def _idle_connection(self, worker: Worker) -> _Connection | None:
+    def _idle_connection(self, worker: Worker) -> Connection | None:
+        """The most recently used idle connection that can carry a request; the worker never read anything
+        from those passed over (closed by it, written to by it, or idle too long), and they are closed."""
         idle = self._idle.get(worker.name)
+        if not idle:
+            return None
+        oldest = self._clock() - self._max_idle
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to have been closed by the worker
-            if not conn.closed:
+            if conn.idle_since < oldest:  # and so were all the others, returned earlier
+                conn.abort()
+                while idle:
+                    idle.pop().abort()
+                return None
+            if conn.usable():
                 return conn
+            conn.abort()
         return None
 
-    async def _connect(self, worker: Worker, plan: _Plan, within: float, deadline: float) -> _Connection:
+    async def _connect(self, worker: Worker, plan: _Plan, within: float, deadline: float) -> Connection:
         loop = asyncio.get_running_loop()
         within = min(within, max(0.0, deadline - loop.time()))
         try:
             async with asyncio.timeout(within):
-                _, conn = await loop.create_connection(lambda: _Connection(loop), plan.host, plan.port)
+                _, conn = await loop.create_connection(lambda: Connection(loop), plan.host, plan.port)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"worker {worker.name!r} did not accept a connection within {within:g} s", worker=worker.name

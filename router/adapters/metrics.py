@@ -1,115 +1,199 @@
-"""Prometheus metrics, fed by the same decision records as the ledger (text exposition format 0.0.4).
+"""Prometheus metrics through prometheus_client, fed by the same decision records as the ledger.
 
-Kept in-process and dependency-free: a handful of counters and two histograms, rendered on scrape."""
+One process: a registry of this gateway's own. Under `triage serve --workers N` (PROMETHEUS_MULTIPROC_DIR set by
+the supervisor), every process writes its values to files in that folder and a scrape, whichever process answers
+it, sums them all (the library's multiprocess mode). Values kept elsewhere (the ledger's queue, the limiter's
+failures...) are copied in by `refresh()`: on every scrape in the process that answers it, and every
+`interval` seconds in each process when there are several (`start`)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import asyncio
+import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from router.core.ports import DecisionSink
 from router.core.records import SHADOW, DecisionRecord
 
-__all__ = ["FanOutSink", "Metrics"]
+__all__ = ["CONTENT_TYPE", "FanOutSink", "Metrics", "MultiprocessMode"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-Labels = tuple[tuple[str, str], ...]
-
-
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in labels)
-    return "{" + inner + "}"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# How a gauge's values from several processes combine (prometheus_client's names): "livesum" adds the live
+# processes' levels (a queue per process), "livemostrecent" keeps the newest of values every process reads alike.
+MultiprocessMode = Literal["livesum", "livemax", "livemin", "livemostrecent"]
+log = logging.getLogger("triage.metrics")
 
 
-class _Histogram:
-    def __init__(self, buckets: Sequence[float]) -> None:
-        self.buckets = tuple(buckets)
-        self.counts: dict[Labels, list[int]] = defaultdict(lambda: [0] * (len(self.buckets) + 1))
-        self.sums: dict[Labels, float] = defaultdict(float)
+class _ReadCounter:
+    """A running total kept elsewhere (an int that only grows), copied into a counter by the increase seen."""
 
-    def observe(self, labels: Labels, value: float) -> None:
-        counts = self.counts[labels]
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                counts[i] += 1
-                break
-        else:
-            counts[-1] += 1
-        self.sums[labels] += value
+    def __init__(self, counter: Counter, read: Callable[[], float]) -> None:
+        self._counter, self._read, self._last = counter, read, 0.0
 
-    def render(self, name: str) -> list[str]:
-        out = []
-        for labels, counts in self.counts.items():
-            running = 0
-            for bound, n in zip((*self.buckets, float("inf")), counts, strict=True):
-                running += n
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                out.append(f"{name}_bucket{_labels((*labels, ('le', le)))} {running}")
-            out.append(f"{name}_sum{_labels(labels)} {self.sums[labels]!r}")
-            out.append(f"{name}_count{_labels(labels)} {running}")
-        return out
+    def refresh(self) -> None:
+        value = float(self._read())
+        if value > self._last:
+            self._counter.inc(value - self._last)
+            self._last = value
+
+
+class _ReadGauge:
+    def __init__(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        self._gauge, self._read = gauge, read
+
+    def refresh(self) -> None:
+        self._gauge.set(float(self._read()))
+
+
+@dataclass(frozen=True, slots=True)
+class _PerModel:
+    """A model's series, looked up once."""
+
+    prompt_tokens: Counter
+    completion_tokens: Counter
+    cost_paid: Counter
+    cost_shadow: Counter
+    cost_always_large: Counter
+    latency: Histogram
+    ttft: Histogram
 
 
 class Metrics:
-    """A DecisionSink that counts; gauges (queue depth, drops, limiter errors) are read at scrape time."""
+    """A DecisionSink that counts; values kept elsewhere are registered with `gauge`/`counter` and read by
+    `refresh`. `multiprocess_dir`: the folder of the library's multiprocess mode (None: one process)."""
 
-    def __init__(self) -> None:
-        self.requests: dict[Labels, int] = defaultdict(int)
-        self.tokens: dict[Labels, int] = defaultdict(int)
-        self.cost: dict[Labels, float] = defaultdict(float)
-        self.latency = _Histogram(LATENCY_BUCKETS)
-        self.ttft = _Histogram(LATENCY_BUCKETS)
-        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self._dir = multiprocess_dir
+        # In multiprocess mode the values live in the folder's files and a scrape reads them all from there (a
+        # registry holding the metrics as well would count this process twice); else a registry of our own.
+        self._registry = CollectorRegistry() if multiprocess_dir is None else None
+        registry = self._registry
+        self._requests = Counter(
+            "triage_requests_total",
+            "Requests that reached the routing service.",
+            ("tier", "model", "reason", "status"),
+            registry=registry,
+        )
+        self._tokens = Counter(
+            "triage_tokens_total", "Tokens reported by workers.", ("model", "kind"), registry=registry
+        )
+        self._cost = Counter(
+            "triage_cost_usd_total",
+            "Cost paid (basis paid; shadow calls' apart), and cost had the large model served it (always_large).",
+            ("model", "basis"),
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "triage_latency_seconds",
+            "Latency of answered requests.",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._ttft = Histogram(
+            "triage_ttft_seconds",
+            "Time to the first chunk (whole answer when not streamed).",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._reads: list[_ReadCounter | _ReadGauge] = []
+        # Each series looked up once: labels() cost about 3 us a call, several calls a request.
+        self._request_children: dict[tuple[str, str, str, int], Counter] = {}
+        self._models: dict[str, _PerModel] = {}
+        self._refresher: asyncio.Task[None] | None = None
 
-    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.gauges[name] = (help_text, read)
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPE
+
+    def gauge(self, name: str, help_text: str, read: Callable[[], float], mode: MultiprocessMode) -> None:
+        """A level read at scrape time; `mode` says how several processes' levels combine."""
+        gauge = Gauge(name, help_text, registry=self._registry, multiprocess_mode=mode)
+        self._reads.append(_ReadGauge(gauge, read))
+
+    def counter(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """A running total kept elsewhere, read at scrape time; processes' totals add up (dead ones' too)."""
+        counter = Counter(name, help_text, registry=self._registry)
+        self._reads.append(_ReadCounter(counter, read))
+
+    def refresh(self) -> None:
+        for read in self._reads:
+            try:
+                read.refresh()
+            except Exception:  # one broken reading must not cost the whole scrape
+                log.exception("reading a metric failed")
+
+    def start(self, interval: float) -> None:
+        """Several processes: copy the read values into the shared files every `interval` seconds, for the
+        scrapes another process answers (which see this one's at most that old). One process: nothing to do."""
+        if self._dir is not None and self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self._run_refresh(interval))
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+
+    async def _run_refresh(self, interval: float) -> None:
+        while True:
+            self.refresh()
+            await asyncio.sleep(interval)
 
     def emit(self, record: DecisionRecord) -> None:
-        model = record.model or "none"
-        self.requests[
-            (("tier", record.tier), ("model", model), ("reason", record.reason), ("status", str(record.status)))
-        ] += 1
+        key = (record.tier, record.model, record.reason, record.status)
+        requests = self._request_children.get(key)
+        if requests is None:
+            requests = self._request_children[key] = self._requests.labels(
+                record.tier, record.model or "none", record.reason, str(record.status)
+            )
+        requests.inc()
+        model = self._models.get(record.model)
+        if model is None:
+            model = self._models[record.model] = self._per_model(record.model or "none")
         if record.prompt_tokens:
-            self.tokens[(("model", model), ("kind", "prompt"))] += record.prompt_tokens
+            model.prompt_tokens.inc(record.prompt_tokens)
         if record.completion_tokens:
-            self.tokens[(("model", model), ("kind", "completion"))] += record.completion_tokens
+            model.completion_tokens.inc(record.completion_tokens)
         # A shadow call's cost is learning's, not routing's: kept apart so the saving panel stays routing's.
-        self.cost[(("model", model), ("basis", "shadow" if record.reason == SHADOW else "paid"))] += record.cost
-        self.cost[(("model", model), ("basis", "always_large"))] += record.cost_large
-        if record.status == 200 and record.reason != SHADOW:  # nobody waited for a shadow call
-            self.latency.observe((("model", model),), record.latency_ms / 1000)
+        shadow = record.reason == SHADOW
+        if record.cost:
+            (model.cost_shadow if shadow else model.cost_paid).inc(record.cost)
+        if record.cost_large:
+            model.cost_always_large.inc(record.cost_large)
+        if record.status == 200 and not shadow:  # nobody waited for a shadow call
+            model.latency.observe(record.latency_ms / 1000)
             if record.ttft_ms is not None:
-                self.ttft.observe((("model", model),), record.ttft_ms / 1000)
+                model.ttft.observe(record.ttft_ms / 1000)
 
-    def render(self) -> str:
-        lines = [
-            "# HELP triage_requests_total Requests that reached the routing service.",
-            "# TYPE triage_requests_total counter",
-        ]
-        lines += [f"triage_requests_total{_labels(k)} {v}" for k, v in self.requests.items()]
-        lines += ["# HELP triage_tokens_total Tokens reported by workers.", "# TYPE triage_tokens_total counter"]
-        lines += [f"triage_tokens_total{_labels(k)} {v}" for k, v in self.tokens.items()]
-        lines += [
-            "# HELP triage_cost_usd_total Cost paid, and cost had the large model served it.",
-            "# TYPE triage_cost_usd_total counter",
-        ]
-        lines += [f"triage_cost_usd_total{_labels(k)} {v!r}" for k, v in self.cost.items()]
-        lines += [
-            "# HELP triage_latency_seconds Latency of answered requests.",
-            "# TYPE triage_latency_seconds histogram",
-            *self.latency.render("triage_latency_seconds"),
-        ]
-        lines += [
-            "# HELP triage_ttft_seconds Time to the first chunk (whole answer when not streamed).",
-            "# TYPE triage_ttft_seconds histogram",
-            *self.ttft.render("triage_ttft_seconds"),
-        ]
-        for name, (help_text, read) in self.gauges.items():
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read()!r}"]
-        return "\n".join(lines) + "\n"
+    def _per_model(self, model: str) -> _PerModel:
+        return _PerModel(
+            prompt_tokens=self._tokens.labels(model, "prompt"),
+            completion_tokens=self._tokens.labels(model, "completion"),
+            cost_paid=self._cost.labels(model, "paid"),
+            cost_shadow=self._cost.labels(model, "shadow"),
+            cost_always_large=self._cost.labels(model, "always_large"),
+            latency=self._latency.labels(model),
+            ttft=self._ttft.labels(model),
+        )
+
+    def render(self) -> bytes:
+        """The text exposition (format 0.0.4), this process's read values refreshed first."""
+        self.refresh()
+        if self._registry is not None:
+            return generate_latest(self._registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self._dir))  # type: ignore[no-untyped-call]  # untyped upstream
+        return generate_latest(registry)
 
 
 class FanOutSink:

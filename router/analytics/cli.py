@@ -14,7 +14,8 @@ from pathlib import Path
 
 from router.adapters.ledger_redis import read_stream_records
 from router.adapters.ledger_sqlite import read_records
-from router.analytics.quality import QualityEstimate, estimate, read_labelled
+from router.adapters.quality import read_labelled
+from router.analytics.quality import QualityEstimate, estimate
 from router.analytics.report import Bucket, ShareBucket, Summary, by_tier, share_timeline, summarize, timeline
 from router.core.records import COLUMNS, DecisionRecord
 

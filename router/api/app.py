@@ -1,325 +1,24 @@
-"""The composition root: the one place adapters, scorers and the service are wired together."""
+"""The app: the edge, its routes and its state, over the parts `router.api.wiring` builds and runs."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import signal
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
-import orjson
 from fastapi import FastAPI
 
 import router
-from router.adapters.backend import AiohttpBackend, BackendByProvider
-from router.adapters.backend_http1 import Http1Backend
-from router.adapters.backend_litellm import LitellmBackend, litellm_prices
-from router.adapters.cache_memory import MemoryCache
-from router.adapters.cache_redis import RedisCache
-from router.adapters.conversations import MemoryConversations, RedisConversations
-from router.adapters.discovery import discover_model
-from router.adapters.identity_secret import identity_secret
-from router.adapters.ledger_queue import QueuedLedger
-from router.adapters.ledger_redis import RedisStreamLedger
-from router.adapters.ledger_sqlite import SqliteLedger, check_ledger
-from router.adapters.limiter_memory import MemoryLimiter
-from router.adapters.limiter_redis import RedisLimiter
-from router.adapters.metrics import FanOutSink, Metrics
-from router.adapters.pairs import RedisPairs, SqlitePairs, pairs_path
-from router.adapters.score_windows import MemoryScores, RedisScores
-from router.analytics.quality import QualityGauge
-from router.api.auth import Authenticator
 from router.api.edge import Edge
 from router.api.errors import install_error_handlers
 from router.api.openapi import install_openapi
-from router.api.policy_files import PolicyFiles, build_cascade, build_policy, build_scorer
 from router.api.routes import build_router, generation_routes
 from router.api.state import GatewayState
-from router.core.balance import BalancePolicy, Balancer
-from router.core.conversation import ConversationPolicy
-from router.core.limits import TierLimits
+from router.api.wiring import ShutdownClock, running, wire
 from router.core.ports import Scorer
-from router.core.records import DecisionRecord
-from router.core.shadow import ShadowGate, ShadowPair, ShadowPolicy
-from router.core.share import ShareTargets
-from router.core.tiers import Tier
-from router.core.types import Prices, Role, Worker
-from router.errors import ConfigError
-from router.service.admission import AdmissionControl
-from router.service.coordinator import Ports, RoutingService
-from router.service.recording import Recorder
+from router.core.types import Worker
 from router.settings import Settings
 
-__all__ = [
-    "ShutdownClock",
-    "build_balancer",
-    "build_cascade",
-    "build_scorer",
-    "build_tiers",
-    "create_app",
-    "resolve_workers",
-]
-
-
-@dataclass(slots=True)
-class ShutdownClock:
-    """When the server began to shut down (time.monotonic), kept on `app.state.shutdown`: `triage serve`'s server
-    sets it as it stops accepting. The in-flight requests' wait and the shadow calls' wait share one graceful
-    timeout from then; without it (a server that does not say) the shadow calls get the whole timeout."""
-
-    began: float | None = None
-
-    def remaining(self, grace: float) -> float:
-        return grace if self.began is None else max(0.0, grace - (time.monotonic() - self.began))
-
-
-log = logging.getLogger("triage.app")
-
-# build_scorer and build_cascade live in router.api.policy_files (built again on SIGHUP); imported from here too.
-
-
-def resolve_workers(settings: Settings) -> list[Worker]:
-    """Workers with their served model names, asking a worker when the config leaves `model` out."""
-    wait = settings.server.discover_timeout
-    resolved = []
-    for ws in settings.workers:
-        if ws.provider == "litellm":
-            priced = ws.price_input is not None and ws.price_output is not None
-            resolved.append(ws.to_worker(prices=None if priced else litellm_prices(ws.provider_model or "")))
-            continue
-        model = ws.model
-        if model is None:
-            key = ws.to_worker("?").api_key
-            model = discover_model(ws.base_url or "", wait=wait, api_key=key)
-        resolved.append(ws.to_worker(model))
-    return resolved
-
-
-def build_tiers(settings: Settings) -> dict[str, Tier]:
-    return {
-        name: Tier(
-            name=name,
-            limits=TierLimits(
-                requests_per_minute=t.requests_per_minute,
-                tokens_per_minute=t.tokens_per_minute,
-                daily_requests=t.daily_requests,
-                daily_tokens=t.daily_tokens,
-                max_concurrent=t.max_concurrent,
-                lease_ttl_ms=int(t.lease_ttl * 1000),
-            ),
-            roles=frozenset(t.models),
-            threshold=t.threshold,
-            target_large_share=t.target_large_share,
-            max_tokens=t.max_tokens,
-            max_n=t.max_n,
-            max_body_bytes=t.max_body_bytes,
-            fail_open=t.on_limiter_error == "open",
-            cache=t.cache,
-            cascade=t.mode == "cascade",
-            conversation=ConversationPolicy(t.conversation) if t.conversation else None,
-        )
-        for name, t in settings.tiers.items()
-    }
-
-
-def build_balancer(settings: Settings, workers: Sequence[Worker]) -> Balancer:
-    b = settings.balancing
-    return Balancer(
-        workers,
-        policy=BalancePolicy(b.policy),
-        affinity=b.prefix_affinity,
-        load_factor=b.affinity_load_factor,
-        failures_to_open=b.breaker_failures,
-        cooldown=b.breaker_cooldown,
-    )
-
-
-def _redis_url(settings: Settings) -> str | None:
-    """The Redis that limits use, and with them the shared cache and ledger: env TRIAGE_REDIS_URL first."""
-    return os.environ.get("TRIAGE_REDIS_URL") or settings.limits.redis_url
-
-
-def _redis_limiter(settings: Settings) -> RedisLimiter | None:
-    """Limits shared through Redis when a URL is configured; else None."""
-    url = _redis_url(settings)
-    if not url:
-        return None
-    return RedisLimiter(url, timeout=settings.limits.redis_timeout, prefix=settings.limits.key_prefix)
-
-
-def _shared_store(settings: Settings, section: str, backend: str) -> str | None:
-    """The Redis URL a section (`cache`, `ledger`) uses: with backend redis, or auto when limits use Redis;
-    None for its local store."""
-    url = _redis_url(settings)
-    if backend == "redis" and not url:
-        raise ConfigError(f"{section}.backend: redis needs limits.redis_url (or TRIAGE_REDIS_URL)")
-    return url if backend == "redis" or (backend == "auto" and url) else None
-
-
-def _cache(settings: Settings) -> MemoryCache | RedisCache | None:
-    cfg = settings.cache
-    if not cfg.enabled:
-        return None
-    url = _shared_store(settings, "cache", cfg.backend)
-    if url:
-        return RedisCache(url, prefix=settings.limits.key_prefix, timeout=settings.limits.redis_timeout)
-    return MemoryCache(cfg.max_entries)
-
-
-def _ledger(settings: Settings) -> QueuedLedger[DecisionRecord] | None:
-    cfg = settings.ledger
-    if not cfg.enabled:
-        return None
-    url = _shared_store(settings, "ledger", cfg.backend)
-    if url:
-        return RedisStreamLedger(url, stream=cfg.stream, maxlen=cfg.maxlen)
-    try:
-        check_ledger(cfg.path)
-    except ConfigError as exc:
-        raise ConfigError(f"ledger.path: {exc}") from None
-    return SqliteLedger(cfg.path)
-
-
-def _conversations(settings: Settings, limiter: RedisLimiter | None) -> MemoryConversations | RedisConversations | None:
-    """Where conversations' routing is remembered: Redis when limits use it (replicas agree), else in process."""
-    routing = settings.routing
-    if routing.conversation == "per_turn" and all(
-        t.conversation in (None, "per_turn") for t in settings.tiers.values()
-    ):
-        return None
-    url = _redis_url(settings)
-    if url:
-        return RedisConversations(
-            url,
-            prefix=settings.limits.key_prefix,
-            timeout=settings.limits.redis_timeout,
-            max_entries=routing.conversation_max,
-            batch=limiter.batch if limiter is not None else None,  # a lookup rides with its admission
-        )
-    return MemoryConversations(max_entries=routing.conversation_max)
-
-
-def _scores(settings: Settings) -> MemoryScores | RedisScores | None:
-    """The share targets' windows: in Redis when limits use it (replicas hold one share), else in process;
-    None when no share target is configured."""
-    routing = settings.routing
-    if routing.target_large_share is None and all(t.target_large_share is None for t in settings.tiers.values()):
-        return None
-    url = _redis_url(settings)
-    if url:
-        return RedisScores(
-            url,
-            size=routing.target_window,
-            prefix=settings.limits.key_prefix,
-            refresh=routing.target_refresh,
-            timeout=settings.limits.redis_timeout,
-        )
-    return MemoryScores(routing.target_window)
-
-
-def _pairs(settings: Settings) -> QueuedLedger[ShadowPair] | None:
-    """The shadow pairs store, beside the ledger (in Redis when the ledger is)."""
-    if not settings.routing.shadow.rate:
-        return None
-    cfg = settings.ledger
-    url = _shared_store(settings, "ledger", cfg.backend)
-    store: QueuedLedger[ShadowPair] = (
-        RedisPairs(url, stream=cfg.stream + ":pairs") if url else SqlitePairs(pairs_path(cfg.path))
-    )
-    where = f"{url} stream {cfg.stream}:pairs" if url else str(pairs_path(cfg.path))
-    log.warning(
-        "routing.shadow: %.0f%% of routed requests are answered by the other model too; prompts and both answers "
-        "are stored in %s",
-        settings.routing.shadow.rate * 100,
-        where,
-    )
-    return store
-
-
-def _gauges(
-    metrics: Metrics,
-    ledger: QueuedLedger[DecisionRecord] | None,
-    service: RoutingService,
-    cache: MemoryCache | RedisCache | None,
-    quality_path: Path,
-) -> None:
-    metrics.gauge(
-        "triage_ledger_queue_depth", "Records waiting to be written.", lambda: float(ledger.depth if ledger else 0)
-    )
-    metrics.gauge(
-        "triage_ledger_dropped_total",
-        "Records dropped because the queue was full.",
-        lambda: float(ledger.dropped if ledger else 0),
-    )
-    metrics.gauge(
-        "triage_limiter_errors_total",
-        "Times the rate-limit store did not answer.",
-        lambda: float(service.health().limiter_errors),
-    )
-    metrics.gauge(
-        "triage_overloaded_total",
-        "Requests refused with 503 `overloaded`: too many were waiting for the rate limiter (load shed).",
-        lambda: float(service.health().shed),
-    )
-    metrics.gauge(
-        "triage_cache_errors_total",
-        "Times the response cache's Redis did not answer (each one a miss or a skipped store).",
-        lambda: float(cache.errors if isinstance(cache, RedisCache) else 0),
-    )
-    quality = QualityGauge(quality_path)
-    metrics.gauge(
-        "triage_quality_kept_ratio",
-        "Routed answers' quality as a share of the large model's, from labelled shadow pairs (ledger.outcomes).",
-        lambda: quality.read()[0],
-    )
-    metrics.gauge(
-        "triage_quality_pairs", "Labelled shadow pairs behind the quality gauge.", lambda: float(quality.read()[1])
-    )
-    metrics.gauge(
-        "triage_shadow_calls_total", "Shadow calls made (routing.shadow).", lambda: float(service.health().shadow_sent)
-    )
-    metrics.gauge(
-        "triage_shadow_dropped_total",
-        "Requests sampled for a shadow call but not shadowed: budget spent, too many in flight, or the gateway busy.",
-        lambda: float(service.health().shadow_dropped),
-    )
-
-
-def _models_body(service: RoutingService, workers: Sequence[Worker]) -> bytes:
-    created = int(time.time())
-    owners = {w.model: w.name for w in workers}
-    data = [
-        {"id": mid, "object": "model", "created": created, "owned_by": owners.get(mid, "llm-triage")}
-        for mid in service.model_ids()
-    ]
-    return orjson.dumps({"object": "list", "data": data})
-
-
-def _on_sighup(files: PolicyFiles) -> Callable[[], None]:
-    """SIGHUP reloads the classifier files (a process-wide signal: only where the app runs on the main thread,
-    as under `triage serve`). Returns what removes the handler."""
-    loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[bool]] = set()
-
-    def reload() -> None:
-        task = loop.create_task(files.reload())
-        tasks.add(task)  # held until done: the loop keeps only a weak reference
-        task.add_done_callback(tasks.discard)
-
-    try:
-        loop.add_signal_handler(signal.SIGHUP, reload)
-    except (ValueError, RuntimeError, NotImplementedError, AttributeError):  # not the main thread, or no SIGHUP
-        return lambda: None
-
-    def remove() -> None:
-        loop.remove_signal_handler(signal.SIGHUP)
-
-    return remove
+__all__ = ["create_app"]
 
 
 def create_app(
@@ -328,98 +27,13 @@ def create_app(
     workers: Sequence[Worker] | None = None,
     scorer: Scorer | None = None,
 ) -> FastAPI:
-    workers = list(workers) if workers is not None else resolve_workers(settings)
-    direct = Http1Backend(tls=AiohttpBackend())  # plain-HTTP workers on the lean client, TLS ones on aiohttp
-    # Only a fleet with hosted workers pays for the dispatch: vLLM workers keep the direct client.
-    hosted = any(w.provider == "litellm" for w in workers)
-    litellm_backend = LitellmBackend() if hosted else None
-    backend = BackendByProvider(direct, litellm_backend) if litellm_backend else direct
-    policy, source = build_policy(settings, scorer)
-    redis_limiter = _redis_limiter(settings)
-    ledger = _ledger(settings)
-    pairs = _pairs(settings)
-    conversations = _conversations(settings, redis_limiter)
-    scores = _scores(settings)
-    shadow = settings.routing.shadow
-    cache = _cache(settings)
-    metrics = Metrics()
-    large = [w for w in workers if w.role is Role.LARGE]
-    service = RoutingService(
-        workers,
-        policy,
-        Ports(
-            backend=backend,
-            admission=AdmissionControl(
-                redis_limiter or MemoryLimiter(), max_pending=settings.server.max_pending_admissions
-            ),
-            balancer=build_balancer(settings, workers),
-            cache=cache,
-            cache_ttl=settings.cache.ttl,
-            pairs=pairs,
-            conversations=conversations,
-            conversation_ttl=settings.routing.conversation_ttl,
-            shares=ShareTargets(scores, settings.routing.target_min_scores) if scores is not None else None,
-            shadow=ShadowGate(
-                ShadowPolicy(shadow.rate, frozenset(shadow.tiers), shadow.max_per_minute, shadow.max_in_flight)
-            ),
-        ),
-        Recorder(
-            FanOutSink([metrics, ledger]) if ledger is not None else metrics,
-            large[0].prices if large else Prices(),
-            settings.ledger.store_prompts,
-        ),
-    )
-    _gauges(metrics, ledger, service, cache, settings.ledger.outcomes)
-    policy_files = PolicyFiles(settings, service, source)
-    tiers = build_tiers(settings)
-    auth = Authenticator(
-        tiers=tiers,
-        keys={k.sha256: k.tier for k in settings.auth.keys},
-        anonymous_tier=settings.auth.anonymous_tier,
-        trusted_proxies=settings.auth.trusted_proxies,
-        key_store=redis_limiter.key_tier if redis_limiter else None,
-        identity_secret=identity_secret(
-            settings.auth.identity_secret,
-            _redis_url(settings),
-            settings.limits.key_prefix,
-            settings.auth.identity_secret_path,
-        ),
-    )
-
+    wiring = wire(settings, workers, scorer)
     shutdown = ShutdownClock()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await direct.start()
-        if redis_limiter is not None:
-            await redis_limiter.warm()
-        if ledger is not None:
-            await ledger.start()
-        if pairs is not None:
-            await pairs.start()
-        hangup = _on_sighup(policy_files)
-        try:
+        async with running(wiring, shutdown):
             yield
-        finally:
-            hangup()
-            # uvicorn has finished in-flight requests by now (graceful shutdown): drain their records.
-            # Shadow calls under way finish first (they record too), within what is left of the graceful timeout.
-            await service.close(shutdown.remaining(settings.server.graceful_shutdown_timeout))
-            if pairs is not None:
-                await pairs.close()
-            if ledger is not None:
-                await ledger.close()
-            await direct.close()
-            if litellm_backend is not None:
-                await litellm_backend.close()
-            if redis_limiter is not None:
-                await redis_limiter.close()
-            if isinstance(cache, RedisCache):
-                await cache.close()
-            if isinstance(conversations, RedisConversations):
-                await conversations.close()
-            if isinstance(scores, RedisScores):
-                await scores.close()
 
     # No slash redirects: a 307 built from the Host header is an open redirect, and SDKs never add the slash.
     app = Edge(
@@ -433,13 +47,13 @@ def create_app(
     )
     app.state.shutdown = shutdown
     app.state.triage = GatewayState(
-        service=service,
-        backend=backend,
-        auth=auth,
-        metrics=metrics,
+        service=wiring.service,
+        backend=wiring.backend,
+        auth=wiring.auth,
+        metrics=wiring.metrics,
         max_body_bytes=settings.server.max_body_bytes,
-        models_body=_models_body(service, workers),
-        policy_files=policy_files,
+        models_body=wiring.models_body(),
+        policy_files=wiring.policy_files,
     )
     install_error_handlers(app)
     app.include_router(build_router())

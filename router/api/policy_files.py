@@ -51,7 +51,12 @@ def build_scorer(settings: Settings) -> tuple[Scorer, float]:
     routing = settings.routing
     if routing.scorer == "length":
         return LengthScorer(routing.length_midpoint), 0.5 if routing.threshold is None else routing.threshold
-    model = _load(routing.classifier_path or classifiers.default_path(), "routing.classifier_path")
+    path = routing.classifier_path or classifiers.default_path()
+    model = _load(path, "routing.classifier_path")
+    if model.spec.answer:
+        raise ConfigError(
+            f"routing.classifier_path: {path} is an answer scorer (trained with --answers), not a prompt classifier"
+        )
     suggested = model.meta.get("suggested_threshold", 0.5)
     return model, float(suggested) if routing.threshold is None else routing.threshold
 
@@ -112,22 +117,41 @@ class PolicyFiles:
         self._settings = settings
         self._service = service
         self.source = source
-        self._lock = asyncio.Lock()  # two SIGHUPs in a row load twice, one after the other
+        self._lock = asyncio.Lock()  # one load at a time
+        self._queued: asyncio.Task[bool] | None = None  # the load that waits for the one under way
 
     async def reload(self) -> bool:
+        """Load the files again and use them; False when they were refused (the policy in use stays). Calls that
+        come while a load is under way share the one load queued after it, which reads the files as they are by
+        then: a storm of SIGHUPs costs two loads, not one each."""
+        if self._queued is None:
+            self._queued = asyncio.ensure_future(self._load_when_free())
+        return await asyncio.shield(self._queued)  # a caller that gives up does not cancel the others' load
+
+    async def _load_when_free(self) -> bool:
         async with self._lock:
-            try:
-                policy, source = await asyncio.to_thread(build_policy, self._settings)
-            except ConfigError as exc:
-                self.source = replace(self.source, failed_reloads=self.source.failed_reloads + 1)
-                log.error("reload refused, the policy in use keeps serving: %s", exc)
-                return False
+            self._queued = None  # this load may read the files already: a later call queues another
+            return await self._load()
+
+    async def _load(self) -> bool:
+        try:
+            policy, source = await asyncio.to_thread(build_policy, self._settings)
             self._service.use_policy(policy)
-            self.source = replace(source, reloads=self.source.reloads + 1, failed_reloads=self.source.failed_reloads)
-            log.info(
-                "reloaded the routing policy: %s (sha256 %s), threshold %s",
-                source.classifier,
-                source.classifier_sha256[:16] or "-",
-                policy.threshold,
-            )
-            return True
+        except ConfigError as exc:
+            return self._refused(str(exc))
+        except Exception as exc:  # whatever else a file provokes (MemoryError, a bug): refused the same way
+            log.exception("reload failed")
+            return self._refused(f"{type(exc).__name__}: {exc}")
+        self.source = replace(source, reloads=self.source.reloads + 1, failed_reloads=self.source.failed_reloads)
+        log.info(
+            "reloaded the routing policy: %s (sha256 %s), threshold %s",
+            source.classifier,
+            source.classifier_sha256[:16] or "-",
+            policy.threshold,
+        )
+        return True
+
+    def _refused(self, reason: str) -> bool:
+        self.source = replace(self.source, failed_reloads=self.source.failed_reloads + 1)
+        log.error("reload refused, the policy in use keeps serving: %s", reason)
+        return False

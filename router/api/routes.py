@@ -8,6 +8,7 @@ import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Request
@@ -27,7 +28,7 @@ from router.protocol import (
 )
 from router.service.context import Endpoint, RequestOptions
 
-__all__ = ["build_router", "generation_routes"]
+__all__ = ["build_router", "generation_routes", "header_value"]
 
 log = logging.getLogger("triage.api")
 
@@ -65,11 +66,23 @@ def _refuse_encoded(request: Request) -> None:
         )
 
 
+# Printable ASCII but the escape itself: what a header value carries as it is.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_value(text: str) -> str:
+    """A name a worker reported, fit for a response header: percent-encoded unless it is printable ASCII. A CR/LF
+    (or any control or non-Latin-1 character) in a header made uvicorn drop the whole answer."""
+    if text.isascii() and text.isprintable():
+        return text
+    return quote(text, safe=_HEADER_SAFE)
+
+
 def _headers(routed: Routed, request_id: str) -> dict[str, str]:
     d = routed.decision
     return {
         "x-request-id": request_id,
-        "x-triage-model": routed.worker.model,
+        "x-triage-model": header_value(routed.worker.model),
         "x-triage-score": "-" if d.score is None else f"{d.score:.4f}",
         "x-triage-reason": d.reason.value,
     }
@@ -154,7 +167,8 @@ def build_router() -> APIRouter:
 
     @_get_and_head(router, "/metrics")
     async def metrics(request: Request) -> Response:
-        return Response(gateway(request).metrics.render(), media_type="text/plain; version=0.0.4")
+        metrics = gateway(request).metrics
+        return Response(metrics.render(), headers={"content-type": metrics.content_type})
 
     @_get_and_head(router, "/health")
     async def health() -> Response:

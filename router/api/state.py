@@ -16,7 +16,10 @@ __all__ = ["GatewayState", "MetricsView", "PolicyInfo", "gateway"]
 
 
 class MetricsView(Protocol):
-    def render(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+
+    def render(self) -> bytes: ...
 
 
 class PolicyInfo(Protocol):

@@ -9,7 +9,6 @@ from typing import Protocol
 from router.core.limits import Admission
 from router.core.records import DecisionRecord
 from router.core.shadow import ShadowPair
-from router.core.share import ScoreWindow
 from router.core.tiers import Caller
 from router.core.types import Role, Worker
 
@@ -21,7 +20,6 @@ __all__ = [
     "PairSink",
     "RateLimiter",
     "ResponseCache",
-    "ScoreStore",
     "Scorer",
     "UpstreamReply",
     "UpstreamStream",
@@ -32,16 +30,6 @@ class Scorer(Protocol):
     """Scores a prompt's difficulty; higher means the large model is needed."""
 
     def score(self, text: str) -> float: ...
-
-
-class ScoreStore(Protocol):
-    """Recent routed scores per window key (share targets): in process, or shared by replicas through Redis.
-    Both calls sit on the request path and never wait: sharing happens in the background. `window` returns
-    the same object for a key every time (a shared window is refreshed in place)."""
-
-    def window(self, key: str) -> ScoreWindow: ...
-
-    def add(self, key: str, score: float) -> None: ...
 
 
 class AnswerScorer(Protocol):

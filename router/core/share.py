@@ -14,16 +14,13 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 from router.core.policy import decide
 from router.core.tiers import Tier
 from router.core.types import Decision, Role
 
-if TYPE_CHECKING:
-    from router.core.ports import ScoreStore
-
-__all__ = ["DEBT_SPAN", "ScoreWindow", "ShareControl", "ShareTarget", "ShareTargets", "target_for"]
+__all__ = ["DEBT_SPAN", "ScoreStore", "ScoreWindow", "ShareControl", "ShareTarget", "ShareTargets", "target_for"]
 
 # Decisions over which the debt is spread: the share asked of the quantile moves by 1/DEBT_SPAN per call owed.
 # Small enough to hold a share over a few hundred requests, large enough that one call does not swing it.
@@ -115,6 +112,16 @@ def target_for(tier: Tier, gateway_share: float | None) -> ShareTarget | None:
     if tier.threshold is not None or gateway_share is None:
         return None
     return ShareTarget(gateway_share, "routing")
+
+
+class ScoreStore(Protocol):
+    """Recent routed scores per window key (share targets): in process, or shared by replicas through Redis.
+    Both calls sit on the request path and never wait: sharing happens in the background. `window` returns
+    the same object for a key every time (a shared window is refreshed in place)."""
+
+    def window(self, key: str) -> ScoreWindow: ...
+
+    def add(self, key: str, score: float) -> None: ...
 
 
 @dataclass(slots=True)

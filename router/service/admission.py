@@ -12,7 +12,7 @@ from router.core.limits import Admission, estimate_tokens, headers, retry_after_
 from router.core.ports import RateLimiter
 from router.core.tiers import Caller, Tier, capped_max_tokens
 from router.errors import InvalidRequest, LimiterFailed, LimiterUnavailable, Overloaded, RateLimited
-from router.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest, choices, prompt_tokens
+from router.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest, Prompt, choices
 
 __all__ = ["DEFAULT_COMPLETION_ESTIMATE", "AdmissionControl", "LimiterHealth"]
 
@@ -42,15 +42,15 @@ class AdmissionControl:
         """Optional work (shadow calls) waits while an eighth of the admission queue is in use."""
         return self.pending * 8 >= self._max_pending
 
-    async def admit(self, caller: Caller, request: GenerationRequest, payload: dict[str, Any]) -> Admission | None:
-        tier = caller.tier
+    async def admit(self, caller: Caller, prompt: Prompt, payload: dict[str, Any]) -> Admission | None:
+        tier, request = caller.tier, prompt.request
         count = choices(request)
         if count > tier.max_n:
             raise _too_many(tier, request, count)
         bound = _cap(tier, request, payload)
         if not tier.limits.any:
             return None  # unlimited tier: no store round trip at all
-        estimate = _estimate(tier, request, bound, count)
+        estimate = _estimate(tier, prompt, bound, count)
         if self.pending >= self._max_pending:
             self.shed += 1
             raise Overloaded(f"the gateway is saturated ({self.pending} requests waiting for admission); retry")
@@ -105,27 +105,27 @@ def _cap(tier: Tier, request: GenerationRequest, payload: dict[str, Any]) -> int
     return max(v for _, v in capped)
 
 
-def _estimate(tier: Tier, request: GenerationRequest, bound: int | None, count: int) -> int:
+def _estimate(tier: Tier, prompt: Prompt, bound: int | None, count: int) -> int:
     """The reservation: the prompt's estimate and `count` completions of `bound` tokens. A request that could
     never fit the tier's token limits is a 400 (a 429 would have it retry forever); without a bound the default
     completion shrinks to what the limit leaves, and the real usage settles it."""
-    prompt = prompt_tokens(request)
+    request, tokens = prompt.request, prompt.tokens
     ceiling = tier.limits.token_ceiling
     per_choice = bound
     if per_choice is None:
-        room = (ceiling[0] - prompt - 1) // count if ceiling else DEFAULT_COMPLETION_ESTIMATE
+        room = (ceiling[0] - tokens - 1) // count if ceiling else DEFAULT_COMPLETION_ESTIMATE
         per_choice = max(0, min(DEFAULT_COMPLETION_ESTIMATE, room))
-    estimate = estimate_tokens(prompt, per_choice * count)
+    estimate = estimate_tokens(tokens, per_choice * count)
     if ceiling is not None and estimate > ceiling[0]:
         limit, window = ceiling
         what = f"tier {tier.name} allows {limit} tokens per {window}"
         if bound is None:
             param = "messages" if isinstance(request, ChatCompletionRequest) else "prompt"
-            message = f"{param}: the prompt (about {prompt} tokens) can never be admitted: {what}"
+            message = f"{param}: the prompt (about {tokens} tokens) can never be admitted: {what}"
         else:
             param = _bound_field(request, bound)
             message = (
-                f"{param}: this request may use {estimate} tokens (a prompt of about {prompt} and {count} x {bound} "
+                f"{param}: this request may use {estimate} tokens (a prompt of about {tokens} and {count} x {bound} "
                 f"completion tokens), and can never be admitted: {what}; lower {param}"
             )
         raise InvalidRequest(message, param=param, code="tokens_exceed_limit")

@@ -13,9 +13,8 @@ from router.core.types import Decision, Reason, Role, Routed
 from router.errors import UpstreamError
 from router.protocol import (
     ChatCompletionRequest,
-    GenerationRequest,
+    Prompt,
     draft_logprobs_request,
-    prompt_text,
     read_draft,
     strip_logprobs,
 )
@@ -39,26 +38,26 @@ class Cascade:
         self._recorder = recorder
 
     async def run(self, ctx: RequestContext) -> Outcome:
-        score = self._policy.scorer.score(prompt_text(ctx.request))  # recorded; the cascade does not route by it
+        score = self._policy.scorer.score(ctx.prompt.text)  # recorded; the cascade does not route by it
         threshold = self._policy.threshold_for(ctx.caller.tier)
         draft_payload, added = draft_logprobs_request(ctx.payload, isinstance(ctx.request, ChatCompletionRequest))
-        draft_trace = Trace(self._recorder, ctx.caller, ctx.request, ctx.trace.request_id)
-        draft_ctx = RequestContext(ctx.caller, ctx.endpoint, draft_payload, ctx.request, draft_trace)
+        draft_trace = Trace(self._recorder, ctx.caller, ctx.prompt, ctx.trace.request_id)
+        draft_ctx = RequestContext(ctx.caller, ctx.endpoint, draft_payload, ctx.request, ctx.prompt, draft_trace)
         kept = Decision(Role.SMALL, Reason.CASCADE_ACCEPTED, score, threshold)
         draft: Outcome | None = None
         try:
-            small = Routed(self._dispatch.pick(self._dispatch.by_role[Role.SMALL], ctx.request), kept)
+            small = Routed(self._dispatch.pick(self._dispatch.by_role[Role.SMALL], ctx.prompt), kept)
             ctx.trace.routed = small  # if the client leaves during the draft, the request's record names it
             draft = await self._dispatch.serve(draft_ctx, small, named=True)
-            why = self._judge(draft.reply, ctx.request)
+            why = self._judge(draft.reply, ctx.prompt)
         except UpstreamError:
             why = "draft_failed"
         if why is None and draft is not None and isinstance(draft.reply, UpstreamReply):
             return await self._keep(ctx, draft, draft_trace, added, kept)
         escalated = Decision(Role.LARGE, Reason.ESCALATED, score, threshold)
-        large = Routed(self._dispatch.pick(self._dispatch.by_role[Role.LARGE], ctx.request), escalated)
+        large = Routed(self._dispatch.pick(self._dispatch.by_role[Role.LARGE], ctx.prompt), escalated)
         try:
-            answer_ctx = RequestContext(ctx.caller, ctx.endpoint, ctx.payload, ctx.request, ctx.trace)
+            answer_ctx = RequestContext(ctx.caller, ctx.endpoint, ctx.payload, ctx.request, ctx.prompt, ctx.trace)
             answer = await self._dispatch.serve(answer_ctx, large, named=True)
         except UpstreamError:
             if draft is None or not isinstance(draft.reply, UpstreamReply) or draft.reply.status != 200:
@@ -87,7 +86,7 @@ class Cascade:
         body = strip_logprobs(reply.body) if added else reply.body
         return Outcome(routed, UpstreamReply(reply.status, body, reply.content_type), {})
 
-    def _judge(self, reply: UpstreamReply | UpstreamStream, request: GenerationRequest) -> str | None:
+    def _judge(self, reply: UpstreamReply | UpstreamStream, prompt: Prompt) -> str | None:
         if not isinstance(reply, UpstreamReply):
             return "unreadable"
         if reply.status != 200:
@@ -98,7 +97,7 @@ class Cascade:
         risk = None
         if scorer is not None and draft is not None:
             text = draft.text
-            risk = lambda: scorer.score_answer(prompt_text(request), text)  # noqa: E731
+            risk = lambda: scorer.score_answer(prompt.text, text)  # noqa: E731
         return judge(draft, self._policy.rule, risk)
 
 

@@ -14,7 +14,7 @@ from router.core.ports import AnswerScorer, Scorer, UpstreamReply, UpstreamStrea
 from router.core.share import ShareTarget, target_for
 from router.core.tiers import Caller, Tier
 from router.core.types import Routed
-from router.protocol import GenerationRequest
+from router.protocol import GenerationRequest, Prompt
 from router.service.recording import Trace
 
 __all__ = ["Endpoint", "Outcome", "RequestContext", "RequestOptions", "Routed", "RoutingPolicy"]
@@ -74,5 +74,6 @@ class RequestContext:
     endpoint: Endpoint
     payload: dict[str, Any]  # the caller's body, forwarded as is (its `model` is set per attempt)
     request: GenerationRequest
+    prompt: Prompt  # read from `request` once, by every flow
     trace: Trace
     admission: Admission | None = None

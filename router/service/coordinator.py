@@ -24,7 +24,7 @@ from router.core.share import ShareTargets
 from router.core.tiers import Caller, Tier, allowed_role
 from router.core.types import Decision, Reason, Role, Routed, Worker
 from router.errors import ModelNotFound, PermissionDenied, RateLimited, TriageError
-from router.protocol import GenerationRequest, choices, prompt_text
+from router.protocol import GenerationRequest, Prompt, choices
 from router.service.admission import AdmissionControl
 from router.service.cascade import Cascade
 from router.service.context import Endpoint, Outcome, RequestContext, RequestOptions, RoutingPolicy
@@ -129,11 +129,11 @@ class RoutingService:
             raise PermissionDenied(f"Your tier ({tier.name}) may not use the model `{request.model}`.", param="model")
         return allowed
 
-    def route(self, request: GenerationRequest, tier: Tier, named: tuple[Worker, ...] | None) -> Routed:
+    def route(self, prompt: Prompt, tier: Tier, named: tuple[Worker, ...] | None) -> Routed:
         if named is not None:
-            worker = self._dispatch.pick(named, request)
+            worker = self._dispatch.pick(named, prompt)
             return Routed(worker, Decision(worker.role, Reason.REQUESTED))
-        score = self._policy.scorer.score(prompt_text(request))
+        score = self._policy.scorer.score(prompt.text)
         threshold, shares = self._policy.threshold_for(tier), self._shares
         target = self._policy.target_for(tier) if shares is not None else None
         if shares is None or target is None:
@@ -143,7 +143,7 @@ class RoutingService:
         role = allowed_role(tier, decision.role)
         if role is not None and role is not decision.role:
             decision = Decision(role, Reason.TIER_POLICY, decision.score, decision.threshold)
-        return Routed(self._dispatch.pick(self._dispatch.by_role[decision.role], request), decision)
+        return Routed(self._dispatch.pick(self._dispatch.by_role[decision.role], prompt), decision)
 
     # -- one request -----------------------------------------------------------------------------------
 
@@ -155,8 +155,9 @@ class RoutingService:
         request: GenerationRequest,
         options: RequestOptions = NO_OPTIONS,
     ) -> Outcome:
-        trace = Trace(self._recorder, caller, request, options.request_id)
-        ctx = RequestContext(caller, endpoint, payload, request, trace)
+        prompt = Prompt(request)
+        trace = Trace(self._recorder, caller, prompt, options.request_id)
+        ctx = RequestContext(caller, endpoint, payload, request, prompt, trace)
         try:
             outcome = await self._handle(ctx, options.cache_bypass)
         except TriageError as exc:
@@ -194,7 +195,7 @@ class RoutingService:
     ) -> Outcome:
         caller, request = ctx.caller, ctx.request
         try:
-            ctx.admission = await self._admission.admit(caller, request, ctx.payload)
+            ctx.admission = await self._admission.admit(caller, ctx.prompt, ctx.payload)
         except RateLimited:
             ctx.trace.reason = Reason.RATE_LIMITED
             raise
@@ -212,9 +213,9 @@ class RoutingService:
             if cascade:
                 outcome = await self._cascade.run(ctx)
             else:
-                routed = self.route(request, caller.tier, named)
+                routed = self.route(ctx.prompt, caller.tier, named)
                 if turn is not None and self._conversations is not None:
-                    routed = await self._conversations.steer(ctx, routed, turn, self._picker(request))
+                    routed = await self._conversations.steer(ctx, routed, turn, self._picker(ctx.prompt))
                 outcome = await self._dispatch.serve(ctx, routed)
                 if turn is not None and self._conversations is not None:
                     await self._conversations.remember(turn, outcome.routed.worker.role)
@@ -235,9 +236,9 @@ class RoutingService:
             return None
         return self._conversations.recall(ctx, self._policy.conversation_for(ctx.caller.tier))
 
-    def _picker(self, request: GenerationRequest) -> Callable[[Role], Worker]:
+    def _picker(self, prompt: Prompt) -> Callable[[Role], Worker]:
         by_role = self._dispatch.by_role
-        return lambda role: self._dispatch.pick(by_role[role], request)
+        return lambda role: self._dispatch.pick(by_role[role], prompt)
 
     # -- the response cache ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from router.core.ports import Backend, UpstreamReply
 from router.core.tiers import Tier
 from router.core.types import Decision, Reason, Role, Routed, Worker
 from router.errors import UpstreamError, UpstreamFailed
-from router.protocol import GenerationRequest, affinity_key, asking_usage, encode, prompt_tokens, wants_usage
+from router.protocol import Prompt, asking_usage, encode, wants_usage
 from router.service.admission import AdmissionControl
 from router.service.context import Outcome, RequestContext
 from router.service.metering import MeteredStream, StreamEnd
@@ -41,10 +41,10 @@ class Dispatcher:
             for key in {w.model, w.name}:
                 self.by_model[key] = (*self.by_model.get(key, ()), w)
 
-    def pick(self, candidates: tuple[Worker, ...], request: GenerationRequest) -> Worker:
+    def pick(self, candidates: tuple[Worker, ...], prompt: Prompt) -> Worker:
         if len(candidates) == 1:
             return candidates[0]  # one replica: no key to hash, no load to compare
-        key = affinity_key(request) if self.balancer.affinity else None
+        key = prompt.affinity if self.balancer.affinity else None
         return self.balancer.pick(candidates, key)
 
     async def serve(self, ctx: RequestContext, routed: Routed, *, named: bool | None = None) -> Outcome:
@@ -124,7 +124,7 @@ class Dispatcher:
             # No usage chunk (the stream was cut before it, or the worker does not send one): what arrived is
             # counted, at vLLM's one token per event, on top of the prompt's estimate.
             completion = usage[1] if usage else max(0, events - 2)
-            tokens = sum(usage) if usage else estimate_tokens(prompt_tokens(ctx.request), completion)
+            tokens = sum(usage) if usage else estimate_tokens(ctx.prompt.tokens, completion)
             await self._admission.settle(ctx.caller, ctx.admission, tokens)
             broken = Reason.UPSTREAM_ERROR if failed else None
             ctx.trace.finish(200, reason=broken, estimated_completion=completion)

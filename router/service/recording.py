@@ -18,8 +18,7 @@ from router.core.records import DecisionRecord
 from router.core.tiers import Caller
 from router.core.types import Prices, Reason, Routed, Worker
 from router.errors import UpstreamFailed
-from router.protocol import GenerationRequest, prompt_text
-from router.protocol import prompt_tokens as estimated_prompt
+from router.protocol import Prompt
 
 __all__ = ["Recorder", "Trace", "answer_usage", "usage_of"]
 
@@ -34,10 +33,11 @@ class Recorder:
 class Trace:
     """What the service learns about one request as it goes, turned into a DecisionRecord at the end."""
 
-    def __init__(self, recorder: Recorder, caller: Caller, request: GenerationRequest, request_id: str) -> None:
+    def __init__(self, recorder: Recorder, caller: Caller, prompt: Prompt, request_id: str) -> None:
         self.recorder = recorder
         self.caller = caller
-        self.request = request
+        self.prompt = prompt
+        self.request = prompt.request
         self.request_id = request_id
         self.started = time.time()
         self._t0 = time.perf_counter()
@@ -63,7 +63,7 @@ class Trace:
         rec, routed = self.recorder, self.routed
         usage = self.usage
         if usage is None and estimated_completion is not None:
-            usage = (estimate_tokens(estimated_prompt(self.request), 0), estimated_completion)
+            usage = (estimate_tokens(self.prompt.tokens, 0), estimated_completion)
         prompt_tokens, completion_tokens = usage if usage else (None, None)
         cost = cost_large = 0.0
         if usage and routed is not None:
@@ -92,7 +92,7 @@ class Trace:
                 status=status,
                 cost=cost,
                 cost_large=cost_large,
-                prompt=prompt_text(self.request) if rec.store_prompts else None,
+                prompt=self.prompt.text if rec.store_prompts else None,
             )
         )
 

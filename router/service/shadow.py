@@ -14,7 +14,7 @@ from router.core.ports import PairSink, UpstreamReply
 from router.core.shadow import ShadowGate, ShadowPair
 from router.core.types import Decision, Reason, Role, Routed
 from router.errors import TriageError
-from router.protocol import prompt_text, read_draft
+from router.protocol import read_draft
 from router.service.context import Outcome, RequestContext
 from router.service.dispatch import Dispatcher
 from router.service.recording import Recorder, Trace
@@ -53,15 +53,15 @@ class Shadow:
             other = Role.LARGE if routed.worker.role is Role.SMALL else Role.SMALL
             d = routed.decision
             shadow = Routed(
-                self._dispatch.pick(self._dispatch.by_role[other], ctx.request),
+                self._dispatch.pick(self._dispatch.by_role[other], ctx.prompt),
                 Decision(other, Reason.SHADOW, d.score, d.threshold),
             )
-            trace = Trace(self._recorder, ctx.caller, ctx.request, ctx.trace.request_id)
+            trace = Trace(self._recorder, ctx.caller, ctx.prompt, ctx.trace.request_id)
             trace.baseline = False  # the request's own record carries the always-large baseline
             # Only choice 0 is compared: the caller's `n` would pay for n - 1 answers nobody reads.
             payload = {k: v for k, v in ctx.payload.items() if k != "n"}
             request = ctx.request.model_copy(update={"n": None}) if ctx.request.n is not None else ctx.request
-            shadow_ctx = RequestContext(ctx.caller, ctx.endpoint, payload, request, trace)
+            shadow_ctx = RequestContext(ctx.caller, ctx.endpoint, payload, request, ctx.prompt, trace)
             try:
                 answer = await self._dispatch.serve(shadow_ctx, shadow, named=True)
             except TriageError as exc:
@@ -84,7 +84,7 @@ class Shadow:
                     ts=time.time(),
                     request_id=ctx.trace.request_id,
                     tier=ctx.caller.tier.name,
-                    prompt=prompt_text(ctx.request),
+                    prompt=ctx.prompt.text,
                     routed=routed.worker.role.value,
                     score=d.score,
                     small_model=by_role[Role.SMALL][0].model,

@@ -44,7 +44,7 @@ def test_default_scorer_is_the_shipped_classifier_with_its_suggested_threshold()
 
 
 def test_unset_threshold_uses_the_models_suggestion() -> None:
-    from router.api.app import build_scorer
+    from router.api.policy_files import build_scorer
 
     base = settings_for("http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1")
     _, threshold = build_scorer(base.model_copy(update={"routing": RoutingSettings()}))

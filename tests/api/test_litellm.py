@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from router.api.app import create_app, resolve_workers
+from router.api.app import create_app
+from router.api.wiring import resolve_workers
 from router.settings import Settings, WorkerSettings
 from tests.api.conftest import settings_for
 from tests.servers import serving

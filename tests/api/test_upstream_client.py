@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from router.adapters.backend import AiohttpBackend
-from router.adapters.backend_http1 import HIGH_WATER, Http1Backend, Http1Stream
+from router.adapters.backend_http1 import Http1Backend, Http1Stream
+from router.adapters.http1_connection import HIGH_WATER
 from router.core.types import Prices, Role, Worker
 from router.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from tests.servers import free_port
@@ -159,13 +160,22 @@ async def test_answers_reuse_one_connection(backend: Http1Backend) -> None:
 async def test_a_connection_the_worker_closed_while_idle_is_replaced_without_an_error(backend: Http1Backend) -> None:
     async with Worker1() as server:
         w = _worker(server.port)
-        for _ in range(3):  # closed after each answer, whether or not the close is seen before the next request
+        for _ in range(3):  # closed after each answer, before the next request is written
             assert (await backend.post(w, "/close-after", b"{}")).body == OK
+        assert server.connections == 3
+        assert len(server.requests) == 3
+
+
+async def test_a_request_the_worker_read_before_closing_is_not_sent_again(backend: Http1Backend) -> None:
+    """Regression (#24): the pooled connection closed by the worker once it had read the request was taken for
+    one closed while idle, and the request was sent again on a new connection."""
+    async with Worker1() as server:
+        w = _worker(server.port)
         assert (await backend.post(w, "/first-only", b"{}")).body == OK
-        # The pooled connection is closed by the worker as this request reaches it: sent once more, on a new one.
-        assert (await backend.post(w, "/first-only", b"{}")).body == OK
-        assert server.connections == 5
-        assert len(server.requests) == 6
+        with pytest.raises(UpstreamFailed, match="connection closed"):
+            await backend.post(w, "/first-only", b"{}")
+        assert len(server.requests) == 2
+        assert server.connections == 1
 
 
 async def test_a_new_connection_closed_without_an_answer_is_a_failure_not_a_retry(backend: Http1Backend) -> None:

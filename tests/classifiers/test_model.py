@@ -7,6 +7,7 @@ import json
 import math
 import random
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,14 @@ from classifiers.features import FeatureSpec, Featurizer
 from classifiers.lab.calibrate import (
     read_prompts,
     threshold_for_budget,
+    threshold_for_mean_quality,
     threshold_for_quality,
     threshold_for_share,
 )
 from classifiers.lab.matrix import feature_matrix
 from classifiers.lab.train import fit
 from classifiers.model import PROBES, Classifier, ClassifierFileError
+from classifiers.tasks import TASKS, task_kind
 
 SPEC = FeatureSpec(word_bits=12, char_bits=10)
 
@@ -85,7 +88,7 @@ def test_training_is_deterministic(tmp_path: Path) -> None:
 
 
 def _tamper(tmp_path: Path, trained: Classifier, change: object) -> Path:
-    doc = trained.to_json()
+    doc = json.loads(json.dumps(trained.to_json()))  # a copy: to_json shares the model's meta
     change(doc)  # type: ignore[operator]
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(doc))
@@ -202,7 +205,7 @@ def test_short_and_long_texts_get_the_same_features_either_way() -> None:
     texts = ["", "a", "What is 2+2?", "  spaced   out  ", "ü", "x" * 40, "a b c d e"]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 250))) for _ in range(500)]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1500, 2500))) for _ in range(5)]
-    for spec in (SPEC, classifiers.load().spec):
+    for spec in (SPEC, replace(SPEC, tasks=True), classifiers.load().spec):
         f = Featurizer(spec)
         for text in texts:
             lowered = text.lower()
@@ -268,3 +271,259 @@ def test_read_prompts_accepts_jsonl_chat_and_text(tmp_path: Path) -> None:
     bad.write_text('{"nothing": 1}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
         read_prompts(bad)
+
+
+def test_the_threshold_for_a_mean_quality_is_the_highest_that_keeps_it() -> None:
+    """Against the definition, threshold by threshold: the mean over groups of each group's quality (routed by
+    the threshold) as a share of its large model's, at least the floor; each group weighs the same."""
+    rng = np.random.default_rng(5)
+    scores = np.round(rng.random(300), 2)  # ties
+    small = (rng.random(300) < 0.6).astype(float)
+    large = np.maximum(small, (rng.random(300) < 0.7).astype(float))
+    groups = [np.arange(0, 250), np.arange(250, 280), np.arange(280, 300)]
+    for floor in (0.8, 0.9, 0.95, 0.99, 1.0):
+        expected = float("-inf")
+        for t in np.unique(np.concatenate([scores[g] for g in groups]))[::-1]:
+            kept = [np.where(scores[g] >= t, large[g], small[g]).mean() / large[g].mean() for g in groups]
+            if np.mean(kept) >= floor - 1e-12:
+                expected = float(t)
+                break
+        assert threshold_for_mean_quality(scores, small, large, groups, floor) == expected, floor
+    # A floor above what sending everything large keeps is never reached
+    assert threshold_for_mean_quality(scores, small, large, groups, 2.0) == float("-inf")
+
+
+def test_task_indicators_by_hand() -> None:
+    def kinds(text: str) -> set[str]:
+        return {name for name, v in zip(TASKS, task_kind(text), strict=True) if v == 1.0}
+
+    assert kinds('def add(a, b):\n    """Add two numbers."""\n') == {"code"}
+    assert kinds("```js\nconsole.log(1)\n```") == {"code"}
+    assert kinds("Tom has 3 apples and buys 4 more. How many apples does he have?") == {"arithmetic"}
+    assert kinds("If $x^2 = 4$, what is $x$?") == {"latex_math"}  # a question only where it starts as one
+    assert kinds("Write a poem about the sea.") == {"instruction"}
+    assert kinds("Who wrote Hamlet?") == {"short_question"}
+    assert kinds("dog, frisbee, catch, throw") == {"word_list"}
+    assert kinds("") == set() and kinds("The sky is blue.") == set()
+    assert all(v in (0.0, 1.0) for v in task_kind("x" * 3000 + "$\\frac{1}{2}$ how many 1 2"))
+
+
+def test_task_indicators_extend_the_feature_space_and_old_files_are_unchanged(tmp_path: Path) -> None:
+    """A spec with task indicators has len(TASKS) more columns after the structure counts and says so in its
+    file; a spec without them writes no `tasks` key, so files written before them stay byte for byte the same."""
+    plain, tasks = SPEC, replace(SPEC, tasks=True)
+    assert tasks.width == plain.width + len(TASKS) and tasks.task_offset == plain.width
+    assert "tasks" not in plain.to_json() and tasks.to_json()["tasks"] is True
+    assert FeatureSpec.from_json(tasks.to_json()) == tasks and FeatureSpec.from_json(plain.to_json()) == plain
+    idx, val = Featurizer(tasks).row("Who wrote Hamlet?")
+    short_question = tasks.task_offset + TASKS.index("short_question")
+    assert dict(zip(idx.tolist(), val.tolist(), strict=True))[short_question] == 1.0
+    texts, small, large = synthetic(100)
+    model = fit(texts, small, large, spec=tasks, alpha=1.0, calibration_folds=0)
+    model.save(tmp_path / "t.json")
+    again = Classifier.load(tmp_path / "t.json")
+    assert again.spec == tasks and again.score_many(texts[:5]) == model.score_many(texts[:5])
+
+
+def _nan_weights(doc: dict[str, object]) -> None:
+    """NaN weights with a valid checksum and the original probes: every score is NaN, which compares false with
+    any threshold (everything went to the small model)."""
+    import hashlib
+
+    blob = doc["coef"]
+    assert isinstance(blob, dict)
+    coef = np.frombuffer(zlib.decompress(base64.b64decode(blob["zlib_base64"])), dtype="<f4").copy()
+    coef[:] = np.nan
+    raw = coef.astype("<f4").tobytes()
+    blob["zlib_base64"] = base64.b64encode(zlib.compress(raw)).decode()
+    blob["sha256"] = hashlib.sha256(raw).hexdigest()
+
+
+def _set(*keys: str | int, value: object) -> object:
+    def change(doc: dict[str, object]) -> None:
+        target: object = doc
+        for key in keys[:-1]:
+            target = target[key]  # type: ignore[index]
+        target[keys[-1]] = value  # type: ignore[index]
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_nan_weights, "weights include NaN or infinite values"),
+        (_set("meta", "suggested_threshold", value="abc"), r"meta\.suggested_threshold is 'abc', not a number"),
+        (_set("meta", "suggested_threshold", value=1.5), r"meta\.suggested_threshold is 1\.5, outside \[0\.0, 1\.0\]"),
+        (_set("meta", "suggested_threshold", value=-0.1), "outside"),
+        (_set("meta", "suggested_threshold", value=True), "not a number"),
+        (_set("meta", value=[1, 2]), "meta is"),
+        (_set("intercept", value="0.5"), "intercept is '0.5', not a number"),
+        (_set("intercept", value=10**400), "not a finite number"),  # an integer no float holds
+        (_set("intercept", value=float("inf")), "Infinity is not a number"),  # json writes the Infinity literal
+        (_set("platt", 0, value=float("nan")), "NaN is not a number"),
+        (_set("platt", value=[1.0]), "platt is not a pair"),
+        (_set("spec", "structure", value="false"), r"spec\.structure is 'false', not true or false"),
+        (_set("spec", "word_bits", value=40), r"spec\.word_bits is 40, outside \[1, 24\]"),
+        (_set("spec", "word_bits", value=12.5), "not an integer"),
+        (_set("spec", "char_ngrams", value=[5, 3]), r"char_ngrams\[1\] is 3, outside \[5, 16\]"),
+        (_set("spec", "max_chars", value=0), "max_chars"),
+        (_set("coef", "length", value="4108"), "not an integer"),
+        (_set("coef", "dtype", value="float64"), "not float32-le"),
+        (_set("probes", 0, 1, value="0.5"), r"probes\[0\] score is '0\.5', not a number"),
+        (_set("probes", 0, 0, value=7), r"probes\[0\] is not a \[text, score\] pair"),
+        (_set("probes", value=[]), "probes is not a list"),
+    ],
+)
+def test_values_that_are_not_finite_numbers_in_range_are_refused_naming_the_field(
+    tmp_path: Path, trained: Classifier, change: object, message: str
+) -> None:
+    """Regression: NaN weights loaded (and routed everything to the small model), a threshold of 'abc' or 1.5
+    loaded and failed later, as an unhandled ValueError or a threshold nothing reaches; strings passed float()."""
+    with pytest.raises(ClassifierFileError, match=message) as refused:
+        classifiers.load(_tamper(tmp_path, trained, change))
+    assert str(refused.value).startswith(f"{tmp_path / 'bad.json'}: ")
+
+
+def test_a_model_of_another_shape_is_refused_naming_the_file(tmp_path: Path, trained: Classifier) -> None:
+    doc = trained.to_json()
+    doc["spec"]["word_bits"] = 13  # the weights are for 12 bits
+    path = tmp_path / "shape.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ClassifierFileError, match=rf"^{path}: weights have shape \(\d+,\), the feature spec needs"):
+        classifiers.load(path)
+
+
+def test_a_zlib_bomb_is_refused_without_being_inflated(tmp_path: Path, trained: Classifier) -> None:
+    """Regression: 200 MB of zeros in a 200 KB blob was inflated whole before any check (a 1.4 MB file held
+    +1 GB). Now the weights decompress no further than the spec's width."""
+    import tracemalloc
+
+    pack = zlib.compressobj(9)
+    chunk = bytes(1 << 20)
+    packed = b"".join(pack.compress(chunk) for _ in range(200)) + pack.flush()
+    doc = trained.to_json()
+    doc["coef"]["zlib_base64"] = base64.b64encode(packed).decode()
+    path = tmp_path / "bomb.json"
+    path.write_text(json.dumps(doc))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ClassifierFileError, match="weights decompress to more than"):
+            classifiers.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 << 20, peak
+
+
+def _unblock_fifo(path: Path) -> None:
+    """Open the FIFO's writing end, so that a reader stuck opening it (the old code) gets EOF and returns."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError):  # ENXIO: no reader waiting
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "too-large", "deep-json", "huge-integer"])
+def test_paths_that_are_not_a_bounded_regular_file_are_refused_unread(tmp_path: Path, kind: str) -> None:
+    """Regression: a symlink to /dev/zero read until memory ran out, a FIFO wedged the loader for good (waiting
+    for a writer), deeply nested JSON raised RecursionError and a 5,000-digit integer a bare ValueError."""
+    import os
+    import threading
+
+    from classifiers.model import MAX_FILE_BYTES
+
+    path = tmp_path / "classifier.json"
+    expected = {
+        "fifo": "not a regular file (a FIFO)",
+        "dev-zero": "not a regular file (a character device)",
+        "directory": "not a regular file (a directory)",
+        "too-large": f"more than the {MAX_FILE_BYTES}",
+        "deep-json": "nested too deeply",
+        "huge-integer": "invalid JSON",
+    }[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "too-large":
+        with path.open("wb") as f:
+            f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
+    elif kind == "deep-json":
+        path.write_text("[" * 200_000)
+    else:
+        path.write_text('{"format": ' + "9" * 5000 + "}")
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            classifiers.load(path)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    loader.join(timeout=30)  # a deadline, not a timing: the fixed loader returns at once
+    if kind == "fifo":
+        _unblock_fifo(path)
+        loader.join(timeout=30)
+    assert outcome, f"loading {kind} did not return"
+    assert isinstance(outcome[0], ClassifierFileError), outcome[0]
+    assert str(outcome[0]).startswith(f"{path}: ")
+    assert expected in str(outcome[0])
+
+
+def test_a_file_written_while_it_is_read_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that appends between two reads (not the operator's way: write beside, then rename): refused, so
+    that nothing torn is loaded; a later reload reads the finished file."""
+    import os
+    import shutil
+
+    path = tmp_path / "c.json"
+    shutil.copy(classifiers.default_path(), path)
+    real_read = os.read
+    grown: list[int] = []
+
+    def read_while_written(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        if not grown:
+            grown.append(len(data))
+            with path.open("ab") as f:
+                f.write(b" ")
+        return data
+
+    monkeypatch.setattr(os, "read", read_while_written)
+    with pytest.raises(ClassifierFileError, match="changed while it was read"):
+        classifiers.load(path)
+    monkeypatch.undo()
+    assert classifiers.load(path).digest  # finished: taken
+
+
+def test_a_file_that_grows_past_the_limit_while_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import shutil
+
+    from classifiers.model import MAX_FILE_BYTES
+
+    path = tmp_path / "c.json"
+    shutil.copy(classifiers.default_path(), path)
+    real_read = os.read
+    calls: list[int] = []
+
+    def read_while_grown(fd: int, n: int) -> bytes:
+        if not calls:
+            with path.open("r+b") as f:
+                f.truncate(MAX_FILE_BYTES * 2)  # sparse
+        calls.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", read_while_grown)
+    with pytest.raises(ClassifierFileError, match=f"grew past {MAX_FILE_BYTES} bytes"):
+        classifiers.load(path)
+    assert sum(calls) <= MAX_FILE_BYTES + 1 + (1 << 20)  # read up to the limit, no further

@@ -27,14 +27,15 @@ def _hard(rng: random.Random) -> str:
     return f"Derive the bound for lemma {rng.randint(1, 999)} on {rng.choice(WORDS)} and prove it rigorously."
 
 
-def outcomes(n: int, seed: int = 0, answers: bool = False) -> list[dict[str, object]]:
+def outcomes(n: int, seed: int = 0, answers: bool = False, large_for: str = "proofs") -> list[dict[str, object]]:
     """Known by construction: the small model answers the translation prompts as well as the large one, and
-    fails the proofs, which the large model gets right."""
+    fails the proofs, which the large model gets right (with large_for="translations", the other way round)."""
     rng = random.Random(seed)
     rows: list[dict[str, object]] = []
     for i in range(n):
         hard = i % 2 == 1
-        row: dict[str, object] = {"prompt": _hard(rng) if hard else _easy(rng), "small": 0.0 if hard else 1.0}
+        needs_large = hard if large_for == "proofs" else not hard
+        row: dict[str, object] = {"prompt": _hard(rng) if hard else _easy(rng), "small": 0.0 if needs_large else 1.0}
         row["large"] = 1.0
         if answers:
             row["small_answer"] = "I am not sure, perhaps it is 7?" if hard else "Le mot est traduit ainsi."
@@ -123,35 +124,44 @@ def test_bad_files_exit_2_with_the_line_and_no_traceback(tmp_path: Path, capsys:
 
 
 def test_own_outcomes_teach_what_the_prior_cannot_know(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The prior cannot know that on this deployment the proofs need the large model and the translations
-    do not; 400 outcomes teach it, and eval, calibrate and the ledger-free CLI agree."""
-    train = write(tmp_path / "train.jsonl", outcomes(400, seed=1))
-    held = write(tmp_path / "held.jsonl", outcomes(200, seed=2))
+    """The prior ranks proofs above translations; it cannot know that on this deployment the small model's French
+    is poor, so the translations need the large model and the proofs do not. 400 outcomes teach it, and eval,
+    calibrate and the ledger-free CLI agree."""
+    train = write(tmp_path / "train.jsonl", outcomes(400, seed=1, large_for="translations"))
+    held = write(tmp_path / "held.jsonl", outcomes(200, seed=2, large_for="translations"))
+    prior = classifiers.load()
+    rng = random.Random(3)
+    assert min(prior.score_many([_hard(rng) for _ in range(20)])) > max(
+        prior.score_many([_easy(rng) for _ in range(20)])
+    )
     out = tmp_path / "own.json"
     assert main(["classifier", "train", "--outcomes", str(train), "--out", str(out)]) == 0
     model = classifiers.load(out)
-    assert model.meta["own_outcomes"] == 400 and model.meta["own_weight"] == pytest.approx(own_weight(400))
+    assert model.meta["own_outcomes"] == 400 and model.meta["own_weight"] > 0 and not model.meta["prior_kept"]
     assert model.meta["recipe"] == classifiers.load().meta["recipe"]  # the prior's provenance is kept
     rng = random.Random(3)
-    easy = model.score_many([_easy(rng) for _ in range(50)])
-    hard = model.score_many([_hard(rng) for _ in range(50)])
+    easy = model.score_many([_hard(rng) for _ in range(50)])  # on this deployment the proofs are the easy ones
+    hard = model.score_many([_easy(rng) for _ in range(50)])
     assert min(hard) > max(easy)
     threshold = float(model.meta["suggested_threshold"])
-    # Calibrated on the outcomes: no translation goes large, and (the threshold being the highest that kept 95%
-    # out of fold, right at the edge of the proofs' scores) nearly every new proof does.
+    # Calibrated on the outcomes: no proof goes large, and (the threshold being the highest that kept 95% out of
+    # fold, right at the edge of the translations' scores) nearly every new translation does.
     assert max(easy) < threshold
     assert sum(h >= threshold for h in hard) >= 40
     capsys.readouterr()
     assert main(["classifier", "eval", "--outcomes", str(held), "--model", str(out)]) == 0
     table = capsys.readouterr().out
     own_row = next(line for line in table.splitlines() if line.startswith(f"| {out} |"))
-    assert float(own_row.split("|")[2]) == pytest.approx(0.75, abs=0.005)  # the oracle's APGR: every proof first
+    assert float(own_row.split("|")[2]) == pytest.approx(0.75, abs=0.005)  # the oracle's APGR: every translation first
     assert "| shipped prior |" in table and "| random (200 draws) |" in table
     assert (
         main(["classifier", "calibrate", "--outcomes", str(held), "--model", str(out), "--quality-floor", "0.95"]) == 0
     )
     said = capsys.readouterr().out
-    assert "45.0% of 200 prompts go to the large model" in said  # half are proofs: 45 of the 50 keep 95%
+    # Half are translations: 45% keeps 95% where their scores can be split; outcomes this separable saturate the
+    # Platt scaling, so most proofs may tie at the top and all of them go (50%): the floor holds either way.
+    share = float(said.split("% of 200 prompts")[0].rsplit(" ", 1)[1])
+    assert 45.0 <= share <= 50.0, said
 
 
 def test_without_a_prior_and_for_the_answer_scorer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -176,15 +186,19 @@ def test_without_a_prior_and_for_the_answer_scorer(tmp_path: Path, capsys: pytes
     assert "is an answer scorer" in capsys.readouterr().err
 
 
-def test_the_own_model_s_weight_grows_with_its_outcomes() -> None:
+def test_the_own_model_s_weight_is_earned_out_of_fold() -> None:
+    """`own_weight` is the recipe used before (k / (k + 100)), kept for the per-family learning curve; what ships
+    now is the weight that won out of fold, and too few outcomes to fold keep the prior."""
     assert own_weight(0) == 0.0
     assert own_weight(100) == pytest.approx(0.5)
     assert own_weight(300) == pytest.approx(0.75)
     assert own_weight(10_000) > 0.99
-    rows = [Outcome(r["prompt"], r["small"], r["large"]) for r in outcomes(60)]  # type: ignore[arg-type]
-    few = fit_own(rows[:20], classifiers.load())
+    rows = [Outcome(r["prompt"], r["small"], r["large"]) for r in outcomes(60, large_for="translations")]  # type: ignore[arg-type]
+    few = fit_own(rows[:6], classifiers.load())
     many = fit_own(rows, classifiers.load())
-    assert few.meta["own_weight"] < many.meta["own_weight"] < 1.0
+    assert few.meta["own_weight"] == 0.0 and few.meta["prior_kept"] is True
+    assert "too few outcomes" in str(few.meta["own_check"]["verdict"])
+    assert many.meta["own_weight"] > 0.0 and many.meta["prior_kept"] is False
 
 
 def test_the_learning_curve_gains_where_the_family_has_a_pattern_the_prior_lacks() -> None:

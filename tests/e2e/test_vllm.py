@@ -17,14 +17,15 @@ pytestmark = pytest.mark.vllm
 
 SHORT_TEXT = "hello"
 SHORT: list[ChatCompletionMessageParam] = [{"role": "user", "content": SHORT_TEXT}]
-# The prompt `./dev run` sends as its hard example: a physics question with answer choices, MMLU's form, which the
-# shipped prior scores well above its suggested threshold (0.18 against 0.149; short chat sits at 0.09-0.16).
+# The prompt `./dev run` sends as its hard example: an arithmetic word problem, the kind of request where the large
+# model gains most, which the shipped prior scores above its suggested threshold (0.25 against 0.18; short chat
+# and multiple-choice questions, where it gains less, sit at 0.12-0.17).
 LONG = [
     {
         "role": "user",
-        "content": "A uniform rod of length 2 m pivots about one end and is released from rest in a horizontal "
-        "position. What is the angular speed of the rod as it passes through the vertical? (g = 9.8 m/s^2)\n"
-        "A. 2.7 rad/s\nB. 3.8 rad/s\nC. 4.4 rad/s\nD. 5.4 rad/s\nAnswer:",
+        "content": "A train leaves a station at 3 pm at 60 km/h; a second train leaves the same station at 4 pm at "
+        "90 km/h on the same track. How many kilometres from the station does the second train catch the first, and "
+        "at what time?",
     }
 ]
 

@@ -15,7 +15,8 @@ import redis
 
 from router.adapters.conversations import RedisConversations
 from router.adapters.pairs import RedisPairs, read_pairs
-from router.analytics.quality import QualityGauge, estimate, read_labelled
+from router.adapters.quality import QualityGauge, read_labelled
+from router.analytics.quality import estimate
 from router.core.shadow import ShadowPair
 from router.core.types import Role
 from router.processes import reuse_port_socket

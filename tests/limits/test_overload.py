@@ -19,7 +19,7 @@ from router.adapters.limiter_redis import RedisLimiter
 from router.core.limits import TierLimits
 from router.core.tiers import Caller, Tier
 from router.errors import LimiterFailed, LimiterUnavailable, Overloaded
-from router.protocol import ChatCompletionRequest
+from router.protocol import ChatCompletionRequest, Prompt
 from router.service.admission import AdmissionControl
 from tests.limits.conftest import REDIS_URL, require_redis
 from tests.limits.gateways import Gateway, config, flood
@@ -120,7 +120,9 @@ class _Faulty:
         raise self.exc
 
 
-REQUEST = ChatCompletionRequest.model_validate({"model": "auto", "messages": [{"role": "user", "content": "hi"}]})
+REQUEST = Prompt(
+    ChatCompletionRequest.model_validate({"model": "auto", "messages": [{"role": "user", "content": "hi"}]})
+)
 
 
 async def test_a_fail_open_tier_fails_open_only_when_the_store_is_unreachable() -> None:

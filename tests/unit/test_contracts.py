@@ -51,8 +51,9 @@ def test_the_tree_keeps_every_contract(tree: Path) -> None:
         (
             "router/api/newly_added.py",
             "import router.adapters.backend",
-            "only app.py and policy_files.py wire adapters",
+            "only wiring.py and policy_files.py wire adapters",
         ),
+        ("router/api/app.py", "import router.adapters.backend", "only wiring.py and policy_files.py wire adapters"),
         ("router/service/coordinator.py", "import router.adapters.backend", "service (and its flows) sees only core"),
         ("router/service/admission.py", "import router.service.coordinator", "the coordinator above its flows"),
         ("router/adapters/metrics.py", "import router.analytics.report", "adapters never reach up"),

@@ -222,7 +222,15 @@ def run_wrk(
     return rps, p50, p99, errors, done
 
 
-def measure(arms: list[Arm], wrk: str, tmp: Path, duration: float, repeats: int, rss: dict[str, float]) -> list[Cell]:
+def measure(
+    arms: list[Arm],
+    wrk: str,
+    tmp: Path,
+    duration: float,
+    repeats: int,
+    rss: dict[str, float],
+    body: dict[str, object] = BODY,
+) -> list[Cell]:
     """Every mode and concurrency for each arm, `repeats` times, the arms taking turns within each repeat of
     each cell, so that drift over the run falls on all of them alike."""
     cells = []
@@ -230,7 +238,10 @@ def measure(arms: list[Arm], wrk: str, tmp: Path, duration: float, repeats: int,
         live = [a for a in arms if mode in a.modes]
         scripts = {
             a.target: wrk_script(
-                tmp, {**a.body, "model": a.model, **({"stream": True} if mode == "sse" else {})}, None, a.headers
+                tmp,
+                {**(a.body if body is BODY else body), "model": a.model, **({"stream": True} if mode == "sse" else {})},
+                None,
+                a.headers,
             )
             for a in live
         }

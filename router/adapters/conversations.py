@@ -5,6 +5,7 @@ routing falls back to the turn's own score."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -13,6 +14,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from router.adapters.redis_batch import ScriptBatch
 from router.core.types import Role
 
 __all__ = ["MemoryConversations", "RedisConversations"]
@@ -69,10 +71,21 @@ return over
 
 
 class RedisConversations:
-    def __init__(self, url: str, *, prefix: str = "triage", timeout: float = 0.1, max_entries: int = 100_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "triage",
+        timeout: float = 0.1,
+        max_entries: int = 100_000,
+        batch: ScriptBatch | None = None,
+    ) -> None:
+        """`batch`: the limiter's, so that a turn's lookup shares its admission's round trip."""
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=max(1.0, timeout))
+        self._batch = batch
+        self._timeout = timeout
         self._prefix = f"{prefix}:conv:"
         self._index = f"{prefix}:conv-index"
         self._max = max_entries
@@ -81,8 +94,11 @@ class RedisConversations:
 
     async def get(self, key: str) -> Role | None:
         try:
-            value = await self._redis.get(self._prefix + key)
-        except (RedisError, OSError) as exc:
+            if self._batch is None:
+                value = await self._redis.get(self._prefix + key)
+            else:
+                value = await asyncio.wait_for(self._batch.command("GET", self._prefix + key), self._timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             return None
         if value is None:

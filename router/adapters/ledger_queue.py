@@ -4,6 +4,7 @@ by a background task, drops counted when the queue is full, and a drain on close
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from operator import attrgetter
@@ -37,6 +38,7 @@ class QueuedLedger(Generic[Item]):
         self.written = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._wake = asyncio.Event()  # set by close(): the writer stops waiting for its interval
         self._unsettled = 0  # rows stored since the last _flushed(): lost with it if it fails
 
     @property
@@ -62,7 +64,8 @@ class QueuedLedger(Generic[Item]):
 
     async def _run(self) -> None:
         while not self._stopping:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
             await self._flush()
             await self._tick()
 
@@ -95,9 +98,11 @@ class QueuedLedger(Generic[Item]):
         log.error("decision ledger write failed (%s): %d records dropped", exc, rows)
 
     async def close(self) -> None:
+        # The writer is woken and awaited, not cancelled: cancelled inside a store, it would lose the batch it had
+        # taken off the queue (neither written nor counted as dropped). A store is bounded by its own timeout.
         self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self._flush()
         await self._close()

@@ -1,4 +1,12 @@
-"""Rate limiter in Redis: one Lua script per admission (one round trip), shared by every gateway replica.
+"""Rate limiter in Redis: one Lua script per admission, shared by every gateway replica. Script calls made in the
+same turn of the event loop share one round trip (router.adapters.redis_batch), and a settlement that only gives
+back (the request used no more than it reserved, and its concurrency slot) is not waited for.
+
+Why that stays exact: a pending give-back leaves the store counting more than was used, never less, so every
+admission decided while it is pending is at least as strict as an exact one: a reservation released late can
+refuse a request early, never admit one too many. A settlement that adds (more used than reserved) is waited
+for, as before. Calls leave in the order they were made, so this replica's next admission follows its earlier
+settlements; close() sends whatever is still queued.
 
 Keys per caller share a hash tag, so a caller's keys live on one Redis Cluster slot. Redis' own clock
 (TIME) is the only clock, so replicas with skewed clocks still agree."""
@@ -19,6 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from router.adapters.redis_batch import ScriptBatch
 from router.core.budgets import Cap, SpendHold
 from router.core.limits import BUCKET_MS, DAY_MS, WINDOW_MS, Admission
 from router.core.tiers import Caller
@@ -194,7 +203,6 @@ class RedisLimiter:
             socket_timeout=self._backstop,
             socket_connect_timeout=max(1.0, 10 * timeout),
         )
-        self._slots = asyncio.Semaphore(max_connections)
         # No client retries: re-sending an admission after a timeout could count the request twice.
         self._pool = pool
         self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
@@ -206,10 +214,16 @@ class RedisLimiter:
         self._settle = self._redis.register_script(SETTLE)
         self._release = self._redis.register_script(RELEASE)
         self._last_reply = 0.0  # loop time of the latest reply the store gave any call
+        self._batch = ScriptBatch(self._redis, max_in_flight=max_connections)
+        self.unsettled = 0  # give-backs the store did not take (each reservation then stands until it expires)
+
+    @property
+    def batch(self) -> ScriptBatch:
+        """Where this limiter's calls queue: other stores on the same Redis may share its round trips."""
+        return self._batch
 
     async def _call(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
-        async with self._slots:
-            return await self._reply(asyncio.ensure_future(script(keys=keys, args=args)))
+        return await self._reply(self._batch.call(script, keys, args))
 
     async def _reply(self, call: asyncio.Future[Any]) -> Any:
         """The store's reply, or TimeoutError when the store is silent. Silent means the store has answered
@@ -300,25 +314,39 @@ class RedisLimiter:
         if hold is not None:
             keys += self._spend_keys(hold.caps)
             money = [hold.reserved, hold.reserved if actual_cost is None else max(0, actual_cost)]
+        args: list[str | int] = [admission.bucket, admission.day, delta, admission.lease, *money]
+        if delta <= 0 and money[1] <= money[0]:
+            # Gives back only (tokens and money): while pending it can only make admissions stricter (see the
+            # docstring); a settlement that adds is awaited, or a replica could admit past a limit meanwhile.
+            self._batch.watch(self._batch.call(self._settle, keys, args), self._unsettled)
+            return
         try:
-            await self._call(self._settle, keys, [admission.bucket, admission.day, delta, admission.lease, *money])
+            await self._call(self._settle, keys, args)
         except (RedisError, OSError, TimeoutError) as exc:
             # The reservation stays (the safe side) and the lease expires by itself.
             raise _translate(exc) from None
 
     async def spent(self, caps: tuple[Cap, ...]) -> list[tuple[int, int]]:
         """(settled, held) micro-units in each budget window; (0, 0) for a window nothing was spent in."""
-        pipe = self._redis.pipeline(transaction=False)
-        for key in self._spend_keys(caps):
-            pipe.hmget(key, "s", "h")
+        # Through the limiter's batch, bounded like admissions: a connection taken past them would leave an
+        # admission without one (read as an outage: a fail-open tier would admit uncounted).
+        calls = [self._batch.command("HMGET", key, "s", "h") for key in self._spend_keys(caps)]
         try:
-            # Through the same slots as admissions: a connection taken past them would leave an admission
-            # without one (MaxConnectionsError, read as an outage: a fail-open tier would admit uncounted).
-            async with self._slots:
-                rows = await self._reply(asyncio.ensure_future(pipe.execute()))
+            rows = [await self._reply(call) for call in calls]
         except (RedisError, OSError, TimeoutError) as exc:
+            for call in calls:
+                call.cancel()
             raise _translate(exc) from None
         return [(int(r[0] or 0), int(r[1] or 0)) for r in rows]
+
+    def _unsettled(self, exc: BaseException) -> None:
+        self.unsettled += 1
+        if self.unsettled == 1 or self.unsettled % 1000 == 0:
+            log.warning(
+                "%d settlements not taken by the store (%s); their reservations stand until they expire",
+                self.unsettled,
+                type(exc).__name__,
+            )
 
     async def key_tier(self, sha256: str) -> str | None:
         """Tier of an API key managed in Redis (HSET <prefix>:keys <sha256> <tier>); None if unknown."""
@@ -345,6 +373,7 @@ class RedisLimiter:
             return False
 
     async def close(self) -> None:
+        await self._batch.drain()  # settlements still queued or on their way are not lost
         await self._redis.aclose()
         await self._pool.disconnect()  # a pool handed to Redis() is not closed by it
 

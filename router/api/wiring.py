@@ -147,12 +147,13 @@ def wire(settings: Settings, workers: Sequence[Worker] | None = None, scorer: Sc
     hosted = LitellmBackend() if any(w.provider == "litellm" for w in workers) else None
     backend: Backend = BackendByProvider(direct, hosted) if hosted else direct
     policy, source = build_policy(settings, scorer)
+    redis_limiter = _redis_limiter(settings)
     stores = _Stores(
-        _redis_limiter(settings), _ledger(settings), _pairs(settings), _conversations(settings),
+        redis_limiter, _ledger(settings), _pairs(settings), _conversations(settings, redis_limiter),
         _scores(settings), _cache(settings),
     )  # fmt: skip
-    redis_limiter, ledger = stores.redis_limiter, stores.ledger
-    limiter = redis_limiter or MemoryLimiter()
+    ledger = stores.ledger
+    limiter: RedisLimiter | MemoryLimiter = redis_limiter or MemoryLimiter()
     spending = Spending(ZoneInfo(settings.limits.budget_timezone))
     metrics = Metrics(_metrics_dir())
     service = RoutingService(
@@ -380,7 +381,7 @@ def _ledger(settings: Settings) -> QueuedLedger[DecisionRecord] | None:
     return SqliteLedger(cfg.path)
 
 
-def _conversations(settings: Settings) -> MemoryConversations | RedisConversations | None:
+def _conversations(settings: Settings, limiter: RedisLimiter | None) -> MemoryConversations | RedisConversations | None:
     """Where conversations' routing is remembered: Redis when limits use it (replicas agree), else in process."""
     routing = settings.routing
     if routing.conversation == "per_turn" and all(
@@ -394,6 +395,7 @@ def _conversations(settings: Settings) -> MemoryConversations | RedisConversatio
             prefix=settings.limits.key_prefix,
             timeout=settings.limits.redis_timeout,
             max_entries=routing.conversation_max,
+            batch=limiter.batch if limiter is not None else None,  # a lookup rides with its admission
         )
     return MemoryConversations(max_entries=routing.conversation_max)
 

@@ -7,6 +7,7 @@ every conversation of a key one)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ class Turn:
     first: bool  # no assistant turn yet: the conversation starts here
     known: Role | None  # what was remembered for it
     key: str | None = None  # computed when first needed: most first turns never need it
+    lookup: asyncio.Task[Role | None] | None = None  # a later turn's memory, asked for before its admission
+
+    def cancel(self) -> None:
+        """The turn is not routed after all (refused, answered from the cache): its lookup is not needed."""
+        if self.lookup is not None:
+            self.lookup.cancel()
 
     def conversation(self) -> str:
         if self.key is None:
@@ -45,27 +52,28 @@ class Conversations:
         self._memory = memory
         self._ttl = ttl
 
-    async def steer(
-        self,
-        ctx: RequestContext,
-        routed: Routed,
-        policy: ConversationPolicy,
-        pick: Callable[[Role], Worker],
-    ) -> tuple[Routed, Turn | None]:
-        """The turn's routing under the policy, and what to remember it by (None: nothing to remember)."""
+    def recall(self, ctx: RequestContext, policy: ConversationPolicy) -> Turn | None:
+        """The turn under its policy (None: nothing to steer or remember); a later turn's memory is asked for at
+        once, so that the lookup leaves with the request's admission (one round trip where both use Redis)."""
         request = ctx.request
         first = None if policy is ConversationPolicy.PER_TURN else request.first_turn()
         if first is None:  # per turn, or not a conversation (a completion prompt)
-            return routed, None
+            return None
         turn = Turn(_who(ctx.caller.identity, ctx.payload), request, policy, first, None)
         if not first:
-            turn.known = await self._memory.get(turn.conversation())
-        known = turn.known
+            turn.lookup = asyncio.ensure_future(self._memory.get(turn.conversation()))
+        return turn
+
+    async def steer(self, ctx: RequestContext, routed: Routed, turn: Turn, pick: Callable[[Role], Worker]) -> Routed:
+        """The turn's routing under its policy, once its memory has answered."""
+        if turn.lookup is not None:
+            turn.known = await turn.lookup
+        known, policy = turn.known, turn.policy
         role = steer(policy, known, routed.worker.role, ctx.caller.tier.roles)
         if role is not None:
             d = routed.decision
             routed = Routed(pick(role), Decision(role, Reason.CONVERSATION, d.score, d.threshold))
-        return routed, turn
+        return routed
 
     async def remember(self, turn: Turn, answered: Role) -> None:
         role = remembered_role(turn.policy, turn.first, answered, turn.known)

@@ -10,7 +10,7 @@ HTTP framework, Redis or classifier here."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,6 +203,24 @@ class RoutingService:
         caller, request = ctx.caller, ctx.request
         named = self._named(request, caller.tier)
         _refuse_unheld_state(request, named)
+        cascade = self._cascades(ctx, named)
+        # Asked for before admission: a later turn's lookup leaves with the admission (one round trip in Redis).
+        turn = self._recall(ctx) if named is None and not cascade else None
+        try:
+            return await self._admitted(ctx, cache_bypass, named, cascade, turn)
+        finally:
+            if turn is not None:
+                turn.cancel()  # a no-op once it has answered
+
+    async def _admitted(
+        self,
+        ctx: RequestContext,
+        cache_bypass: bool,
+        named: tuple[Worker, ...] | None,
+        cascade: bool,
+        turn: Turn | None,
+    ) -> Outcome:
+        caller, request = ctx.caller, ctx.request
         try:
             admitted = await self._admission.admit(caller, ctx.prompt, ctx.payload, self._reach(ctx, named))
         except RateLimited as exc:
@@ -224,11 +242,13 @@ class RoutingService:
                 small = Routed(self._dispatch.pick(self._dispatch.by_role[Role.SMALL], ctx.prompt), _PINNED)
                 outcome = await self._dispatch.serve(ctx, small, named=True)
                 settled = True  # by the attempt, or by the stream when it ends
-            elif self._cascades(ctx, named):
+            elif cascade:
                 outcome = await self._cascade.run(ctx)
                 settled = True  # by the cascade
             else:
-                routed, turn = await self._steered(ctx, self.route(ctx.prompt, caller.tier, named), named is None)
+                routed = self.route(ctx.prompt, caller.tier, named)
+                if turn is not None and self._conversations is not None:
+                    routed = await self._conversations.steer(ctx, routed, turn, self._picker(ctx.prompt))
                 outcome = await self._dispatch.serve(ctx, routed)
                 settled = True  # by the attempt, or by the stream when it ends
                 if turn is not None and self._conversations is not None:
@@ -265,15 +285,15 @@ class RoutingService:
         small = self._dispatch.by_role[Role.SMALL] if {Role.SMALL, Role.LARGE} <= roles else ()
         return Reach(workers, small, cascade=self._cascades(ctx, named))
 
-    async def _steered(self, ctx: RequestContext, routed: Routed, auto: bool) -> tuple[Routed, Turn | None]:
-        """A routed turn under its tier's conversation policy (unchanged without a conversation memory)."""
-        if self._conversations is None or not auto:
-            return routed, None
-        policy = self._policy.conversation_for(ctx.caller.tier)
+    def _recall(self, ctx: RequestContext) -> Turn | None:
+        """A routed turn under its tier's conversation policy (None without a conversation memory)."""
+        if self._conversations is None:
+            return None
+        return self._conversations.recall(ctx, self._policy.conversation_for(ctx.caller.tier))
+
+    def _picker(self, prompt: Prompt) -> Callable[[Role], Worker]:
         by_role = self._dispatch.by_role
-        return await self._conversations.steer(
-            ctx, routed, policy, lambda r: self._dispatch.pick(by_role[r], ctx.prompt)
-        )
+        return lambda role: self._dispatch.pick(by_role[role], prompt)
 
     # -- the response cache ----------------------------------------------------------------------------
 

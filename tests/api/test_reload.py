@@ -52,13 +52,16 @@ def _ready(gw: Gateway) -> dict[str, object]:
 
 
 def _wait_for(gw: Gateway, key: str, value: object) -> dict[str, object]:
-    def info() -> dict[str, object]:
-        found = _ready(gw)["classifier"]
-        assert isinstance(found, dict)
-        return found
+    seen: list[dict[str, object]] = []
 
-    wait_until(lambda: info()[key] == value, 20, f"/ready to show {key}={value!r}", lambda: str(_ready(gw)))
-    return info()
+    def shows() -> bool:
+        info = _ready(gw)["classifier"]
+        assert isinstance(info, dict)
+        seen.append(info)
+        return bool(info[key] == value)
+
+    wait_until(shows, 20, f"/ready to show {key}={value!r}", lambda: str(seen[-1:]))
+    return seen[-1]  # the answer that showed it, not a later one
 
 
 def _wait_len(answers: list[str], n: int) -> None:

@@ -14,15 +14,20 @@ from starlette.types import ASGIApp
 
 
 def wait_until(
-    predicate: Callable[[], object], timeout: float, what: str, detail: Callable[[], str] | None = None
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    detail: Callable[[], str] | None = None,
+    interval: float = 0.05,
 ) -> None:
     """Polls `predicate` until it holds; after `timeout` seconds fails the test, saying it waited for `what` (and
-    `detail()`, e.g. a log's tail). Tests wait for a condition, not for a fixed time: this machine is noisy."""
+    `detail()`, e.g. a log's tail). Tests wait for a condition, not for a fixed time: this machine is noisy.
+    The interval is not shorter because a poll costs CPU the awaited process needs (a bare httpx.get is 20 ms)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {timeout} s for {what}" + (f"\n{detail()}" if detail else ""))
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 def listeners(port: int) -> int:

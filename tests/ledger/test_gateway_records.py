@@ -111,7 +111,7 @@ def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
                 except httpx.HTTPError:
                     return False
 
-            wait_until(up, 30, "the gateway to start", (tmp_path / "gw.log").read_text)
+            wait_until(up, 30, "the gateway to start", (tmp_path / "gw.log").read_text, interval=0.1)
             answered = asyncio.run(_load_then_sigterm(port, proc.pid))
             proc.wait(timeout=60)
         finally:

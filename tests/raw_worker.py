@@ -9,7 +9,6 @@ import json
 import socket
 import struct
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,16 +121,8 @@ async def _stop(loop: asyncio.AbstractEventLoop) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> bool:
+async def eventually(predicate: Callable[[], object], within: float = 5.0) -> bool:
+    """The async tests' `tests.servers.wait_until`: polls without blocking the loop that must make progress."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not predicate():

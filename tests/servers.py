@@ -5,12 +5,40 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
+
+
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    detail: Callable[[], str] | None = None,
+    interval: float = 0.05,
+) -> None:
+    """Polls `predicate` until it holds; after `timeout` seconds fails the test, saying it waited for `what` (and
+    `detail()`, e.g. a log's tail). Tests wait for a condition, not for a fixed time: this machine is noisy.
+    The interval is not shorter because a poll costs CPU the awaited process needs (a bare httpx.get is 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}" + (f"\n{detail()}" if detail else ""))
+        time.sleep(interval)
+
+
+def listeners(port: int) -> int:
+    """Sockets in LISTEN on `port` (any address): one per process that serves it with SO_REUSEPORT."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                count += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port
+    return count
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@ calls are recorded. The upstreams are told what draft to give (content, finish r
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from router.analytics.report import summarize
 from router.api.app import create_app
 from router.settings import CascadeSettings, LedgerSettings, Settings, TierSettings
 from tests.api.conftest import settings_for
-from tests.servers import serving
+from tests.servers import serving, wait_until
 from tests.upstream import Journal, make_upstream
 
 GOOD = {"content": "The answer is 4.", "finish_reason": "stop", "logprob": -0.05}
@@ -138,13 +137,8 @@ def test_both_calls_are_recorded_and_counted_once(cascade: Cascade) -> None:
 
 
 def _wait_for_records(path: Path, n: int) -> list[Any]:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        records = list(read_records(path)) if path.exists() else []
-        if len(records) >= n:
-            return records
-        time.sleep(0.05)
-    raise AssertionError(f"fewer than {n} records in {path}")
+    wait_until(lambda: path.exists() and len(list(read_records(path))) >= n, 5, f"{n} records in {path}")
+    return list(read_records(path))
 
 
 def test_small_down_escalates_and_large_down_keeps_the_draft(tmp_path: Path, dead_url: str) -> None:

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.limits.gateways import Gateway
-from tests.servers import ThreadedServer
+from tests.servers import ThreadedServer, wait_until
 from tests.upstream import Journal
 
 HEAD_TIMEOUT = 1.0
@@ -255,17 +255,22 @@ def test_an_idle_keep_alive_connection_is_closed(gateway: Gateway) -> None:
     assert took < 1 + 3  # keep_alive_timeout 1 s
 
 
-def test_a_pipelined_request_does_not_time_out_a_long_answer(gateway: Gateway) -> None:
+def test_a_pipelined_request_does_not_time_out_a_long_answer(
+    gateway: Gateway, upstreams: tuple[ThreadedServer, ThreadedServer, Journal]
+) -> None:
     """The next request's head starts arriving while a slow answer is produced: its head wait starts only when
     that answer is done (a first version of the guard closed the connection, losing the answer)."""
-    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "x_test": {"sleep": 2.5}})
+    x_id = f"pipelined-{time.monotonic_ns()}"
+    body = json.dumps(
+        {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "x_test": {"sleep": 2.5}, "x_id": x_id}
+    )
     slow = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n{body}"
     ).encode()
     sock = _connect(gateway)
     sock.sendall(slow)
-    time.sleep(0.2)
+    wait_until(lambda: any(b.get("x_id") == x_id for b in upstreams[2].bodies), 10, "the slow request at the worker")
     sock.sendall(b"GET /health HTTP/1.1\r\nHo")  # half a head, pipelined
     time.sleep(HEAD_TIMEOUT + 0.5)  # past the head timeout, before the answer
     sock.sendall(b"st: x\r\nConnection: close\r\n\r\n")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import socket
-import time
 
 import httpx
 import openai
@@ -12,7 +12,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from router.api.app import create_app
 from tests.api.conftest import Stack, settings_for
-from tests.servers import ThreadedServer, serving
+from tests.servers import ThreadedServer, serving, wait_until
 from tests.upstream import Journal, make_upstream
 
 SHORT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
@@ -44,28 +44,22 @@ def test_ready_is_503_when_no_worker_answers(dead_url: str) -> None:
         assert httpx.get(f"{gw.url}/health").status_code == 200
 
 
-def _send_and_hang_up(port: int, body: bytes, wait: float) -> None:
+def _send_and_hang_up(port: int, body: bytes, journal: Journal) -> None:
+    """Sends a request and leaves once the worker has it: the leaving lands while the worker is answering."""
+    x_id = json.loads(body)["x_id"]
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
-        time.sleep(wait)
-
-
-def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
+        wait_until(lambda: any(b.get("x_id") == x_id for b in journal.bodies), 10, f"{x_id} to reach the worker")
 
 
 def test_client_leaving_cancels_the_upstream_request(stack: Stack) -> None:
     body = b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"x_id":"plain","x_test":{"sleep":1.2}}'
-    _send_and_hang_up(stack.gateway.port, body, wait=0.3)
-    assert _wait_for(lambda: "plain" in stack.small_journal.cancelled, timeout=1.0)
+    _send_and_hang_up(stack.gateway.port, body, stack.small_journal)
+    # Not cancelled, the worker would answer after 1.2 s and never record a cancellation.
+    wait_until(lambda: "plain" in stack.small_journal.cancelled, 10, "the worker to see the request cancelled")
 
 
 def test_client_leaving_a_stream_cancels_the_upstream_stream(stack: Stack) -> None:
@@ -73,9 +67,9 @@ def test_client_leaving_a_stream_cancels_the_upstream_stream(stack: Stack) -> No
         b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":100,'
         b'"x_id":"stream","x_test":{"chunk_sleep":0.05}}'
     )
-    _send_and_hang_up(stack.gateway.port, body, wait=0.4)
+    _send_and_hang_up(stack.gateway.port, body, stack.small_journal)
     # 100 chunks at 50 ms would take 5 s; the upstream must notice well before that.
-    assert _wait_for(lambda: "stream" in stack.small_journal.cancelled, timeout=1.5)
+    wait_until(lambda: "stream" in stack.small_journal.cancelled, 1.5, "the worker to see the stream cancelled")
 
 
 def test_openai_sdk_works_unmodified(stack: Stack) -> None:

@@ -28,7 +28,8 @@ from router.api.wiring import _on_sighup
 from router.processes import SighupLatch
 from router.settings import LedgerSettings, RoutingSettings, Settings, WorkerSettings
 from tests.limits.gateways import Gateway
-from tests.servers import ThreadedServer
+from tests.raw_worker import eventually
+from tests.servers import ThreadedServer, wait_until
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -51,22 +52,21 @@ def _ready(gw: Gateway) -> dict[str, object]:
 
 
 def _wait_for(gw: Gateway, key: str, value: object) -> dict[str, object]:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    seen: list[dict[str, object]] = []
+
+    def shows() -> bool:
         info = _ready(gw)["classifier"]
         assert isinstance(info, dict)
-        if info[key] == value:
-            return info
-        time.sleep(0.05)
-    raise AssertionError(f"/ready never showed {key}={value!r}: {_ready(gw)}")
+        seen.append(info)
+        return bool(info[key] == value)
+
+    wait_until(shows, 20, f"/ready to show {key}={value!r}", lambda: str(seen[-1:]))
+    return seen[-1]  # the answer that showed it, not a later one
 
 
 def _wait_len(answers: list[str], n: int) -> None:
     """Until the load threads have had `n` answers (a count, not a time: the machine is shared)."""
-    deadline = time.monotonic() + 30
-    while len(answers) < n:
-        assert time.monotonic() < deadline, f"only {len(answers)} answers"
-        time.sleep(0.02)
+    wait_until(lambda: len(answers) >= n, 30, f"{n} answers", lambda: f"only {len(answers)}")
 
 
 def test_sighup_swaps_the_classifier_under_load_and_refuses_a_bad_file(
@@ -329,10 +329,7 @@ def test_the_app_answers_a_sighup_held_at_start_up_and_gives_the_signal_back(tmp
 
     async def start_and_stop() -> object:
         give_back = _on_sighup(files)
-        deadline = time.monotonic() + 30
-        while files.source.reloads == 0:
-            assert time.monotonic() < deadline, "the held SIGHUP was not answered"
-            await asyncio.sleep(0.01)
+        assert await eventually(lambda: files.source.reloads > 0, 30), "the held SIGHUP was not answered"
         give_back()
         return signal.getsignal(signal.SIGHUP)
 

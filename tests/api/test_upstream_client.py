@@ -14,6 +14,7 @@ from router.adapters.backend_http1 import Http1Backend, Http1Stream
 from router.adapters.http1_connection import HIGH_WATER
 from router.core.types import Prices, Role, Worker
 from router.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
+from tests.raw_worker import eventually
 from tests.servers import free_port
 
 OK = b'{"ok":true}'
@@ -234,7 +235,7 @@ async def test_a_silent_worker_times_out_and_sees_the_connection_dropped(backend
 async def test_a_cancelled_request_drops_its_connection(backend: Http1Backend) -> None:
     async with Worker1() as server:
         task = asyncio.ensure_future(backend.post(_worker(server.port), "/silent", b"{}"))
-        await asyncio.sleep(0.1)
+        assert await eventually(lambda: server.requests)  # the cancel comes while the worker holds the request
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +18,7 @@ from router.adapters.ledger_sqlite import read_records
 from router.api.app import create_app
 from router.settings import LedgerSettings, TierSettings
 from tests.api.conftest import settings_for
-from tests.servers import free_port, serving
+from tests.servers import free_port, serving, wait_until
 from tests.upstream import make_upstream
 
 SHORT = [{"role": "user", "content": "hi"}]
@@ -105,14 +104,14 @@ def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
                 start_new_session=True,
             )
         try:
-            deadline = time.monotonic() + 30
-            while True:
+
+            def up() -> bool:
                 try:
-                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                    break
+                    return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
                 except httpx.HTTPError:
-                    assert time.monotonic() < deadline, (tmp_path / "gw.log").read_text()
-                    time.sleep(0.1)
+                    return False
+
+            wait_until(up, 30, "the gateway to start", (tmp_path / "gw.log").read_text, interval=0.1)
             answered = asyncio.run(_load_then_sigterm(port, proc.pid))
             proc.wait(timeout=60)
         finally:

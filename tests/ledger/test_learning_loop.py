@@ -12,9 +12,7 @@ import os
 import random
 import signal
 import sqlite3
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -24,12 +22,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from classifiers.model import Classifier
+from router.adapters.ledger_sqlite import read_records
 from router.analytics.label import JUDGE_SYSTEM
 from router.cli import main
 from tests.api.test_reload import leaning
 from tests.limits.gateways import Gateway
 from tests.prometheus import parse
-from tests.servers import serving
+from tests.servers import serving, wait_until
 
 COUNTRIES = ["France", "Peru", "Kenya", "Japan", "Chile", "Norway", "Egypt", "Canada", "Vietnam", "Ghana"]
 UNSURE = "I don't know."
@@ -96,13 +95,6 @@ def _pairs(path: Path) -> int:
         db.close()
 
 
-def _wait(what: str, check: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_shadow_label_train_reload_changes_the_routing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     small_calls: list[str] = []
     large_calls: list[str] = []
@@ -152,7 +144,7 @@ def test_shadow_label_train_reload_changes_the_routing(tmp_path: Path, capsys: p
             with httpx.Client(base_url=gw.url, timeout=10) as client:
                 prompts = [easy(rng) if i % 2 else hard(rng) for i in range(120)]
                 assert {_ask(client, p) for p in prompts} == {"tiny-small"}
-                _wait("120 shadow pairs", lambda: _pairs(pairs) == 120)
+                wait_until(lambda: _pairs(pairs) == 120, 30, "120 shadow pairs")
                 assert large_calls.count("answer") == 120  # every shadow call, none for the callers
 
                 assert main(["label", "--pairs", str(pairs), "--config", str(cfg), "--out", str(outcomes)]) == 0
@@ -165,7 +157,9 @@ def test_shadow_label_train_reload_changes_the_routing(tmp_path: Path, capsys: p
                 assert main(["label", "--pairs", str(pairs), "--config", str(cfg), "--out", str(outcomes)]) == 0
                 assert "nothing to label" in capsys.readouterr().out and large_calls.count("judge") == 240
 
-                time.sleep(0.6)  # the ledger's writer flushes every 0.25 s
+                wait_until(
+                    lambda: len(list(read_records(ledger))) == 240, 30, "120 requests and their shadows in the ledger"
+                )
                 assert (
                     main(
                         [
@@ -199,7 +193,9 @@ def test_shadow_label_train_reload_changes_the_routing(tmp_path: Path, capsys: p
                 os.replace(trained, active)
                 before = httpx.get(gw.url + "/ready").json()["classifier"]["sha256"]
                 os.kill(gw.proc.pid, signal.SIGHUP)
-                _wait("the reload", lambda: httpx.get(gw.url + "/ready").json()["classifier"]["sha256"] != before)
+                wait_until(
+                    lambda: httpx.get(gw.url + "/ready").json()["classifier"]["sha256"] != before, 30, "the reload"
+                )
 
                 fresh = random.Random(1)
                 easy_models = [_ask(client, easy(fresh)) for _ in range(20)]
@@ -208,6 +204,6 @@ def test_shadow_label_train_reload_changes_the_routing(tmp_path: Path, capsys: p
                 # that kept 95% of the large model's quality out of fold on 120 outcomes, so a few may stay small.
                 assert hard_models.count("tiny-large") >= 14, hard_models
                 assert easy_models.count("tiny-small") >= 18, easy_models
-                _wait("160 shadow pairs", lambda: _pairs(pairs) == 160)
+                wait_until(lambda: _pairs(pairs) == 160, 30, "160 shadow pairs")
         finally:
             gw.kill(signal.SIGTERM)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.limits.gateways import Gateway
-from tests.servers import serving
+from tests.servers import serving, wait_until
 from tests.upstream import Journal, make_upstream
 
 
@@ -35,13 +35,6 @@ def _config(tmp: Path, small: str, large: str, grace: int = 1) -> Path:
     return cfg
 
 
-def _until(what: str, check: object, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_a_slow_shadow_call_neither_copies_n_nor_holds_the_shutdown(tmp_path: Path) -> None:
     small_journal, large_journal = Journal(), Journal()
     large_journal.always = {"sleep": 60}  # the shadow's worker answers long after any graceful timeout
@@ -55,11 +48,11 @@ def test_a_slow_shadow_call_neither_copies_n_nor_holds_the_shutdown(tmp_path: Pa
             r = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=10)
             assert r.status_code == 200 and r.headers["x-triage-model"] == "tiny-small"
             assert small_journal.bodies[0]["n"] == 3  # the caller's own request keeps its n
-            _until("the shadow call to reach the large worker", lambda: len(large_journal.bodies) == 1)
+            wait_until(lambda: len(large_journal.bodies) == 1, 30, "the shadow call to reach the large worker")
             assert "n" not in large_journal.bodies[0]  # only choice 0 is compared: one answer is enough
             gw.proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
-            _until("the gateway to exit", lambda: gw.proc.poll() is not None, timeout=90)
+            wait_until(lambda: gw.proc.poll() is not None, 90, "the gateway to exit")
             took = time.monotonic() - started
         finally:
             gw.kill()
@@ -85,17 +78,17 @@ def test_requests_in_flight_and_shadow_calls_share_one_graceful_timeout(tmp_path
         try:
             body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
             assert httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
-            _until("the shadow call to reach the large worker", lambda: len(large_journal.bodies) == 1)
+            wait_until(lambda: len(large_journal.bodies) == 1, 30, "the shadow call to reach the large worker")
             # A caller's request the small worker holds past the graceful timeout: in flight at the SIGTERM.
             stuck = {**body, "x_test": {"sleep": 60}}
             pending = threading.Thread(
                 target=lambda: httpx.post(gw.url + "/v1/chat/completions", json=stuck, timeout=30), daemon=True
             )
             pending.start()
-            _until("the stuck request to reach the small worker", lambda: len(small_journal.bodies) == 2)
+            wait_until(lambda: len(small_journal.bodies) == 2, 30, "the stuck request to reach the small worker")
             gw.proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
-            _until("the gateway to exit", lambda: gw.proc.poll() is not None, timeout=90)
+            wait_until(lambda: gw.proc.poll() is not None, 90, "the gateway to exit")
             took = time.monotonic() - started
         finally:
             gw.kill()

@@ -10,10 +10,11 @@ and another SIGKILL. What must hold:
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -29,7 +30,7 @@ from router.adapters.ledger_redis import read_stream_records
 from router.api.auth import hash_key
 from tests.limits.conftest import REDIS_URL, require_redis
 from tests.limits.gateways import Gateway
-from tests.servers import free_port, serving
+from tests.servers import free_port, serving, wait_until
 from tests.upstream import Journal, make_upstream
 
 KEY = "sk-load-balancer-test"
@@ -44,7 +45,7 @@ def _haproxy() -> str:
     return found
 
 
-def _haproxy_config(port: int, gateways: list[Gateway]) -> str:
+def _haproxy_config(port: int, stats: int, gateways: list[Gateway]) -> str:
     servers = "\n".join(
         f"    server gw{i} 127.0.0.1:{g.port} check inter 200ms fall 2 rise 2" for i, g in enumerate(gateways)
     )
@@ -58,6 +59,10 @@ defaults
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response response-timeout
+listen stats
+    bind 127.0.0.1:{stats}
+    stats enable
+    stats uri /stats
 frontend front
     bind 127.0.0.1:{port}
     default_backend gateways
@@ -69,14 +74,14 @@ backend gateways
 """
 
 
-def _wait_port(port: int, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
+def _states(stats: int) -> dict[str, tuple[str, str]]:
+    """HAProxy's view of each gateway: (status, last check), e.g. ("UP", "L7OK"), from its CSV stats page."""
+    try:
+        page = httpx.get(f"http://127.0.0.1:{stats}/stats;csv", timeout=2).text
+    except httpx.HTTPError:
+        return {}  # not listening yet
+    rows = csv.DictReader(io.StringIO(page.removeprefix("# ")))
+    return {r["svname"]: (r["status"], r["check_status"]) for r in rows if r["svname"].startswith("gw")}
 
 
 async def _load(url: str, events: dict[str, float], gateways: list[Gateway]) -> list[tuple[float, int, str, str]]:
@@ -142,18 +147,22 @@ def test_three_replicas_behind_haproxy_survive_sigterm_and_sigkill(tmp_path: Pat
             )
         )
         gateways = [Gateway(cfg, tmp_path / f"gw{i}.log") for i in range(3)]
-        port = free_port()
-        (tmp_path / "haproxy.cfg").write_text(_haproxy_config(port, gateways))
+        port, stats = free_port(), free_port()
+        (tmp_path / "haproxy.cfg").write_text(_haproxy_config(port, stats, gateways))
         with (tmp_path / "haproxy.log").open("wb") as log:
             lb = subprocess.Popen([_haproxy(), "-db", "-f", str(tmp_path / "haproxy.cfg")], stdout=log, stderr=log)
         try:
-            _wait_port(port)
             url = f"http://127.0.0.1:{port}"
-            time.sleep(1.0)  # every server's first health check has passed
+            every = {f"gw{i}": ("UP", "L7OK") for i in range(3)}
+            wait_until(lambda: _states(stats) == every, 10, "every gateway's first health check to pass")
             events: dict[str, float] = {}
             done = asyncio.run(_load(url, events, gateways))
             gateways[0].proc.wait(timeout=30)
-            time.sleep(1.0)
+            wait_until(
+                lambda: {k: v[0] for k, v in _states(stats).items()} == {"gw0": "DOWN", "gw1": "DOWN", "gw2": "UP"},
+                10,
+                "HAProxy to mark the stopped and the killed gateways down",
+            )
             # The anonymous tier's limit, exact across the survivors (round robin spreads the burst over both).
             anonymous = [
                 httpx.post(
@@ -161,7 +170,12 @@ def test_three_replicas_behind_haproxy_survive_sigterm_and_sigkill(tmp_path: Pat
                 ).status_code
                 for _ in range(3 * ANONYMOUS_LIMIT)
             ]
-            time.sleep(0.6)  # the ledger writers flush every 0.25 s
+            kept = {d[3] for d in done if d[1] == 200 and d[2] != "gw1"}  # the SIGKILL'd one's queue may be lost
+            wait_until(
+                lambda: kept <= {r.request_id for r in read_stream_records(REDIS_URL, stream)},
+                10,
+                "the records of every request the other replicas answered in the ledger stream",
+            )
         finally:
             lb.terminate()
             lb.wait(timeout=10)

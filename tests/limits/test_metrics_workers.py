@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from tests.prometheus import Scrape, parse
-from tests.servers import ThreadedServer, free_port
+from tests.servers import ThreadedServer, free_port, wait_until
 
 REQUESTS = "triage_requests_total"
 
@@ -74,10 +73,7 @@ def _supervisor(tmp: Path, cfg: Path) -> Iterator[tuple[subprocess.Popen[bytes],
 
 
 def _until(condition: Callable[[], bool], why: Callable[[], str], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, why()
-        time.sleep(0.05)
+    wait_until(condition, seconds, "a condition", why)
 
 
 def _both_up(url: str) -> bool:

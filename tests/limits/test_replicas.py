@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ import pytest
 
 from tests.limits.conftest import REDIS_URL, require_redis
 from tests.limits.gateways import SHORT, Gateway, config, flood
-from tests.servers import ThreadedServer, free_port
+from tests.servers import ThreadedServer, free_port, wait_until
 from tests.upstream import Journal
 
 
@@ -67,17 +66,18 @@ def test_leases_of_a_killed_gateway_expire(
                 )
 
         threading.Thread(target=hold, daemon=True).start()
-        deadline = time.monotonic() + 10
-        while not journal.bodies and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert journal.bodies, "the held request never reached the worker"
+        wait_until(lambda: journal.bodies, 10, "the held request to reach the worker")
         doomed.kill()
         busy = httpx.post(survivor.url + "/v1/chat/completions", json={"model": "auto", "messages": SHORT})
         assert busy.status_code == 429
         assert "concurrency" in busy.json()["error"]["message"]
-        time.sleep(1.7)
-        freed = httpx.post(survivor.url + "/v1/chat/completions", json={"model": "auto", "messages": SHORT})
-        assert freed.status_code == 200
+
+        def freed() -> bool:  # 429 until the dead gateway's lease (lease_ttl 1.5 s) expires in Redis
+            answer = httpx.post(survivor.url + "/v1/chat/completions", json={"model": "auto", "messages": SHORT})
+            assert answer.status_code in (200, 429), answer.text
+            return answer.status_code == 200
+
+        wait_until(freed, 10, "the dead gateway's lease to expire")
     finally:
         doomed.kill()
         survivor.kill(signal.SIGTERM)
@@ -93,16 +93,19 @@ def _redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 10
     import redis
 
-    while time.monotonic() < deadline:
+    def up() -> bool:
+        client = redis.Redis(port=port, socket_timeout=0.5)
         try:
-            redis.Redis(port=port, socket_timeout=0.5).ping()
-            return proc
+            return bool(client.ping())
         except redis.RedisError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
+            return False
+        finally:
+            client.close()
+
+    wait_until(up, 10, "redis-server to start", log.read_text)
+    return proc
 
 
 def test_redis_restarted_mid_run(tmp_path: Path, upstreams: tuple[ThreadedServer, ...]) -> None:
@@ -142,10 +145,7 @@ def test_redis_restarted_mid_run(tmp_path: Path, upstreams: tuple[ThreadedServer
         assert send("sk-paid").status_code == 200  # fail-open tier
         assert httpx.get(gw.url + "/ready").json()["limiter_errors"] >= 2
         store = _redis_server(port, tmp_path / "redis.log")
-        deadline = time.monotonic() + 10
-        while send().status_code != 200:
-            assert time.monotonic() < deadline, "the gateway did not recover when Redis came back"
-            time.sleep(0.2)
+        wait_until(lambda: send().status_code == 200, 10, "the gateway to recover when Redis came back")
         ok = send()
         assert ok.status_code == 200
         assert ok.headers["x-ratelimit-limit-requests"] == "1000"

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,16 +23,11 @@ from starlette.routing import Route
 
 from tests.limits.conftest import REDIS_URL, require_redis
 from tests.limits.test_workers import _children, _config, _up
-from tests.servers import ThreadedServer, free_port
+from tests.servers import ThreadedServer, free_port, wait_until
 
 
 def _wait(what: str, ok: Callable[[], bool], log: Path | None = None, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not ok():
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-3000:] if log and log.exists() else ""
-            raise AssertionError(f"never: {what}\n{tail}")
-        time.sleep(0.05)
+    wait_until(ok, seconds, what, lambda: log.read_text()[-3000:] if log and log.exists() else "")
 
 
 def _session(sid: int) -> list[int]:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from tests.limits.conftest import REDIS_URL, require_redis
-from tests.servers import ThreadedServer, free_port
+from tests.servers import ThreadedServer, free_port, listeners, wait_until
 
 
 def _children(pid: int) -> list[int]:
@@ -58,21 +57,24 @@ def test_two_processes_share_the_port_and_the_limits(
             stderr=log,
         )
     url = f"http://127.0.0.1:{port}"
+
+    def tail() -> str:
+        return (tmp_path / "serve.log").read_text()[-2000:]
+
     try:
-        deadline = time.monotonic() + 30
-        while len(_children(supervisor.pid)) < 2 or not _up(url):
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
-            time.sleep(0.1)
-        time.sleep(1.0)  # both processes listening
+        wait_until(lambda: len(_children(supervisor.pid)) >= 2 and _up(url), 30, "two processes serving", tail)
+        wait_until(lambda: listeners(port) == 2, 30, "both processes listening")
         codes = Counter(_ask(url) for _ in range(30))  # a new connection each: the kernel spreads them
         assert codes == {200: 10, 429: 20}  # the limit is exact across the two processes
         first = _children(supervisor.pid)
         os.kill(first[0], signal.SIGKILL)  # one process dies: the supervisor starts another
-        deadline = time.monotonic() + 30
-        while first[0] in _children(supervisor.pid) or len(_children(supervisor.pid)) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        time.sleep(1.0)
+        wait_until(
+            lambda: first[0] not in _children(supervisor.pid) and len(_children(supervisor.pid)) >= 2,
+            30,
+            "the supervisor to replace the killed process",
+            tail,
+        )
+        wait_until(lambda: listeners(port) == 2, 30, "the new process listening")
         assert {_ask(url) for _ in range(10)} == {429}  # still limited: the count lives in Redis
     finally:
         supervisor.send_signal(signal.SIGTERM)

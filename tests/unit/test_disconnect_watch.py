@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from router.api.streaming import ClientGone, until_disconnect
+from tests.raw_worker import eventually
 
 
 class Connection:
@@ -69,7 +70,7 @@ def test_a_cancel_from_elsewhere_is_not_a_client_leaving() -> None:
     async def run() -> None:
         conn, done = Connection(), list[str]()
         task = asyncio.ensure_future(until_disconnect(_work(5.0, done), conn.receive, watch_after=0.01))
-        await asyncio.sleep(0.05)
+        assert await eventually(lambda: conn.receives == 1)  # the cancel comes while the connection is watched
         task.cancel()  # shutdown, say: passed on as a cancellation, not turned into ClientGone
         with pytest.raises(asyncio.CancelledError):
             await task

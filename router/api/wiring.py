@@ -58,6 +58,7 @@ from router.settings import KeySettings, Settings, TierSettings
 
 __all__ = [
     "ShutdownClock",
+    "Stores",
     "Wiring",
     "budget_of",
     "build_balancer",
@@ -97,7 +98,7 @@ class _Starts(_Closes, Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class _Stores:
+class Stores:
     """What keeps state outside the request: limits, records, pairs, conversations, score windows, answers."""
 
     redis_limiter: RedisLimiter | None
@@ -117,12 +118,7 @@ class Wiring:
     direct: Http1Backend
     hosted: LitellmBackend | None
     backend: Backend
-    redis_limiter: RedisLimiter | None
-    ledger: QueuedLedger[DecisionRecord] | None
-    pairs: QueuedLedger[ShadowPair] | None
-    conversations: MemoryConversations | RedisConversations | None
-    scores: MemoryScores | RedisScores | None
-    cache: MemoryCache | RedisCache | None
+    stores: Stores
     metrics: Metrics
     service: RoutingService
     policy_files: PolicyFiles
@@ -148,7 +144,7 @@ def wire(settings: Settings, workers: Sequence[Worker] | None = None, scorer: Sc
     backend: Backend = BackendByProvider(direct, hosted) if hosted else direct
     policy, source = build_policy(settings, scorer)
     redis_limiter = _redis_limiter(settings)
-    stores = _Stores(
+    stores = Stores(
         redis_limiter, _ledger(settings), _pairs(settings), _conversations(settings, redis_limiter),
         _scores(settings), _cache(settings),
     )  # fmt: skip
@@ -188,8 +184,8 @@ def wire(settings: Settings, workers: Sequence[Worker] | None = None, scorer: Sc
     )
     auth = _authenticator(settings, redis_limiter)
     return Wiring(
-        settings, workers, direct, hosted, backend, redis_limiter, ledger, stores.pairs, stores.conversations,
-        stores.scores, stores.cache, metrics, service, PolicyFiles(settings, service, source), auth, spend_gauges,
+        settings, workers, direct, hosted, backend, stores, metrics, service, PolicyFiles(settings, service, source),
+        auth, spend_gauges,
     )  # fmt: skip
 
 
@@ -197,18 +193,18 @@ def wire(settings: Settings, workers: Sequence[Worker] | None = None, scorer: Sc
 async def running(wiring: Wiring, shutdown: ShutdownClock) -> AsyncIterator[None]:
     """The gateway's resources open, in order, for as long as the app serves; closed in the reverse order,
     also when a step of the start fails."""
-    w, server = wiring, wiring.settings.server
+    w, s, server = wiring, wiring.stores, wiring.settings.server
     async with AsyncExitStack() as stack:
         stack.callback(w.metrics.refresh)  # last: this process's final totals stay in the files after it exits
-        for client in (w.scores, w.conversations, w.cache, w.redis_limiter):  # closed after the rest
+        for client in (s.scores, s.conversations, s.cache, s.redis_limiter):  # closed after the rest
             if isinstance(client, (RedisScores, RedisConversations, RedisCache, RedisLimiter)):
                 stack.push_async_callback(client.close)
         if w.hosted is not None:
             await stack.enter_async_context(_started(w.hosted))
         await stack.enter_async_context(_started(w.direct))
-        if w.redis_limiter is not None:
-            await w.redis_limiter.warm()
-        for store in (w.ledger, w.pairs, w.spend_gauges):
+        if s.redis_limiter is not None:
+            await s.redis_limiter.warm()
+        for store in (s.ledger, s.pairs, w.spend_gauges):
             if store is not None:
                 await stack.enter_async_context(_started(store))
         # Closed before the stores: uvicorn has finished in-flight requests by then (graceful shutdown), and
@@ -230,7 +226,7 @@ async def _started(resource: _Starts) -> AsyncIterator[None]:
 
 
 def _ports(
-    settings: Settings, workers: list[Worker], backend: Backend, w: _Stores, admission: AdmissionControl
+    settings: Settings, workers: list[Worker], backend: Backend, w: Stores, admission: AdmissionControl
 ) -> Ports:
     shadow = settings.routing.shadow
     return Ports(

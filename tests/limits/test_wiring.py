@@ -41,7 +41,10 @@ def _settings(ledger: Path) -> Settings:
 
 
 def _redis_clients(w: Wiring) -> list[redis.asyncio.Redis]:
-    clients = [getattr(part, "_redis", None) for part in (w.redis_limiter, w.cache, w.conversations, w.scores)]
+    clients = [
+        getattr(part, "_redis", None)
+        for part in (w.stores.redis_limiter, w.stores.cache, w.stores.conversations, w.stores.scores)
+    ]
     assert all(isinstance(c, redis.asyncio.Redis) for c in clients), clients  # every Redis part is on
     return [c for c in clients if isinstance(c, redis.asyncio.Redis)]
 
@@ -80,6 +83,6 @@ async def test_a_clean_stop_closes_every_client(tmp_path: Path) -> None:
     async with running(w, ShutdownClock()):
         await _use(clients)
         assert all(_in_use(c) for c in clients)
-        assert w.ledger is not None and (tmp_path / "ledger.sqlite").exists()
+        assert w.stores.ledger is not None and (tmp_path / "ledger.sqlite").exists()
     assert [_in_use(c) for c in clients] == [0] * len(clients)
     assert w.direct._tls._session is None or w.direct._tls._session.closed

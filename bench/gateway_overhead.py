@@ -103,6 +103,23 @@ def start(cmd: list[str], cpu: int, log: Path, env: dict[str, str] | None = None
         )
 
 
+def start_upstream_and_bare(
+    tmp: Path, procs: list[subprocess.Popen[bytes]]
+) -> tuple[str, subprocess.Popen[bytes], str]:
+    """The instant upstream (CPU 1) and the bare pass-through in front of it (CPU 0), both added to `procs`:
+    (the upstream's /v1 URL, the pass-through's process, its root URL)."""
+    up_port = free_port()
+    procs.append(
+        start([sys.executable, str(ROOT / "bench" / "instant_upstream.py"), str(up_port)], 1, tmp / "upstream.log")
+    )
+    upstream = f"http://127.0.0.1:{up_port}/v1"
+    wait_http(f"{upstream}/models", 10)
+    bare_port = free_port()
+    bare = start([sys.executable, str(ROOT / "bench" / "bare_proxy.py"), str(bare_port), upstream], 0, tmp / "bare.log")
+    procs.append(bare)
+    return upstream, bare, f"http://127.0.0.1:{bare_port}"
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -299,23 +316,11 @@ def main() -> int:
     rss: dict[str, float] = {}
     arms: list[Arm] = []
     try:
-        up_port = free_port()
-        procs.append(
-            start([sys.executable, str(ROOT / "bench" / "instant_upstream.py"), str(up_port)], 1, tmp / "upstream.log")
-        )
-        upstream = f"http://127.0.0.1:{up_port}/v1"
-        wait_http(f"{upstream}/models", 10)
+        upstream, bare, bare_url = start_upstream_and_bare(tmp, procs)
         arms.append(Arm("direct", f"{upstream}/chat/completions", None, "bench-model"))
-        bare_port = free_port()
-        bare = start(
-            [sys.executable, str(ROOT / "bench" / "bare_proxy.py"), str(bare_port), upstream], 0, tmp / "bare.log"
-        )
-        procs.append(bare)
-        arms.append(
-            Arm("bare pass-through", f"http://127.0.0.1:{bare_port}/v1/chat/completions", bare.pid, "bench-model")
-        )
+        arms.append(Arm("bare pass-through", f"{bare_url}/v1/chat/completions", bare.pid, "bench-model"))
         for api in ("responses", "messages"):  # the same pass-through, relaying the other APIs' routes
-            arms.append(Arm(f"bare {api}", f"http://127.0.0.1:{bare_port}/v1/{api}", bare.pid, "bench-model"))
+            arms.append(Arm(f"bare {api}", f"{bare_url}/v1/{api}", bare.pid, "bench-model"))
         for target, ledger, model in (
             ("llm-triage", True, "auto"),
             ("llm-triage no-ledger", False, "auto"),

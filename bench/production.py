@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -45,6 +46,7 @@ from gateway_overhead import (
     free_port,
     measure,
     start,
+    start_upstream_and_bare,
     stop,
     wait_http,
 )
@@ -178,24 +180,12 @@ def main() -> int:
     wrk = ensure_wrk()
     tmp = Path(tempfile.mkdtemp(prefix="triage-production-"))
     prefix = f"bench-production-{uuid.uuid4().hex[:8]}"
-    procs = []
+    procs: list[subprocess.Popen[bytes]] = []
     rss: dict[str, float] = {}
     arms: list[Arm] = []
     try:
-        up_port = free_port()
-        procs.append(
-            start([sys.executable, str(ROOT / "bench" / "instant_upstream.py"), str(up_port)], 1, tmp / "upstream.log")
-        )
-        upstream = f"http://127.0.0.1:{up_port}/v1"
-        wait_http(f"{upstream}/models", 10)
-        bare_port = free_port()
-        bare = start(
-            [sys.executable, str(ROOT / "bench" / "bare_proxy.py"), str(bare_port), upstream], 0, tmp / "bare.log"
-        )
-        procs.append(bare)
-        arms.append(
-            Arm("bare pass-through", f"http://127.0.0.1:{bare_port}/v1/chat/completions", bare.pid, "bench-model")
-        )
+        upstream, bare, bare_url = start_upstream_and_bare(tmp, procs)
+        arms.append(Arm("bare pass-through", f"{bare_url}/v1/chat/completions", bare.pid, "bench-model"))
         checkouts = [(ROOT, "")] + ([(args.compare.resolve(), f" ({args.compare.name})")] if args.compare else [])
         for name in args.arms:
             for checkout, label in checkouts:

@@ -16,6 +16,7 @@ from router.adapters.ledger_sqlite import read_records
 from router.api.auth import hash_key
 from tests.e2e.conftest import Proc, VllmStack, start_gateway
 from tests.e2e.test_vllm import LONG, SHORT_TEXT
+from tests.servers import wait_until
 
 pytestmark = pytest.mark.vllm
 
@@ -45,6 +46,12 @@ def gateway(vllm_stack: VllmStack, tmp_path: Path) -> Iterator[tuple[Proc, Path]
         proc.stop()
 
 
+def _settled(ledger: Path, records: int) -> None:
+    """A stream is settled when it ends, a moment after the client has its last event: its record follows the
+    settlement, so once the ledger holds it the next admission sees the stream's real usage."""
+    wait_until(lambda: ledger.exists() and len(list(read_records(ledger))) >= records, 30, f"{records} ledger records")
+
+
 def test_responses_plain_and_streamed(gateway: tuple[Proc, Path]) -> None:
     proc, ledger = gateway
     with openai.OpenAI(base_url=proc.url + "/v1", api_key=KEY, max_retries=0, timeout=60) as client:
@@ -65,6 +72,7 @@ def test_responses_plain_and_streamed(gateway: tuple[Proc, Path]) -> None:
         assert final.model == "triage-large" and deltas
         assert final.usage is not None and final.usage.output_tokens == 4 and final.usage.input_tokens > 50
         streamed_total = final.usage.input_tokens + final.usage.output_tokens
+        _settled(ledger, 2)
         after = client.responses.with_raw_response.create(model="auto", input=SHORT_TEXT, max_output_tokens=1)
         assert int(after.headers["x-ratelimit-remaining-tokens"]) <= remaining - streamed_total
     proc.stop()  # the ledger is drained on shutdown
@@ -92,6 +100,7 @@ def test_messages_plain_and_streamed(gateway: tuple[Proc, Path]) -> None:
             final = s.get_final_message()
         assert final.model == "triage-large" and text
         assert final.usage.output_tokens == 4 and final.usage.input_tokens > 50
+        _settled(ledger, 2)
         after = client.messages.with_raw_response.create(model="auto", max_tokens=1, messages=short)
         spent = final.usage.input_tokens + final.usage.output_tokens
         assert int(after.headers["x-ratelimit-remaining-tokens"]) <= remaining - spent

@@ -11,10 +11,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from router.adapters.redis_batch import ScriptBatch
+from router.adapters.resp import ReplyError, Script
 from router.core.types import Role
 
 __all__ = ["MemoryConversations", "RedisConversations"]
@@ -80,25 +78,22 @@ class RedisConversations:
         max_entries: int = 100_000,
         batch: ScriptBatch | None = None,
     ) -> None:
-        """`batch`: the limiter's, so that a turn's lookup shares its admission's round trip."""
+        """`batch`: the limiter's, so that a turn's lookup shares its admission's round trip (else its own)."""
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=max(1.0, timeout))
-        self._batch = batch
+        self._own = batch is None
+        self._batch = batch if batch is not None else ScriptBatch(url, connect_timeout=max(1.0, timeout))
         self._timeout = timeout
         self._prefix = f"{prefix}:conv:"
         self._index = f"{prefix}:conv-index"
         self._max = max_entries
-        self._put = self._redis.register_script(PUT)
+        self._put = Script(PUT)
         self.errors = 0
 
     async def get(self, key: str) -> Role | None:
         try:
-            if self._batch is None:
-                value = await self._redis.get(self._prefix + key)
-            else:
-                value = await asyncio.wait_for(self._batch.command("GET", self._prefix + key), self._timeout)
-        except (RedisError, OSError, TimeoutError) as exc:
+            value = await asyncio.wait_for(self._batch.command("GET", self._prefix + key), self._timeout)
+        except (ReplyError, OSError, TimeoutError) as exc:
             self._failed(exc)
             return None
         if value is None:
@@ -109,16 +104,17 @@ class RedisConversations:
             return None
 
     async def put(self, key: str, role: Role, ttl: float) -> None:
-        try:
-            ttl_ms = max(1, int(ttl * 1000))
-            await self._put(keys=[self._prefix + key, self._index], args=[role.value, ttl_ms, self._max])
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
+        """Not waited for: this replica's later lookups leave after it on the same connection, and a write
+        that fails is a conversation forgotten (counted), never a request's error."""
+        ttl_ms = max(1, int(ttl * 1000))
+        call = self._batch.call(self._put, [self._prefix + key, self._index], [role.value, ttl_ms, self._max])
+        self._batch.watch(call, self._failed)
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: BaseException) -> None:
         self.errors += 1
         if self.errors == 1 or self.errors % 1000 == 0:
             log.warning("conversation memory unavailable (%s): turns are routed by their own score", exc)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._own:
+            await self._batch.close(max(1.0, self._timeout))

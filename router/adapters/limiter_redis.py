@@ -19,15 +19,8 @@ import logging
 import os
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from router.adapters.redis_batch import ScriptBatch
+from router.adapters.resp import ReplyError, Script
 from router.core.budgets import Cap, SpendHold
 from router.core.limits import BUCKET_MS, DAY_MS, WINDOW_MS, Admission
 from router.core.tiers import Caller
@@ -186,35 +179,25 @@ return 1
 
 
 class RedisLimiter:
-    def __init__(self, url: str, *, timeout: float = 0.1, prefix: str = "triage", max_connections: int = 64) -> None:
-        # At most `max_connections` calls at once; the rest queue. The queue is bounded upstream (admission
-        # sheds load with a 503 past server.max_pending_admissions), so waiting never turns into failing open.
-        # A semaphore rather than redis-py's BlockingConnectionPool, whose per-call timeout machinery cost
-        # ~20% of admission throughput in bench/ratelimit.
-        # redis-py's own socket timeout is only a backstop: it counts the time the event loop was too busy to
-        # read a reply that had arrived, which is exactly what must not make a tier fail open (see _reply).
+    def __init__(self, url: str, *, timeout: float = 0.1, prefix: str = "triage") -> None:
+        # One pipelined connection (router.adapters.redis_batch): calls queue on it, replies come back in order.
+        # Its queue is bounded upstream (admission sheds load with a 503 past server.max_pending_admissions).
+        # Silence is judged here, not by a socket timeout: a socket timeout counts the time the event loop was
+        # too busy to read a reply that had arrived, which is exactly what must not make a tier fail open (see
+        # _reply). Connecting gets more than `timeout`: a refused connection fails at once anyway, and a burst of
+        # work on a saturated machine delays a connect longer than one reply (seen: 0.1 s tripped under load).
         self._timeout = timeout
         self._backstop = max(5.0, 20 * timeout)
-        # Connecting gets more than `timeout`: a refused connection fails at once anyway, and a burst of new
-        # connections on a saturated machine takes longer than one reply (seen: 0.1 s tripped under load).
-        pool = aioredis.ConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            socket_timeout=self._backstop,
-            socket_connect_timeout=max(1.0, 10 * timeout),
-        )
-        # No client retries: re-sending an admission after a timeout could count the request twice.
-        self._pool = pool
-        self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         self._prefix = prefix
         # Lease ids: unique across replicas (random per process) and cheap per admission (a counter).
         self._lease_base = os.urandom(6).hex()
         self._leases = itertools.count()
-        self._admit = self._redis.register_script(ADMIT)
-        self._settle = self._redis.register_script(SETTLE)
-        self._release = self._redis.register_script(RELEASE)
+        self._admit = Script(ADMIT)
+        self._settle = Script(SETTLE)
+        self._release = Script(RELEASE)
         self._last_reply = 0.0  # loop time of the latest reply the store gave any call
-        self._batch = ScriptBatch(self._redis, max_in_flight=max_connections)
+        # No retries: re-sending an admission after a timeout could count the request twice.
+        self._batch = ScriptBatch(url, connect_timeout=max(1.0, 10 * timeout))
         self.unsettled = 0  # give-backs the store did not take (each reservation then stands until it expires)
 
     @property
@@ -222,7 +205,7 @@ class RedisLimiter:
         """Where this limiter's calls queue: other stores on the same Redis may share its round trips."""
         return self._batch
 
-    async def _call(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+    async def _call(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
         return await self._reply(self._batch.call(script, keys, args))
 
     async def _reply(self, call: asyncio.Future[Any]) -> Any:
@@ -242,6 +225,8 @@ class RedisLimiter:
                 prompt = now - t0 < 2 * PROBE_S
                 silent = now - max(self._last_reply, start) > self._timeout
                 if not done and ((prompt and silent) or now - start > self._backstop):
+                    # Drop the connection: every call out on it waits for the same silent store.
+                    self._batch.reset(TimeoutError(f"no reply from the store within {self._timeout:g} s"))
                     raise TimeoutError(f"no reply from the store within {self._timeout:g} s")
         except BaseException:  # a silent store, or the request itself cancelled: the call must not linger
             call.cancel()
@@ -270,7 +255,7 @@ class RedisLimiter:
             keys = [base, *self._spend_keys(caps)]
             spend_args = [f"{c.limit}:{c.expires_ms}" for c in caps]
             reply = await self._call(self._admit, keys, [packed, estimate, lease, reserve, *spend_args])
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (ReplyError, OSError, TimeoutError) as exc:
             raise _translate(exc) from None
         try:
             text = reply.decode() if isinstance(reply, bytes) else str(reply)
@@ -301,7 +286,7 @@ class RedisLimiter:
     async def _free(self, base: str, lease: str) -> None:
         try:
             await self._call(self._release, [base], [lease])
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (ReplyError, OSError, TimeoutError) as exc:
             log.warning("could not free a concurrency lease (%s); it expires by itself", type(exc).__name__)
 
     async def settle(
@@ -322,7 +307,7 @@ class RedisLimiter:
             return
         try:
             await self._call(self._settle, keys, args)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (ReplyError, OSError, TimeoutError) as exc:
             # The reservation stays (the safe side) and the lease expires by itself.
             raise _translate(exc) from None
 
@@ -333,7 +318,7 @@ class RedisLimiter:
         calls = [self._batch.command("HMGET", key, "s", "h") for key in self._spend_keys(caps)]
         try:
             rows = [await self._reply(call) for call in calls]
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (ReplyError, OSError, TimeoutError) as exc:
             for call in calls:
                 call.cancel()
             raise _translate(exc) from None
@@ -351,8 +336,8 @@ class RedisLimiter:
     async def key_tier(self, sha256: str) -> str | None:
         """Tier of an API key managed in Redis (HSET <prefix>:keys <sha256> <tier>); None if unknown."""
         try:
-            value = await self._redis.hget(f"{self._prefix}:keys", sha256)
-        except (RedisError, OSError):
+            value = await self._reply(self._batch.command("HGET", f"{self._prefix}:keys", sha256))
+        except (ReplyError, OSError, TimeoutError):
             return None
         return value.decode() if isinstance(value, bytes) else value
 
@@ -361,26 +346,23 @@ class RedisLimiter:
         set-up and a NOSCRIPT round trip. A store that is down now is only logged: tiers decide per request."""
         try:
             for script in (self._admit, self._settle, self._release):
-                await self._redis.script_load(script.script)
-            self._last_reply = asyncio.get_running_loop().time()
-        except (RedisError, OSError) as exc:
+                await self._reply(self._batch.command("SCRIPT", "LOAD", script.text))
+        except (ReplyError, OSError, TimeoutError) as exc:
             log.warning("rate limiter store not reachable at start: %s: %s", type(exc).__name__, exc)
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
+            return bool(await self._reply(self._batch.command("PING")) == b"PONG")
+        except (ReplyError, OSError, TimeoutError):
             return False
 
     async def close(self) -> None:
-        await self._batch.drain()  # settlements still queued or on their way are not lost
-        await self._redis.aclose()
-        await self._pool.disconnect()  # a pool handed to Redis() is not closed by it
+        await self._batch.close(self._backstop)  # settlements still queued or on their way are not lost
 
 
-def _translate(exc: RedisError | OSError | TimeoutError) -> LimiterUnavailable | LimiterFailed:
+def _translate(exc: ReplyError | OSError | TimeoutError) -> LimiterUnavailable | LimiterFailed:
     """The store's failures as the gateway's: unreachable (refused, reset, silent) lets a tier fail open or
     closed; any other error from Redis (a script error, a value it rejects) is a fault that always refuses."""
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError):
+    if isinstance(exc, OSError | TimeoutError):
         return LimiterUnavailable(f"rate limiter store unreachable: {type(exc).__name__}: {exc}")
     return LimiterFailed(f"rate limiter store error: {type(exc).__name__}: {exc}")

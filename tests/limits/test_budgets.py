@@ -103,10 +103,11 @@ async def test_a_refusal_says_when_the_window_resets_to_the_millisecond() -> Non
 
 async def test_reading_spend_never_takes_a_connection_an_admission_was_promised() -> None:
     """Regression: the spend gauges' reads took pool connections past the limiter's slots, so an admission
-    found none (MaxConnectionsError, read as an outage: a fail-open tier admitted uncounted)."""
+    found none (MaxConnectionsError, read as an outage: a fail-open tier admitted uncounted). Now both queue on
+    the limiter's one pipelined connection."""
     require_redis()
     prefix = f"test-{uuid.uuid4().hex[:8]}"
-    lim = RedisLimiter(REDIS_URL, timeout=5.0, prefix=prefix, max_connections=2)
+    lim = RedisLimiter(REDIS_URL, timeout=5.0, prefix=prefix)
     caller = _caller(Budget(per_day=10**12))
     windows = _caps(caller, NEXT_MS)
     try:

@@ -1,6 +1,6 @@
-"""Round trips to the Redis limiter: calls of one turn of the event loop share a pipeline, a settlement that only
+"""Round trips to the Redis limiter: calls of one turn of the event loop share a write, a settlement that only
 gives back is not waited for, and neither costs exactness (real Redis on loopback; round trips counted on the
-client, every packed write on a connection)."""
+client, every write on its connection)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
 
 from router.adapters.limiter_redis import ADMIT, RedisLimiter
 from router.adapters.redis_batch import ScriptBatch
+from router.adapters.resp import ReplyError, Script
 from router.api.app import create_app
 from router.core.limits import TierLimits
 from router.core.tiers import Caller, Tier
@@ -29,17 +28,17 @@ from tests.upstream import make_upstream
 
 
 @pytest.fixture
-def writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many packed writes the client made (a pipeline is one)."""
-    count = [0]
-    original = AbstractConnection.send_packed_command
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every write a batch made to its connection, as the bytes written."""
+    out: list[bytes] = []
 
-    async def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
-        count[0] += 1
-        await original(self, command, check_health)
+    def recorded(self: ScriptBatch, data: bytes) -> None:
+        out.append(data)
+        original(self, data)
 
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-    return count
+    original = ScriptBatch._write
+    monkeypatch.setattr(ScriptBatch, "_write", recorded)
+    return out
 
 
 @pytest.fixture
@@ -63,24 +62,24 @@ async def settled(condition: Any, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_concurrent_admissions_share_one_round_trip(prefix: str, writes: list[int]) -> None:
+async def test_concurrent_admissions_share_one_round_trip(prefix: str, writes: list[bytes]) -> None:
     lim = RedisLimiter(REDIS_URL, timeout=1.0, prefix=prefix)
     await lim.warm()
     limits = TierLimits(requests_per_minute=100, tokens_per_minute=10_000, max_concurrent=50)
-    before = writes[0]
+    before = len(writes)
     got = await asyncio.gather(*(lim.admit(caller(limits, f"ip:{i}"), 10) for i in range(16)))
     assert all(a.admitted for a in got)
-    assert writes[0] - before == 1
+    assert len(writes) - before == 1
     await lim.close()
 
 
-async def test_a_give_back_costs_the_request_no_round_trip(prefix: str, writes: list[int]) -> None:
+async def test_a_give_back_costs_the_request_no_round_trip(prefix: str, writes: list[bytes]) -> None:
     lim = RedisLimiter(REDIS_URL, timeout=1.0, prefix=prefix)
     c = caller(TierLimits(tokens_per_minute=1000, max_concurrent=1))
     first = await lim.admit(c, 100)
-    before = writes[0]
+    before = len(writes)
     await lim.settle(c, first, 40)  # used less than it reserved, and frees its slot
-    assert writes[0] == before  # returned before anything was sent
+    assert len(writes) == before  # returned before anything was sent
     leases = redis.Redis.from_url(REDIS_URL)
     await settled(lambda: leases.zcard(f"{prefix}:{{t:ip:a}}:cc") == 0, "the slot is freed soon after")
     second = await lim.admit(c, 100)
@@ -132,29 +131,28 @@ async def test_a_give_back_the_store_refuses_is_counted(prefix: str) -> None:
 
 
 async def test_a_script_redis_lost_is_loaded_and_its_calls_run_once(prefix: str) -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
     # A script Redis has never seen (its text is new): every call first meets NOSCRIPT.
-    script = client.register_script(f"-- {uuid.uuid4()}\nreturn redis.call('INCR', KEYS[1])")
-    batch = ScriptBatch(client)
+    script = Script(f"-- {uuid.uuid4()}\nreturn redis.call('INCR', KEYS[1])")
+    batch = ScriptBatch(REDIS_URL)
     key = f"{prefix}:counter"
     got = await asyncio.gather(*(batch.call(script, [key], []) for _ in range(5)))
     assert sorted(got) == [1, 2, 3, 4, 5]
-    assert await client.get(key) == b"5"
-    await client.aclose()
+    assert await batch.command("GET", key) == b"5"
+    await batch.close()
 
 
 async def test_an_error_reply_is_that_calls_alone(prefix: str) -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    script = client.register_script("if ARGV[1] == 'bad' then return redis.error_reply('no') end return ARGV[1]")
-    await client.script_load(script.script)
-    batch = ScriptBatch(client)
+    script = Script("if ARGV[1] == 'bad' then return redis.error_reply('no') end return ARGV[1]")
+    batch = ScriptBatch(REDIS_URL)
+    assert await batch.command("SCRIPT", "LOAD", script.text) == script.sha.encode()
+    before = batch.sent
     calls = [batch.call(script, [f"{prefix}:k"], [v]) for v in ("a", "bad", "c")]
     got = await asyncio.gather(*calls, return_exceptions=True)
     assert got[0] == b"a"
-    assert isinstance(got[1], redis.ResponseError)
+    assert isinstance(got[1], ReplyError) and str(got[1]) == "ERR no"
     assert got[2] == b"c"
-    assert batch.sent == 1
-    await client.aclose()
+    assert batch.sent - before == 1
+    await batch.close()
 
 
 def test_a_later_turns_conversation_lookup_rides_with_its_admission(
@@ -162,13 +160,13 @@ def test_a_later_turns_conversation_lookup_rides_with_its_admission(
 ) -> None:
     """Through the gateway: the admission script and the conversation memory's GET leave in one write."""
     sent: list[bytes] = []
-    original = AbstractConnection.send_packed_command
+    original = ScriptBatch._write
 
-    async def recorded(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
-        sent.append(command if isinstance(command, bytes) else b"".join(command))
-        await original(self, command, check_health)
+    def recorded(self: ScriptBatch, data: bytes) -> None:
+        sent.append(data)
+        original(self, data)
 
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", recorded)
+    monkeypatch.setattr(ScriptBatch, "_write", recorded)
     admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest().encode()
     later_turn = [
         {"role": "user", "content": "hi"},

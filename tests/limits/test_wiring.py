@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
+from router.adapters.redis_batch import ScriptBatch
 from router.api.wiring import ShutdownClock, Wiring, running, wire
 from router.settings import (
     AuthSettings,
@@ -40,21 +41,26 @@ def _settings(ledger: Path) -> Settings:
     )
 
 
-def _redis_clients(w: Wiring) -> list[redis.asyncio.Redis]:
-    clients = [
-        getattr(part, "_redis", None)
-        for part in (w.stores.redis_limiter, w.stores.cache, w.stores.conversations, w.stores.scores)
-    ]
-    assert all(isinstance(c, redis.asyncio.Redis) for c in clients), clients  # every Redis part is on
-    return [c for c in clients if isinstance(c, redis.asyncio.Redis)]
+Client = redis.asyncio.Redis | ScriptBatch  # redis-py's, or the hot path's own pipelined connection
 
 
-async def _use(clients: list[redis.asyncio.Redis]) -> None:
-    for client in clients:  # each pool opens a connection, so there is something to close
-        await client.ping()
+def _redis_clients(w: Wiring) -> list[Client]:
+    limiter, conversations = w.stores.redis_limiter, w.stores.conversations
+    assert limiter is not None and conversations is not None
+    assert getattr(conversations, "_batch", None) is limiter.batch  # a lookup rides with its admission
+    clients = [limiter.batch, *(getattr(part, "_redis", None) for part in (w.stores.cache, w.stores.scores))]
+    assert all(isinstance(c, Client) for c in clients), clients  # every Redis part is on
+    return [c for c in clients if isinstance(c, Client)]
 
 
-def _in_use(client: redis.asyncio.Redis) -> int:
+async def _use(clients: list[Client]) -> None:
+    for client in clients:  # each opens a connection, so there is something to close
+        await (client.command("PING") if isinstance(client, ScriptBatch) else client.ping())
+
+
+def _in_use(client: Client) -> int:
+    if isinstance(client, ScriptBatch):
+        return int(client.connected)
     pool = client.connection_pool
     return sum(1 for c in [*pool._available_connections, *pool._in_use_connections] if c.is_connected)
 

@@ -1,16 +1,16 @@
 """The response cache in Redis, shared by every gateway replica. Entries expire by Redis' own TTL.
 
-A slow or absent Redis must not slow answers down: each call waits at most `timeout`, and a failure is a miss
-(or a skipped store), counted in `errors`."""
+A slow or absent Redis must not slow answers down: a lookup waits at most `timeout`, a store is not waited for,
+and a failure is a miss (or a skipped store), counted in `errors`. Given the limiter's batch, a lookup made
+beside an admission leaves in the admission's write (one round trip for both)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from router.adapters.redis_batch import ScriptBatch
+from router.adapters.resp import ReplyError
 
 __all__ = ["RedisCache"]
 
@@ -18,11 +18,12 @@ log = logging.getLogger("triage.cache")
 
 
 class RedisCache:
-    def __init__(self, url: str, *, prefix: str = "triage", timeout: float = 0.1, max_connections: int = 64) -> None:
-        self._pool = aioredis.ConnectionPool.from_url(
-            url, max_connections=max_connections, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        self._redis = aioredis.Redis(connection_pool=self._pool, retry=Retry(NoBackoff(), 0))
+    def __init__(
+        self, url: str, *, prefix: str = "triage", timeout: float = 0.1, batch: ScriptBatch | None = None
+    ) -> None:
+        self._own = batch is None
+        self._batch = batch if batch is not None else ScriptBatch(url, connect_timeout=max(1.0, timeout))
+        self._timeout = timeout
         self._prefix = f"{prefix}:cache:"
         self.errors = 0
 
@@ -32,18 +33,16 @@ class RedisCache:
 
     async def get(self, key: str) -> bytes | None:
         try:
-            value = await self._redis.get(self._prefix + key)
-        except (RedisError, OSError, TimeoutError) as exc:
+            value = await asyncio.wait_for(self._batch.command("GET", self._prefix + key), self._timeout)
+        except (ReplyError, OSError, TimeoutError) as exc:
             self._failed(exc, "read")
             return None
         return value if isinstance(value, bytes) else None
 
     async def put(self, key: str, value: bytes, ttl: float) -> None:
-        try:
-            await self._redis.set(self._prefix + key, value, px=max(1, int(ttl * 1000)))
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc, "write")
+        call = self._batch.command("SET", self._prefix + key, value, "PX", max(1, int(ttl * 1000)), lazy=True)
+        self._batch.watch(call, lambda exc: self._failed(exc, "write"))
 
     async def close(self) -> None:
-        await self._redis.aclose()
-        await self._pool.disconnect()
+        if self._own:
+            await self._batch.close(max(1.0, self._timeout))

@@ -107,7 +107,8 @@ class RedisConversations:
         """Not waited for: this replica's later lookups leave after it on the same connection, and a write
         that fails is a conversation forgotten (counted), never a request's error."""
         ttl_ms = max(1, int(ttl * 1000))
-        call = self._batch.call(self._put, [self._prefix + key, self._index], [role.value, ttl_ms, self._max])
+        keys = [self._prefix + key, self._index]
+        call = self._batch.call(self._put, keys, [role.value, ttl_ms, self._max], lazy=True)
         self._batch.watch(call, self._failed)
 
     def _failed(self, exc: BaseException) -> None:

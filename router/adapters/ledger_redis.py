@@ -10,14 +10,16 @@ machine), and the queue's writer yields between batches."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any, cast
 
 import redis
-import redis.asyncio as aioredis
 
 from router.adapters.ledger_queue import QueuedLedger
+from router.adapters.redis_batch import ScriptBatch
+from router.adapters.resp import Script
 from router.core.records import COLUMNS, DecisionRecord
 
 __all__ = ["RedisStreamLedger", "read_stream_records"]
@@ -98,18 +100,24 @@ class RedisStreamLedger(QueuedLedger[DecisionRecord]):
         timeout: float = 2.0,
     ) -> None:
         super().__init__(batch=batch, interval=interval, max_queue=max_queue)
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._redis = ScriptBatch(url, connect_timeout=timeout)
+        self._timeout = timeout
         self.stream = stream
         self._maxlen = maxlen
-        self._xadds = self._redis.register_script(XADDS)
+        self._xadds = Script(XADDS)
 
     async def _store(self, rows: list[tuple[Any, ...]]) -> None:
-        added = await self._xadds(keys=[self.stream], args=[self._maxlen, _COLUMNS_JSON, _pack(rows)])
+        call = self._redis.call(self._xadds, [self.stream], [self._maxlen, _COLUMNS_JSON, _pack(rows)])
+        try:
+            added = await asyncio.wait_for(call, self._timeout)
+        except TimeoutError:
+            self._redis.reset(TimeoutError("the ledger's Redis did not answer"))  # a silent connection is dropped
+            raise
         if added != len(rows):
             raise RuntimeError(f"the stream took {added} of {len(rows)} records")
 
     async def _close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.close(self._timeout)
 
 
 def read_stream_records(url: str, stream: str = "triage:decisions", chunk: int = 5000) -> Iterator[DecisionRecord]:

@@ -1,6 +1,7 @@
 """Rate limiter in Redis: one Lua script per admission, shared by every gateway replica. Script calls made in the
 same turn of the event loop share one round trip (router.adapters.redis_batch), and a settlement that only gives
-back (the request used no more than it reserved, and its concurrency slot) is not waited for.
+back (the request used no more than it reserved, and its concurrency slot) is not waited for: it leaves with the
+next admission's write, or 2 ms later when none comes, so a request at c=1 pays for one write, not two.
 
 Why that stays exact: a pending give-back leaves the store counting more than was used, never less, so every
 admission decided while it is pending is at least as strict as an exact one: a reservation released late can
@@ -303,7 +304,8 @@ class RedisLimiter:
         if delta <= 0 and money[1] <= money[0]:
             # Gives back only (tokens and money): while pending it can only make admissions stricter (see the
             # docstring); a settlement that adds is awaited, or a replica could admit past a limit meanwhile.
-            self._batch.watch(self._batch.call(self._settle, keys, args), self._unsettled)
+            # Lazy: it rides with the next admission's write (at c=1, the next request's), at most 2 ms late.
+            self._batch.watch(self._batch.call(self._settle, keys, args, lazy=True), self._unsettled)
             return
         try:
             await self._call(self._settle, keys, args)

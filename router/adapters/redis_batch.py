@@ -101,7 +101,7 @@ class _Protocol(asyncio.Protocol):
 
 
 class ScriptBatch:
-    def __init__(self, url: str, *, connect_timeout: float = 1.0) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 1.0, linger: float = 0.002) -> None:
         self._target = RedisTarget.from_url(url)
         self._connect_timeout = connect_timeout
         self._queue: list[_Call] = []  # made this turn, not yet written
@@ -110,6 +110,8 @@ class ScriptBatch:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._scheduled = False
+        self._linger = linger
+        self._lingering: asyncio.TimerHandle | None = None  # the write lazy calls wait for, at the latest
         self._buffer = bytearray()
         self.sent = 0  # writes (round trips), for the tests and the benchmarks
 
@@ -117,21 +119,29 @@ class ScriptBatch:
     def connected(self) -> bool:
         return self._transport is not None
 
-    def call(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> asyncio.Future[Any]:
+    def call(
+        self, script: Script, keys: Sequence[str], args: Sequence[Arg], *, lazy: bool = False
+    ) -> asyncio.Future[Any]:
         """Queue one script call; the future holds its reply, or the error that stopped it (ReplyError for an
-        error reply, ConnectionError or TimeoutError when the connection failed)."""
+        error reply, ConnectionError or TimeoutError when the connection failed). A `lazy` call does not ask for
+        a write of its own: it leaves with the next call that does, or after `linger` seconds."""
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        return self._queued(_Call(pack(command), asyncio.get_running_loop().create_future(), command, script))
+        return self._queued(_Call(pack(command), asyncio.get_running_loop().create_future(), command, script), lazy)
 
-    def command(self, *args: Arg) -> asyncio.Future[Any]:
+    def command(self, *args: Arg, lazy: bool = False) -> asyncio.Future[Any]:
         """Queue one plain command (GET key, ...), as `call` does."""
-        return self._queued(_Call(pack(args), asyncio.get_running_loop().create_future()))
+        return self._queued(_Call(pack(args), asyncio.get_running_loop().create_future()), lazy)
 
-    def _queued(self, call: _Call) -> asyncio.Future[Any]:
+    def _queued(self, call: _Call, lazy: bool = False) -> asyncio.Future[Any]:
         self._queue.append(call)
-        if not self._scheduled:
+        if self._scheduled:
+            return call.future
+        loop = asyncio.get_running_loop()
+        if not lazy:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)  # after every call this turn of the loop makes
+            loop.call_soon(self._flush)  # after every call this turn of the loop makes
+        elif self._lingering is None:
+            self._lingering = loop.call_later(self._linger, self._flush)
         return call.future
 
     def watch(self, future: asyncio.Future[Any], failed: Callable[[BaseException], None]) -> None:
@@ -145,6 +155,9 @@ class ScriptBatch:
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
         if self._transport is None:
             if self._connecting is None and self._queue:
                 self._connecting = asyncio.ensure_future(self._connect())

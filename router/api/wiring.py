@@ -146,7 +146,7 @@ def wire(settings: Settings, workers: Sequence[Worker] | None = None, scorer: Sc
     redis_limiter = _redis_limiter(settings)
     stores = Stores(
         redis_limiter, _ledger(settings), _pairs(settings), _conversations(settings, redis_limiter),
-        _scores(settings), _cache(settings),
+        _scores(settings), _cache(settings, redis_limiter),
     )  # fmt: skip
     ledger = stores.ledger
     limiter: RedisLimiter | MemoryLimiter = redis_limiter or MemoryLimiter()
@@ -168,7 +168,7 @@ def wire(settings: Settings, workers: Sequence[Worker] | None = None, scorer: Sc
             settings.ledger.store_prompts,
         ),
     )
-    _read_metrics(metrics, ledger, service, stores.cache, settings.ledger.outcomes)
+    _read_metrics(metrics, stores, service, settings.ledger.outcomes)
     spend_gauges = SpendGauges(limiter, spending.tier_caps, list(build_tiers(settings).values()))
     metrics.family(
         "triage_budget_spend_usd",
@@ -353,13 +353,18 @@ def _shared_store(settings: Settings, section: str, backend: str) -> str | None:
     return url if backend == "redis" or (backend == "auto" and url) else None
 
 
-def _cache(settings: Settings) -> MemoryCache | RedisCache | None:
+def _cache(settings: Settings, limiter: RedisLimiter | None) -> MemoryCache | RedisCache | None:
     cfg = settings.cache
     if not cfg.enabled:
         return None
     url = _shared_store(settings, "cache", cfg.backend)
     if url:
-        return RedisCache(url, prefix=settings.limits.key_prefix, timeout=settings.limits.redis_timeout)
+        return RedisCache(
+            url,
+            prefix=settings.limits.key_prefix,
+            timeout=settings.limits.redis_timeout,
+            batch=limiter.batch if limiter is not None else None,  # a lookup rides with its admission
+        )
     return MemoryCache(cfg.max_entries)
 
 
@@ -445,14 +450,9 @@ def _metrics_dir() -> Path | None:
     return path
 
 
-def _read_metrics(
-    metrics: Metrics,
-    ledger: QueuedLedger[DecisionRecord] | None,
-    service: RoutingService,
-    cache: MemoryCache | RedisCache | None,
-    quality_path: Path,
-) -> None:
+def _read_metrics(metrics: Metrics, stores: Stores, service: RoutingService, quality_path: Path) -> None:
     """Values kept by the parts themselves, read at scrape time: levels are gauges, running totals counters."""
+    ledger, cache, limiter = stores.ledger, stores.cache, stores.redis_limiter
     metrics.gauge(
         "triage_ledger_queue_depth",
         "Records waiting to be written.",
@@ -468,6 +468,12 @@ def _read_metrics(
         "triage_limiter_errors_total",
         "Times the rate-limit store did not answer.",
         lambda: float(service.health().limiter_errors),
+    )
+    metrics.counter(
+        "triage_limiter_unsettled_total",
+        "Settlements that only gave back (unused tokens, a freed slot) which the Redis store did not take: each "
+        "reservation stands until its window passes (stricter, never looser).",
+        lambda: float(limiter.unsettled if limiter is not None else 0),
     )
     metrics.counter(
         "triage_overloaded_total",

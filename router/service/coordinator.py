@@ -25,7 +25,7 @@ from router.core.tiers import Caller, Tier, allowed_role
 from router.core.types import Decision, Reason, Role, Routed, Worker
 from router.errors import BudgetExceeded, InvalidRequest, ModelNotFound, PermissionDenied, RateLimited, TriageError
 from router.protocol import GenerationRequest, Prompt, choices
-from router.service.admission import AdmissionControl
+from router.service.admission import AdmissionControl, Admitted
 from router.service.cascade import Cascade
 from router.service.context import Endpoint, Outcome, RequestContext, RequestOptions, RoutingPolicy
 from router.service.conversation import Conversations, Turn
@@ -221,19 +221,17 @@ class RoutingService:
         turn: Turn | None,
     ) -> Outcome:
         caller, request = ctx.caller, ctx.request
-        try:
-            admitted = await self._admission.admit(caller, ctx.prompt, ctx.payload, self._reach(ctx, named))
-        except RateLimited as exc:
-            ctx.trace.reason = Reason.BUDGET_EXCEEDED if isinstance(exc, BudgetExceeded) else Reason.RATE_LIMITED
-            raise
+        cacheable = self._cache is not None and caller.tier.cache
+        key = cache_key(caller.tier.name, ctx.endpoint.value, ctx.payload) if cacheable else None
+        # Asked for before admission, as a later turn's memory is: in Redis both leave in the admission's write.
+        lookup = asyncio.ensure_future(self._cache.get(key)) if self._cache and key and not cache_bypass else None
+        admitted = await self._admit(ctx, named, lookup)
         ctx.admission = admitted.admission
         limit_headers = headers(ctx.admission) if ctx.admission else {}
         settled = False
         try:
-            cacheable = self._cache is not None and caller.tier.cache
-            key = cache_key(caller.tier.name, ctx.endpoint.value, ctx.payload) if cacheable else None
-            if key is not None and not cache_bypass:
-                cached = await self._cached(key, ctx.trace)
+            if lookup is not None:
+                cached = await self._cached(ctx.trace, lookup)
                 if cached is not None:
                     await self._admission.settle(caller, ctx.admission, 0, 0)  # nothing was generated
                     settled = True
@@ -262,6 +260,18 @@ class RoutingService:
         finally:
             if not settled:  # failed or cancelled: the reservation stands, the slot is freed
                 await self._admission.settle(caller, ctx.admission, None)
+
+    async def _admit(
+        self, ctx: RequestContext, named: tuple[Worker, ...] | None, lookup: asyncio.Future[bytes | None] | None
+    ) -> Admitted:
+        try:
+            return await self._admission.admit(ctx.caller, ctx.prompt, ctx.payload, self._reach(ctx, named))
+        except BaseException as exc:
+            if lookup is not None:
+                lookup.cancel()  # refused or gone: the cache's answer is not wanted
+            if isinstance(exc, RateLimited):
+                ctx.trace.reason = Reason.BUDGET_EXCEEDED if isinstance(exc, BudgetExceeded) else Reason.RATE_LIMITED
+            raise
 
     def _cascades(self, ctx: RequestContext, named: tuple[Worker, ...] | None) -> bool:
         request = ctx.request
@@ -297,9 +307,9 @@ class RoutingService:
 
     # -- the response cache ----------------------------------------------------------------------------
 
-    async def _cached(self, key: str, trace: Trace) -> Outcome | None:
+    async def _cached(self, trace: Trace, lookup: Awaitable[bytes | None]) -> Outcome | None:
         """A stored answer as an outcome, or None on a miss (or when the worker that answered is gone)."""
-        value = await self._cache.get(key) if self._cache is not None else None
+        value = await lookup
         if value is None:
             return None
         name, _, body = value.partition(b"\n")

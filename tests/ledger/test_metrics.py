@@ -68,7 +68,7 @@ def test_metrics_count_what_was_served(tmp_path: Path) -> None:
     # Running totals are counters (rate() and increase() are meant for them); levels are gauges.
     for name in (requests, "triage_tokens_total", "triage_cost_usd_total", "triage_ledger_dropped_total"):
         assert m.types[name] == "counter", name
-    for name in ("triage_limiter_errors_total", "triage_overloaded_total", "triage_cache_errors_total"):
+    for name in ("triage_limiter_errors_total", "triage_limiter_unsettled_total", "triage_overloaded_total"):
         assert m.types[name] == "counter", name
     for name in ("triage_shadow_calls_total", "triage_shadow_dropped_total"):
         assert m.types[name] == "counter", name

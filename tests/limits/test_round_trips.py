@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 
-from router.adapters.limiter_redis import ADMIT, RedisLimiter
+from router.adapters.limiter_redis import ADMIT, SETTLE, RedisLimiter
 from router.adapters.redis_batch import ScriptBatch
 from router.adapters.resp import ReplyError, Script
 from router.api.app import create_app
@@ -84,6 +84,26 @@ async def test_a_give_back_costs_the_request_no_round_trip(prefix: str, writes: 
     await settled(lambda: leases.zcard(f"{prefix}:{{t:ip:a}}:cc") == 0, "the slot is freed soon after")
     second = await lim.admit(c, 100)
     assert (second.admitted, second.used_tokens) == (True, 140)
+    await lim.close()
+
+
+async def test_a_give_back_leaves_with_the_next_admission_or_soon_after(prefix: str, writes: list[bytes]) -> None:
+    """Sequential requests (c=1) pay for one write each: a give-back waits for the next admission's write."""
+    lim = RedisLimiter(REDIS_URL, timeout=1.0, prefix=prefix)
+    await lim.warm()
+    c = caller(TierLimits(tokens_per_minute=10_000, max_concurrent=1))
+    settle_sha = hashlib.sha1(SETTLE.encode()).hexdigest().encode()
+    admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest().encode()
+    first = await lim.admit(c, 100)
+    before = len(writes)
+    await lim.settle(c, first, 40)
+    await asyncio.sleep(0)  # a turn of the loop: an eager call would have been written by now
+    assert len(writes) == before
+    second = await lim.admit(c, 100)  # the slot is free: the give-back left first, in the same write
+    assert second.admitted and second.used_tokens == 140
+    assert len(writes) == before + 1 and settle_sha in writes[-1] and admit_sha in writes[-1]
+    await lim.settle(c, second, 100)  # no admission follows: it leaves by itself
+    await settled(lambda: len(writes) == before + 2, "a lone give-back is written within its linger")
     await lim.close()
 
 
@@ -191,3 +211,33 @@ def test_a_later_turns_conversation_lookup_rides_with_its_admission(
     assert codes == [200, 200, 429]
     together = [w for w in sent if admit_sha in w and b"GET" in w and f"{prefix}:conv:".encode() in w]
     assert together, "the admission and the conversation lookup went in separate writes"
+
+
+def test_a_cache_lookup_rides_with_its_admission_and_still_hits(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the gateway: the response cache's GET leaves in the admission's write, a miss's store is not
+    waited for, and the next identical request is answered from the cache; a refused request's lookup is
+    dropped, not answered."""
+    sent: list[bytes] = []
+    original = ScriptBatch._write
+
+    def recorded(self: ScriptBatch, data: bytes) -> None:
+        sent.append(data)
+        original(self, data)
+
+    monkeypatch.setattr(ScriptBatch, "_write", recorded)
+    admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest().encode()
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    with serving(make_upstream("tiny-small")) as small, serving(make_upstream("tiny-large")) as large:
+        settings = settings_for(f"{small.url}/v1", f"{large.url}/v1").model_copy(
+            update={
+                "limits": LimitsSettings(redis_url=REDIS_URL, key_prefix=prefix),
+                "tiers": {"anonymous": TierSettings(requests_per_minute=2)},
+                "cache": CacheSettings(enabled=True, backend="redis"),
+            }
+        )
+        with serving(create_app(settings)) as gw:
+            replies = [httpx.post(f"{gw.url}/v1/chat/completions", json=body) for _ in range(3)]
+    assert [r.status_code for r in replies] == [200, 200, 429]
+    assert replies[1].headers["x-triage-cache"] == "hit" and replies[1].json() == replies[0].json()
+    together = [w for w in sent if admit_sha in w and b"GET" in w and f"{prefix}:cache:".encode() in w]
+    assert len(together) >= 2, "the admission and the cache lookup went in separate writes"

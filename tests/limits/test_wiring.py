@@ -45,10 +45,11 @@ Client = redis.asyncio.Redis | ScriptBatch  # redis-py's, or the hot path's own 
 
 
 def _redis_clients(w: Wiring) -> list[Client]:
-    limiter, conversations = w.stores.redis_limiter, w.stores.conversations
-    assert limiter is not None and conversations is not None
-    assert getattr(conversations, "_batch", None) is limiter.batch  # a lookup rides with its admission
-    clients = [limiter.batch, *(getattr(part, "_redis", None) for part in (w.stores.cache, w.stores.scores))]
+    limiter = w.stores.redis_limiter
+    assert limiter is not None
+    for part in (w.stores.conversations, w.stores.cache):  # their lookups ride with admissions
+        assert getattr(part, "_batch", None) is limiter.batch
+    clients = [limiter.batch, getattr(w.stores.scores, "_redis", None)]
     assert all(isinstance(c, Client) for c in clients), clients  # every Redis part is on
     return [c for c in clients if isinstance(c, Client)]
 

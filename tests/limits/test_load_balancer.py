@@ -146,11 +146,12 @@ def test_three_replicas_behind_haproxy_survive_sigterm_and_sigkill(tmp_path: Pat
                 }
             )
         )
+        haproxy = _haproxy()  # before any gateway starts: a missing HAProxy must not leave three of them running
         gateways = [Gateway(cfg, tmp_path / f"gw{i}.log") for i in range(3)]
         port, stats = free_port(), free_port()
         (tmp_path / "haproxy.cfg").write_text(_haproxy_config(port, stats, gateways))
         with (tmp_path / "haproxy.log").open("wb") as log:
-            lb = subprocess.Popen([_haproxy(), "-db", "-f", str(tmp_path / "haproxy.cfg")], stdout=log, stderr=log)
+            lb = subprocess.Popen([haproxy, "-db", "-f", str(tmp_path / "haproxy.cfg")], stdout=log, stderr=log)
         try:
             url = f"http://127.0.0.1:{port}"
             every = {f"gw{i}": ("UP", "L7OK") for i in range(3)}

@@ -22,7 +22,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from router.adapters.resp import INCOMPLETE, ProtocolError, ReplyError, Script, pack, parse
@@ -92,6 +92,9 @@ class _Call:
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: ScriptBatch) -> None:
         self._owner = owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._owner._made(self, cast(asyncio.Transport, transport))  # uvloop's transports do not subclass it
 
     def data_received(self, data: bytes) -> None:
         self._owner._received(self, data)
@@ -187,7 +190,7 @@ class ScriptBatch:
                         context.check_hostname = False
                         context.verify_mode = ssl.CERT_NONE
                 opening = loop.create_connection(lambda: _Protocol(self), target.host, target.port, ssl=context)
-            transport, protocol = await asyncio.wait_for(opening, self._connect_timeout)
+            await asyncio.wait_for(opening, self._connect_timeout)
         except BaseException as exc:
             self._connecting = None
             failure = exc if isinstance(exc, Exception) else ConnectionError("connecting to Redis was cancelled")
@@ -200,9 +203,16 @@ class ScriptBatch:
             if not isinstance(exc, Exception):
                 raise
             return
-        self._transport, self._protocol, self._connecting = transport, protocol, None
+        self._connecting = None
+        if self._queue and self._transport is None:  # the connection went before this resumed: calls made since
+            self._flush()  # try a new one
+
+    def _made(self, protocol: _Protocol, transport: asyncio.Transport) -> None:
+        """The connection is the batch's from its first moment, not from when `_connect` resumes: what Redis
+        sends, or its close, may come in between (Redis at maxclients writes an error and closes at once)."""
+        self._transport, self._protocol = transport, protocol
         self._buffer.clear()
-        greeting = [_Call(pack(g), loop.create_future()) for g in target.greeting()]
+        greeting = [_Call(pack(g), asyncio.get_running_loop().create_future()) for g in self._target.greeting()]
         for call in greeting:
             self.watch(call.future, lambda e: log.error("Redis refused the connection's set-up: %s", e))
         self._queue[:0] = greeting
@@ -268,16 +278,27 @@ class ScriptBatch:
         `patience` seconds the store is taken for silent and the connection dropped."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + patience
-        while self._queue or self._pending or self._connecting is not None:
+        while True:
             if self._queue:
                 self._flush()
-            waiting: list[asyncio.Future[Any]] = [c.future for c in (*self._queue, *self._pending)]
+            # Calls someone still wants: one its caller cancelled after it left keeps its place in line for its
+            # reply, but nobody waits for that reply.
+            waiting: list[asyncio.Future[Any]] = [
+                c.future for c in (*self._queue, *self._pending) if not c.future.done()
+            ]
             if self._connecting is not None:
                 waiting.append(self._connecting)
+            if not waiting:
+                return
             left = deadline - loop.time()
             if left <= 0:
-                self.reset(TimeoutError("Redis did not answer before shutdown"))
-                self._fail_queued(TimeoutError("Redis did not answer before shutdown"))
+                failure = TimeoutError("Redis did not answer before shutdown")
+                self.reset(failure)
+                self._fail_queued(failure)
+                connecting = self._connecting
+                if connecting is not None:  # given up, not left to open a connection after shutdown
+                    connecting.cancel()
+                    await asyncio.wait((connecting,))
                 return
             await asyncio.wait(waiting, timeout=left)
 

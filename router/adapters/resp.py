@@ -75,6 +75,8 @@ def parse(buf: bytes | bytearray, pos: int = 0, depth: int = 0) -> tuple[Any, in
             stop = end + 2 + size
             if len(buf) < stop + 2:
                 return INCOMPLETE, pos
+            if buf[stop : stop + 2] != b"\r\n":  # the length lied: every reply after it would be misread
+                raise ProtocolError(f"a bulk string longer than its length ({size})")
             return bytes(buf[end + 2 : stop]), stop + 2
         if kind == 0x3A:  # : integer
             return int(line), end + 2

@@ -35,6 +35,7 @@ class RedisCache:
         try:
             value = await asyncio.wait_for(self._batch.command("GET", self._prefix + key), self._timeout)
         except (ReplyError, OSError, TimeoutError) as exc:
+            self._silent(exc)
             self._failed(exc, "read")
             return None
         return value if isinstance(value, bytes) else None
@@ -42,6 +43,12 @@ class RedisCache:
     async def put(self, key: str, value: bytes, ttl: float) -> None:
         call = self._batch.command("SET", self._prefix + key, value, "PX", max(1, int(ttl * 1000)), lazy=True)
         self._batch.watch(call, lambda exc: self._failed(exc, "write"))
+
+    def _silent(self, exc: BaseException) -> None:
+        """A connection of its own that timed out is dropped (the next call opens another). A shared one is the
+        limiter's to judge: a late reply under load is not an outage, and dropping it would fail admissions."""
+        if self._own and isinstance(exc, TimeoutError):
+            self._batch.reset(TimeoutError("no reply from Redis"))
 
     async def close(self) -> None:
         if self._own:

@@ -94,6 +94,7 @@ class RedisConversations:
         try:
             value = await asyncio.wait_for(self._batch.command("GET", self._prefix + key), self._timeout)
         except (ReplyError, OSError, TimeoutError) as exc:
+            self._silent(exc)
             self._failed(exc)
             return None
         if value is None:
@@ -115,6 +116,12 @@ class RedisConversations:
         self.errors += 1
         if self.errors == 1 or self.errors % 1000 == 0:
             log.warning("conversation memory unavailable (%s): turns are routed by their own score", exc)
+
+    def _silent(self, exc: BaseException) -> None:
+        """A connection of its own that timed out is dropped (the next call opens another). A shared one is the
+        limiter's to judge: a late reply under load is not an outage, and dropping it would fail admissions."""
+        if self._own and isinstance(exc, TimeoutError):
+            self._batch.reset(TimeoutError("no reply from Redis"))
 
     async def close(self) -> None:
         if self._own:

@@ -111,6 +111,7 @@ class ScriptBatch:
         self._pending: deque[_Call] = deque()  # written, waiting for their replies, in order
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
+        self._ready = False  # the connection's AUTH and SELECT answered: calls may leave
         self._connecting: asyncio.Task[None] | None = None
         self._scheduled = False
         self._linger = linger
@@ -165,6 +166,8 @@ class ScriptBatch:
             if self._connecting is None and self._queue:
                 self._connecting = asyncio.ensure_future(self._connect())
             return  # the connection flushes the queue once it is open
+        if not self._ready:
+            return  # AUTH or SELECT not answered yet: the queue leaves once they are
         calls = [c for c in self._queue if not c.future.done()]  # cancelled before it left: never sent
         self._queue = []
         if calls:
@@ -212,10 +215,33 @@ class ScriptBatch:
         sends, or its close, may come in between (Redis at maxclients writes an error and closes at once)."""
         self._transport, self._protocol = transport, protocol
         self._buffer.clear()
-        greeting = [_Call(pack(g), asyncio.get_running_loop().create_future()) for g in self._target.greeting()]
-        for call in greeting:
-            self.watch(call.future, lambda e: log.error("Redis refused the connection's set-up: %s", e))
-        self._queue[:0] = greeting
+        greeting = self._target.greeting()
+        if not greeting:
+            self._ready = True
+            self._flush()
+            return
+        # AUTH and SELECT are answered before any call leaves: pipelined with them, calls would run on
+        # database 0 when SELECT fails. One round trip more per connection, none per call.
+        loop = asyncio.get_running_loop()
+        calls = [_Call(pack(g), loop.create_future()) for g in greeting]
+        self._pending.extend(calls)
+        self._write(b"".join(c.packed for c in calls))
+        answered = asyncio.gather(*(c.future for c in calls), return_exceptions=True)
+        answered.add_done_callback(lambda f: self._greeted(protocol, f))
+
+    def _greeted(self, protocol: _Protocol, answered: asyncio.Future[list[Any]]) -> None:
+        if protocol is not self._protocol or answered.cancelled():
+            return  # that connection is gone: its calls have failed already
+        refused = [r for r in answered.result() if isinstance(r, BaseException)]
+        if refused:
+            # A reply error, not a lost connection: a wrong password or database is a fault to refuse on, never
+            # an outage a fail-open tier would admit through.
+            failure = ReplyError(f"Redis refused the connection's set-up (AUTH or SELECT): {refused[0]}")
+            log.error("%s", failure)
+            self.reset(failure)
+            self._fail_queued(failure)
+            return
+        self._ready = True
         self._flush()
 
     def _received(self, protocol: _Protocol, data: bytes) -> None:
@@ -262,6 +288,7 @@ class ScriptBatch:
         """Drop the connection (its owner found it silent, or it failed): the calls out on it fail with `exc`;
         calls not yet written go out on the next connection."""
         transport, self._transport, self._protocol = self._transport, None, None
+        self._ready = False
         if transport is not None:
             transport.abort()
         failure = exc or ConnectionError("the connection to Redis was dropped")

@@ -21,12 +21,15 @@ import redis
 import trustme
 import uvloop
 
+from router.adapters.cache_redis import RedisCache
+from router.adapters.conversations import RedisConversations
 from router.adapters.limiter_redis import RedisLimiter
 from router.adapters.redis_batch import RedisTarget, ScriptBatch
 from router.adapters.resp import INCOMPLETE, ReplyError, Script, parse
 from router.core.budgets import Cap
 from router.core.limits import TierLimits
 from router.core.tiers import Caller, Tier
+from router.core.types import Role
 from router.errors import LimiterUnavailable
 from tests.limits.conftest import REDIS_URL, require_redis
 
@@ -587,7 +590,7 @@ def test_a_bad_url_is_a_value_error_naming_it(url: str) -> None:
         ("", [[b"SELECT", b"2"]]),
     ],
 )
-async def test_auth_and_select_go_first_in_the_connections_first_write(
+async def test_auth_and_select_are_answered_before_any_call_leaves(
     credentials: str, greeting: list[list[bytes]]
 ) -> None:
     seen: list[list[bytes]] = []
@@ -601,8 +604,21 @@ async def test_auth_and_select_go_first_in_the_connections_first_write(
         batch = ScriptBatch(peer.url.replace("://", f"://{credentials}") + "/2")
         assert await within(batch.command("PING")) == b"PONG"
         assert seen == [*greeting, [b"PING"]]
-        assert batch.sent == 1
+        assert batch.sent == 2  # the greeting, then the call once it was answered
         await batch.close()
+
+
+async def test_a_database_redis_refuses_fails_the_calls_and_runs_none_of_them(prefix: str) -> None:
+    """Regression: the greeting was pipelined with the first calls, so with a SELECT Redis refused they ran on
+    database 0."""
+    key = f"{prefix}:wrong-db"
+    batch = ScriptBatch(REDIS_URL.rsplit("/", 1)[0] + "/99999")  # past any configured `databases`
+    got = await within(asyncio.gather(batch.command("SET", key, "x"), return_exceptions=True))
+    assert isinstance(got[0], ReplyError) and "SELECT" in str(got[0])
+    check = ScriptBatch(REDIS_URL)
+    assert await within(check.command("EXISTS", key)) == 0
+    await batch.close()
+    await check.close()
 
 
 async def test_a_unix_socket(tmp_path: Path) -> None:
@@ -712,3 +728,26 @@ def test_under_uvloop(test: Callable[..., Awaitable[None]], prefix: str) -> None
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run())
+
+
+async def test_a_store_with_a_connection_of_its_own_drops_it_when_silent() -> None:
+    """Conversation memory and the response cache on a connection of their own (not the limiter's): a lookup
+    that times out drops the connection, so the next one is not stuck behind a silent store for good."""
+
+    async def silent_then_fine(commands: Commands, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            await stall(commands, writer, n)
+            return
+        while (command := await commands.next()) is not None:
+            writer.write(b"$5\r\nlarge\r\n" if command[0] == b"GET" else b"+OK\r\n")
+
+    async with Peer(silent_then_fine) as peer:
+        memory = RedisConversations(peer.url, timeout=0.2)
+        assert await within(memory.get("c")) is None and memory.errors == 1  # timed out
+        assert await within(memory.get("c")) is Role.LARGE  # a new connection
+        await memory.close()
+    async with Peer(silent_then_fine) as peer:
+        cache = RedisCache(peer.url, timeout=0.2)
+        assert await within(cache.get("k")) is None and cache.errors == 1
+        assert await within(cache.get("k")) == b"large"
+        await cache.close()

@@ -1,0 +1,127 @@
+"""A Redis of the test's own under real gateway processes, stopped (SIGSTOP) with admissions in its socket:
+admissions the gateway gave up on must not hold concurrency slots once Redis runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import redis
+
+from tests.limits.gateways import SHORT, Gateway, config
+from tests.limits.test_replicas import _redis_server
+from tests.servers import ThreadedServer, free_port, wait_until
+
+BODY = {"model": "auto", "messages": SHORT}
+
+
+@contextlib.contextmanager
+def _own_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    port = free_port()
+    store = _redis_server(port, tmp_path / "redis.log")
+    try:
+        yield port, store
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(store.pid, signal.SIGCONT)
+        store.kill()
+        store.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def _stopped(store: subprocess.Popen[bytes]) -> Iterator[None]:
+    os.kill(store.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(store.pid, signal.SIGCONT)
+
+
+def _leases(port: int) -> int:
+    client = redis.Redis(port=port, socket_timeout=5)
+    try:
+        return sum(int(client.zcard(k)) for k in client.scan_iter("*:cc"))
+    finally:
+        client.close()
+
+
+async def _concurrently(url: str, count: int, hang_up_after: float) -> list[httpx.Response | str]:
+    async def one(client: httpx.AsyncClient) -> httpx.Response | str:
+        try:
+            return await client.post(url + "/v1/chat/completions", json=BODY)
+        except httpx.HTTPError as exc:  # the client gave up: the gateway sees a disconnect
+            return type(exc).__name__
+
+    async with httpx.AsyncClient(timeout=hang_up_after) as client:
+        return await asyncio.gather(*(one(client) for _ in range(count)))
+
+
+def _gateway(tmp_path: Path, upstreams: tuple[ThreadedServer, ...], port: int, redis_timeout: float) -> Gateway:
+    small, large = upstreams[0], upstreams[1]
+    cfg = config(
+        tmp_path,
+        f"{small.url}/v1",
+        f"{large.url}/v1",
+        f"redis://127.0.0.1:{port}/0",
+        {"anonymous": {"max_concurrent": 2, "on_limiter_error": "closed"}},  # lease_ttl: the default 600 s
+        redis_timeout=redis_timeout,
+    )
+    return Gateway(cfg, tmp_path / "gw.log")
+
+
+def test_admissions_timed_out_on_a_stopped_redis_hold_no_slot_after_it_resumes(
+    tmp_path: Path, upstreams: tuple[ThreadedServer, ...]
+) -> None:
+    """The gateway answers 503 when Redis is silent, and drops the connection; the admissions it wrote are
+    still in Redis' socket and run when Redis resumes. Before the fix their leases held the tier's slots for
+    lease_ttl (10 minutes): every request was a 429 `concurrency` afterwards."""
+    with _own_redis(tmp_path) as (port, store):
+        gw = _gateway(tmp_path, upstreams, port, redis_timeout=0.3)
+        try:
+            assert httpx.post(gw.url + "/v1/chat/completions", json=BODY, timeout=20).status_code == 200
+            with _stopped(store):
+                answers = asyncio.run(_concurrently(gw.url, 5, hang_up_after=20))
+            assert all(isinstance(a, httpx.Response) and a.status_code == 503 for a in answers), answers
+            assert all(
+                isinstance(a, httpx.Response) and a.json()["error"]["code"] == "rate_limiter_unavailable"
+                for a in answers
+            )
+            wait_until(lambda: _leases(port) == 0, 10, "the given-up admissions' leases to be released")
+            after = [httpx.post(gw.url + "/v1/chat/completions", json=BODY, timeout=20) for _ in range(3)]
+            assert [a.status_code for a in after] == [200, 200, 200], [a.text for a in after]
+        finally:
+            gw.kill(signal.SIGTERM)
+
+
+def test_admissions_of_clients_that_left_hold_no_slot(tmp_path: Path, upstreams: tuple[ThreadedServer, ...]) -> None:
+    """Clients that hang up while their admission is out (Redis slow to answer: stopped, within the generous
+    redis_timeout) cancel it; Redis runs it anyway. Its lease must be given back, not held for lease_ttl."""
+    with _own_redis(tmp_path) as (port, store):
+        gw = _gateway(tmp_path, upstreams, port, redis_timeout=10.0)
+        try:
+            assert httpx.post(gw.url + "/v1/chat/completions", json=BODY, timeout=20).status_code == 200
+            with _stopped(store):
+                gone = asyncio.run(_concurrently(gw.url, 2, hang_up_after=0.5))  # both hang up after 0.5 s
+                assert all(isinstance(g, str) for g in gone), gone
+                wait_until(lambda: _client_gone(gw) == 2, 10, "the gateway to see both clients go")
+            wait_until(lambda: _leases(port) == 0, 10, "the leases of admissions whose clients left to be freed")
+            after = [httpx.post(gw.url + "/v1/chat/completions", json=BODY, timeout=20) for _ in range(3)]
+            assert [a.status_code for a in after] == [200, 200, 200], [a.text for a in after]
+        finally:
+            gw.kill(signal.SIGTERM)
+
+
+def _client_gone(gw: Gateway) -> float:
+    """Requests the gateway recorded as ended by their client (status 499), from /metrics."""
+    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("triage_requests_total{") and 'status="499"' in line
+    )

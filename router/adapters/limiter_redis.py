@@ -20,7 +20,7 @@ import logging
 import os
 from typing import Any
 
-from router.adapters.redis_batch import ScriptBatch
+from router.adapters.redis_batch import NotSent, ScriptBatch
 from router.adapters.resp import ReplyError, Script
 from router.core.budgets import Cap, SpendHold
 from router.core.limits import BUCKET_MS, DAY_MS, WINDOW_MS, Admission
@@ -282,7 +282,7 @@ class RedisLimiter:
             spend_args = [f"{c.limit}:{c.expires_ms}" for c in caps]
             reply = await self._call(self._admit, keys, [packed, estimate, lease, reserve, *spend_args])
         except (ReplyError, OSError, TimeoutError, asyncio.CancelledError) as exc:
-            if lim.max_concurrent and not isinstance(exc, ReplyError):
+            if lim.max_concurrent and not isinstance(exc, ReplyError | NotSent):
                 # It may have run, or run later (a stopped Redis resumed): its slot would be held for lease_ttl
                 # by a request that is not served through it.
                 self._give_up(base, lease, lim.lease_ttl_ms)

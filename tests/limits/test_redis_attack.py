@@ -12,8 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
+from router.adapters.limiter_redis import RedisLimiter
+from router.core.limits import TierLimits
+from router.core.tiers import Caller, Tier
+from router.errors import LimiterUnavailable
 from tests.limits.gateways import SHORT, Gateway, config
 from tests.limits.test_replicas import _redis_server
 from tests.servers import ThreadedServer, free_port, wait_until
@@ -125,3 +130,17 @@ def _client_gone(gw: Gateway) -> float:
         for line in text.splitlines()
         if line.startswith("triage_requests_total{") and 'status="499"' in line
     )
+
+
+async def test_admissions_that_never_left_are_not_kept_to_release() -> None:
+    """Redis down (connection refused): the admissions never left, so there is no lease to release; keeping
+    them would have every request of a long outage packed again for release once a second."""
+    limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2, prefix="test-never-left")
+    who = Caller(Tier("t", TierLimits(max_concurrent=2)), "ip:203.0.113.9")
+    try:
+        for _ in range(5):
+            with pytest.raises(LimiterUnavailable):
+                await limiter.admit(who, 10)
+        assert not limiter._given_up
+    finally:
+        await limiter.close()

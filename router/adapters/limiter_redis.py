@@ -402,11 +402,12 @@ class RedisLimiter:
             )
 
     async def key_tier(self, sha256: str) -> str | None:
-        """Tier of an API key managed in Redis (HSET <prefix>:keys <sha256> <tier>); None if unknown."""
+        """Tier of an API key managed in Redis (HSET <prefix>:keys <sha256> <tier>); None if unknown. A store
+        that does not answer raises (a 503): a valid key must not be told it is wrong (401) during an outage."""
         try:
             value = await self._reply(self._batch.command("HGET", f"{self._prefix}:keys", sha256))
-        except (ReplyError, OSError, TimeoutError):
-            return None
+        except (ReplyError, OSError, TimeoutError) as exc:
+            raise _translate(exc) from None
         return value.decode() if isinstance(value, bytes) else value
 
     async def warm(self) -> None:

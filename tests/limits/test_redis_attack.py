@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -144,3 +145,32 @@ async def test_admissions_that_never_left_are_not_kept_to_release() -> None:
         assert not limiter._given_up
     finally:
         await limiter.close()
+
+
+def test_a_key_held_in_a_silent_redis_is_not_told_it_is_wrong(
+    tmp_path: Path, upstreams: tuple[ThreadedServer, ...]
+) -> None:
+    """A key managed in Redis (HSET <prefix>:keys) while Redis is silent: 503 in OpenAI's envelope, never 401
+    `Incorrect API key provided` (a client takes that for a revoked key and stops)."""
+    from router.api.auth import hash_key
+
+    with _own_redis(tmp_path) as (port, store):
+        gw = _gateway(tmp_path, upstreams, port, redis_timeout=0.3)
+        prefix = json.loads(next(tmp_path.glob("gateway-*.json")).read_text())["limits"]["key_prefix"]
+        client = redis.Redis(port=port, socket_timeout=5)
+        client.hset(f"{prefix}:keys", hash_key("sk-held-in-redis"), "anonymous")
+        client.close()
+
+        def send() -> httpx.Response:
+            headers = {"authorization": "Bearer sk-held-in-redis"}
+            return httpx.post(gw.url + "/v1/chat/completions", json=BODY, headers=headers, timeout=20)
+
+        try:
+            assert send().status_code == 200
+            with _stopped(store):
+                silent = send()
+            assert silent.status_code == 503, silent.text
+            assert silent.json()["error"]["code"] == "rate_limiter_unavailable"
+            wait_until(lambda: send().status_code == 200, 10, "the key to be served again")
+        finally:
+            gw.kill(signal.SIGTERM)

@@ -23,7 +23,7 @@ from typing import Any
 from router.adapters.redis_batch import NotSent, ScriptBatch
 from router.adapters.resp import ReplyError, Script
 from router.core.budgets import Cap, SpendHold
-from router.core.limits import BUCKET_MS, DAY_MS, WINDOW_MS, Admission
+from router.core.limits import BUCKET_MS, DAY_MS, WINDOW_MS, Admission, TierLimits
 from router.core.tiers import Caller
 from router.errors import LimiterFailed, LimiterUnavailable
 
@@ -219,6 +219,7 @@ class RedisLimiter:
         # client left): lease id -> (key prefix, lease ttl ms), released once the store answers again.
         self._given_up: dict[str, tuple[str, int]] = {}
         self._releasing = False
+        self._closed = False
         self._release_at = 0.0  # loop time before which no release is tried again (the last one failed)
 
     @property
@@ -326,7 +327,7 @@ class RedisLimiter:
         store does not take are kept for when it answers again, and tried at most once a second meanwhile: an
         outage does not pack every one of them again for each request it fails."""
         loop = asyncio.get_running_loop()
-        if self._releasing or loop.time() < self._release_at:
+        if self._releasing or self._closed or loop.time() < self._release_at:
             return
         leases, self._given_up = self._given_up, {}
         self._releasing = True
@@ -371,12 +372,18 @@ class RedisLimiter:
             # Gives back only (tokens and money): while pending it can only make admissions stricter (see the
             # docstring); a settlement that adds is awaited, or a replica could admit past a limit meanwhile.
             # Lazy: it rides with the next admission's write (at c=1, the next request's), at most 2 ms late.
-            self._batch.watch(self._batch.call(self._settle, keys, args, lazy=True), self._unsettled)
+            base, lim = keys[0], admission.limits
+            call = self._batch.call(self._settle, keys, args, lazy=True)
+            self._batch.watch(call, lambda exc: self._unsettled(exc, base, admission.lease, lim))
             return
         try:
             await self._call(self._settle, keys, args)
-        except (ReplyError, OSError, TimeoutError) as exc:
-            # The reservation stays (the safe side) and the lease expires by itself.
+        except (ReplyError, OSError, TimeoutError, asyncio.CancelledError) as exc:
+            # The reservation stays (the safe side); the slot is released once the store answers again.
+            if admission.limits.max_concurrent:
+                self._give_up(keys[0], admission.lease, admission.limits.lease_ttl_ms)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             raise _translate(exc) from None
 
     async def spent(self, caps: tuple[Cap, ...]) -> list[tuple[int, int]]:
@@ -392,7 +399,7 @@ class RedisLimiter:
             raise _translate(exc) from None
         return [(int(r[0] or 0), int(r[1] or 0)) for r in rows]
 
-    def _unsettled(self, exc: BaseException) -> None:
+    def _unsettled(self, exc: BaseException, base: str, lease: str, limits: TierLimits) -> None:
         self.unsettled += 1
         if self.unsettled == 1 or self.unsettled % 1000 == 0:
             log.warning(
@@ -400,6 +407,8 @@ class RedisLimiter:
                 self.unsettled,
                 type(exc).__name__,
             )
+        if limits.max_concurrent:  # its slot, though, is released once the store answers again
+            self._give_up(base, lease, limits.lease_ttl_ms)
 
     async def key_tier(self, sha256: str) -> str | None:
         """Tier of an API key managed in Redis (HSET <prefix>:keys <sha256> <tier>); None if unknown. A store
@@ -426,6 +435,10 @@ class RedisLimiter:
             return False
 
     async def close(self) -> None:
+        if self._given_up:
+            self._release_at = 0.0
+            self._release_given_up()  # drained below with the rest
+        self._closed = True  # no call after this: it would open a connection after shutdown
         await self._batch.close(self._backstop)  # settlements still queued or on their way are not lost
 
 

@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +25,10 @@ from router.errors import LimiterUnavailable
 from tests.limits.gateways import SHORT, Gateway, config
 from tests.limits.test_replicas import _redis_server
 from tests.servers import ThreadedServer, free_port, wait_until
+from tests.upstream import Journal
 
 BODY = {"model": "auto", "messages": SHORT}
+PERSIST = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 @contextlib.contextmanager
@@ -38,6 +42,35 @@ def _own_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
             os.kill(store.pid, signal.SIGCONT)
         store.kill()
         store.wait(timeout=10)
+
+
+def _persistent_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    """A Redis that keeps its data across a restart (an append-only file, synced on every write)."""
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is needed"
+    with (folder / "redis.log").open("ab") as out:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder), *PERSIST],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def up() -> bool:
+        client = redis.Redis(port=port, socket_timeout=0.5)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    try:
+        wait_until(up, 10, "redis-server to start")
+    except AssertionError:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise
+    return proc
 
 
 @contextlib.contextmanager
@@ -174,3 +207,54 @@ def test_a_key_held_in_a_silent_redis_is_not_told_it_is_wrong(
             wait_until(lambda: send().status_code == 200, 10, "the key to be served again")
         finally:
             gw.kill(signal.SIGTERM)
+
+
+def test_a_give_back_lost_while_redis_was_down_frees_its_slot_after_a_restart(
+    tmp_path: Path, upstreams: tuple[ThreadedServer, ThreadedServer, Journal]
+) -> None:
+    """A request ends while its Redis (with persistence) is down: its give-back cannot be sent. Redis comes back
+    with the request's lease from its append-only file. Before the fix the slot stayed held for lease_ttl (10
+    minutes): with max_concurrent 1, every request was a 429 `concurrency`."""
+    small, large, journal = upstreams
+    port = free_port()
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    store = _persistent_redis(port, folder)
+    cfg = config(
+        tmp_path,
+        f"{small.url}/v1",
+        f"{large.url}/v1",
+        f"redis://127.0.0.1:{port}/0",
+        {"anonymous": {"max_concurrent": 1, "on_limiter_error": "closed"}},
+        redis_timeout=0.5,
+    )
+    gw: Gateway | None = None
+    try:
+        gw = Gateway(cfg, tmp_path / "gw.log")
+        held: list[int] = []
+        slow = {**BODY, "x_test": {"sleep": 1.5}}
+        url = gw.url
+        worker = threading.Thread(
+            target=lambda: held.append(httpx.post(url + "/v1/chat/completions", json=slow, timeout=30).status_code)
+        )
+        worker.start()
+        wait_until(lambda: journal.bodies, 10, "the held request to reach the worker")
+        assert _leases(port) == 1
+        store.kill()  # the lease is in the append-only file
+        store.wait(timeout=10)
+        worker.join(timeout=30)
+        assert held == [200]  # answered; its give-back found no Redis
+        store = _persistent_redis(port, folder)
+        assert _leases(port) == 1  # back from the file
+
+        def served() -> bool:
+            status = httpx.post(url + "/v1/chat/completions", json=BODY, timeout=20).status_code
+            assert status in (200, 429), status
+            return status == 200
+
+        wait_until(served, 10, "the slot of the request whose give-back was lost to be freed")
+    finally:
+        if gw is not None:
+            gw.kill(signal.SIGTERM)
+        store.kill()
+        store.wait(timeout=10)

@@ -22,7 +22,7 @@ from router.adapters.limiter_redis import RedisLimiter
 from router.core.limits import TierLimits
 from router.core.tiers import Caller, Tier
 from router.errors import LimiterUnavailable
-from tests.limits.gateways import SHORT, Gateway, config
+from tests.limits.gateways import SHORT, Gateway, config, flood
 from tests.limits.test_replicas import _redis_server
 from tests.servers import ThreadedServer, free_port, wait_until
 from tests.upstream import Journal
@@ -258,3 +258,35 @@ def test_a_give_back_lost_while_redis_was_down_frees_its_slot_after_a_restart(
             gw.kill(signal.SIGTERM)
         store.kill()
         store.wait(timeout=10)
+
+
+def test_sigterm_with_redis_stalled_does_not_wait_out_every_ledger_batch(
+    tmp_path: Path, upstreams: tuple[ThreadedServer, ...]
+) -> None:
+    """SIGTERM while Redis is silent, with ~1000 decision records queued for the stream: the ledger's drain
+    waited its 2 s timeout for each batch of 32 (over a minute here); it now drops the rest, counted, after
+    the first failure, and the gateway exits within its other bounds (the limiter's drain backstop)."""
+    small, large = upstreams[0], upstreams[1]
+    with _own_redis(tmp_path) as (port, store):
+        cfg = config(
+            tmp_path,
+            f"{small.url}/v1",
+            f"{large.url}/v1",
+            f"redis://127.0.0.1:{port}/0",
+            {"anonymous": {"requests_per_minute": 100_000, "on_limiter_error": "open"}},
+            redis_timeout=0.3,
+            ledger={"enabled": True, "backend": "redis", "stream": "decisions"},
+        )
+        gw = Gateway(cfg, tmp_path / "gw.log")
+        try:
+            with _stopped(store):
+                codes = asyncio.run(flood([gw.url], total=1000, in_flight=100))
+                assert codes == {200: 1000}  # fail-open: served while Redis is silent
+                gw.proc.send_signal(signal.SIGTERM)
+                try:
+                    gw.proc.wait(timeout=30)  # was over 60 s
+                except subprocess.TimeoutExpired:
+                    raise AssertionError("the gateway did not exit within 30 s of SIGTERM") from None
+            assert "records dropped" in gw.log.read_text()
+        finally:
+            gw.kill()

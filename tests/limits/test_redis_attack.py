@@ -1,5 +1,6 @@
-"""A Redis of the test's own under real gateway processes, stopped (SIGSTOP) with admissions in its socket:
-admissions the gateway gave up on must not hold concurrency slots once Redis runs them."""
+"""A Redis of the test's own under real gateway processes: stopped (SIGSTOP) with admissions in its socket,
+killed and restarted with its data, silent at SIGTERM. Admissions and settlements the gateway gave up on must not
+hold concurrency slots, keys held in Redis must not be told they are wrong, and shutdown must stay bounded."""
 
 from __future__ import annotations
 
@@ -77,9 +78,15 @@ def _persistent_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
 def _stopped(store: subprocess.Popen[bytes]) -> Iterator[None]:
     os.kill(store.pid, signal.SIGSTOP)
     try:
+        wait_until(lambda: _state(store.pid) == "T", 10, "redis-server to stop")
         yield
     finally:
         os.kill(store.pid, signal.SIGCONT)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def _leases(port: int) -> int:

@@ -20,10 +20,10 @@ import logging
 import os
 from typing import Any
 
-from router.adapters.redis_batch import ScriptBatch
+from router.adapters.redis_batch import NotSent, ScriptBatch
 from router.adapters.resp import ReplyError, Script
 from router.core.budgets import Cap, SpendHold
-from router.core.limits import BUCKET_MS, DAY_MS, WINDOW_MS, Admission
+from router.core.limits import BUCKET_MS, DAY_MS, WINDOW_MS, Admission, TierLimits
 from router.core.tiers import Caller
 from router.errors import LimiterFailed, LimiterUnavailable
 
@@ -31,6 +31,7 @@ __all__ = ["RedisLimiter"]
 
 log = logging.getLogger("triage.limiter")
 PROBE_S = 0.005  # how long a loop-responsiveness probe sleeps, past the store deadline
+MAX_GIVEN_UP = 10_000  # leases of admissions given up, kept to release once the store answers again
 
 # KEYS[1]: the caller's key prefix; under it :rq request log (zset), :tk token buckets (hash), :day:N daily
 # counters (hash), :cc leases (zset), all sharing one hash tag (one Cluster slot).
@@ -73,6 +74,9 @@ if dreq > 0 or dtok > 0 then
   day_r, day_t = tonumber(d[1] or '0'), tonumber(d[2] or '0')
 end
 if conc > 0 then
+  -- A lease given up by the gateway before this ran (it timed out, or its client left): nobody reads this
+  -- reply, and a lease taken now would hold a slot until it expires (see RELEASE).
+  if redis.call('ZSCORE', base .. ':gone', lease) then return 'gone' end
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
   used_c = redis.call('ZCARD', KEYS[4])
 end
@@ -172,9 +176,20 @@ return 1
 """
 
 
-# KEYS[1]: the caller's key prefix. ARGV: lease id. Frees a concurrency slot whose admission went wrong.
+# KEYS[1]: the caller's key prefix. ARGV: lease id, and for an admission given up (its reply never read) how long
+# to remember that (ms). Frees a concurrency slot whose admission went wrong. An admission given up may still
+# run after this (Redis was stopped with it in its socket; the gateway's new connection can be served first):
+# the lease is remembered under :gone, and the admission then takes no slot.
 RELEASE = """
 redis.call('ZREM', KEYS[1] .. ':cc', ARGV[1])
+if ARGV[2] then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local gone, ttl = KEYS[1] .. ':gone', tonumber(ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', gone, '-inf', now)
+  redis.call('ZADD', gone, now + ttl, ARGV[1])
+  redis.call('PEXPIRE', gone, ttl)
+end
 return 1
 """
 
@@ -200,6 +215,12 @@ class RedisLimiter:
         # No retries: re-sending an admission after a timeout could count the request twice.
         self._batch = ScriptBatch(url, connect_timeout=max(1.0, 10 * timeout))
         self.unsettled = 0  # give-backs the store did not take (each reservation then stands until it expires)
+        # Admissions given up before their reply was read (the store was silent or the connection lost, or the
+        # client left): lease id -> (key prefix, lease ttl ms), released once the store answers again.
+        self._given_up: dict[str, tuple[str, int]] = {}
+        self._releasing = False
+        self._closed = False
+        self._release_at = 0.0  # loop time before which no release is tried again (the last one failed)
 
     @property
     def batch(self) -> ScriptBatch:
@@ -234,6 +255,9 @@ class RedisLimiter:
             await asyncio.wait((call,))
             raise
         self._last_reply = loop.time()
+        if self._given_up:  # the store answers again
+            self._release_at = 0.0
+            self._release_given_up()
         return call.result()
 
     def _base(self, caller: Caller) -> str:
@@ -252,11 +276,19 @@ class RedisLimiter:
             f"{lim.max_concurrent}:{lim.lease_ttl_ms}"
         )
         base = self._base(caller)
+        if self._given_up:
+            self._release_given_up()  # ahead of this admission in its write: the slots are free when it runs
         try:
             keys = [base, *self._spend_keys(caps)]
             spend_args = [f"{c.limit}:{c.expires_ms}" for c in caps]
             reply = await self._call(self._admit, keys, [packed, estimate, lease, reserve, *spend_args])
-        except (ReplyError, OSError, TimeoutError) as exc:
+        except (ReplyError, OSError, TimeoutError, asyncio.CancelledError) as exc:
+            if lim.max_concurrent and not isinstance(exc, ReplyError | NotSent):
+                # It may have run, or run later (a stopped Redis resumed): its slot would be held for lease_ttl
+                # by a request that is not served through it.
+                self._give_up(base, lease, lim.lease_ttl_ms)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             raise _translate(exc) from None
         try:
             text = reply.decode() if isinstance(reply, bytes) else str(reply)
@@ -284,6 +316,41 @@ class RedisLimiter:
             over_spent=over_spent,
         )
 
+    def _give_up(self, base: str, lease: str, ttl_ms: int) -> None:
+        if len(self._given_up) >= MAX_GIVEN_UP:  # a long outage: the oldest are left to expire by themselves
+            del self._given_up[next(iter(self._given_up))]
+        self._given_up[lease] = (base, ttl_ms)
+        self._release_given_up()
+
+    def _release_given_up(self) -> None:
+        """Release every lease given up (not awaited; lazy: they ride with the next admission's write). Those the
+        store does not take are kept for when it answers again, and tried at most once a second meanwhile: an
+        outage does not pack every one of them again for each request it fails."""
+        loop = asyncio.get_running_loop()
+        if self._releasing or self._closed or loop.time() < self._release_at:
+            return
+        leases, self._given_up = self._given_up, {}
+        self._releasing = True
+        calls = [
+            self._batch.call(self._release, [base], [lease, ttl], lazy=True) for lease, (base, ttl) in leases.items()
+        ]
+
+        def done(f: asyncio.Future[list[Any]]) -> None:
+            self._releasing = False
+            results = [None] * len(leases) if f.cancelled() else f.result()
+            taken = False
+            for (lease, entry), result in zip(leases.items(), results, strict=True):
+                if isinstance(result, BaseException):
+                    self._given_up.setdefault(lease, entry)
+                    self._release_at = loop.time() + 1.0
+                else:
+                    taken = True
+            if taken and self._given_up:  # the store answers: those given up meanwhile go now
+                self._release_at = 0.0
+                self._release_given_up()
+
+        asyncio.gather(*calls, return_exceptions=True).add_done_callback(done)
+
     async def _free(self, base: str, lease: str) -> None:
         try:
             await self._call(self._release, [base], [lease])
@@ -305,12 +372,18 @@ class RedisLimiter:
             # Gives back only (tokens and money): while pending it can only make admissions stricter (see the
             # docstring); a settlement that adds is awaited, or a replica could admit past a limit meanwhile.
             # Lazy: it rides with the next admission's write (at c=1, the next request's), at most 2 ms late.
-            self._batch.watch(self._batch.call(self._settle, keys, args, lazy=True), self._unsettled)
+            base, lim = keys[0], admission.limits
+            call = self._batch.call(self._settle, keys, args, lazy=True)
+            self._batch.watch(call, lambda exc: self._unsettled(exc, base, admission.lease, lim))
             return
         try:
             await self._call(self._settle, keys, args)
-        except (ReplyError, OSError, TimeoutError) as exc:
-            # The reservation stays (the safe side) and the lease expires by itself.
+        except (ReplyError, OSError, TimeoutError, asyncio.CancelledError) as exc:
+            # The reservation stays (the safe side); the slot is released once the store answers again.
+            if admission.limits.max_concurrent:
+                self._give_up(keys[0], admission.lease, admission.limits.lease_ttl_ms)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             raise _translate(exc) from None
 
     async def spent(self, caps: tuple[Cap, ...]) -> list[tuple[int, int]]:
@@ -326,7 +399,7 @@ class RedisLimiter:
             raise _translate(exc) from None
         return [(int(r[0] or 0), int(r[1] or 0)) for r in rows]
 
-    def _unsettled(self, exc: BaseException) -> None:
+    def _unsettled(self, exc: BaseException, base: str, lease: str, limits: TierLimits) -> None:
         self.unsettled += 1
         if self.unsettled == 1 or self.unsettled % 1000 == 0:
             log.warning(
@@ -334,13 +407,16 @@ class RedisLimiter:
                 self.unsettled,
                 type(exc).__name__,
             )
+        if limits.max_concurrent:  # its slot, though, is released once the store answers again
+            self._give_up(base, lease, limits.lease_ttl_ms)
 
     async def key_tier(self, sha256: str) -> str | None:
-        """Tier of an API key managed in Redis (HSET <prefix>:keys <sha256> <tier>); None if unknown."""
+        """Tier of an API key managed in Redis (HSET <prefix>:keys <sha256> <tier>); None if unknown. A store
+        that does not answer raises (a 503): a valid key must not be told it is wrong (401) during an outage."""
         try:
             value = await self._reply(self._batch.command("HGET", f"{self._prefix}:keys", sha256))
-        except (ReplyError, OSError, TimeoutError):
-            return None
+        except (ReplyError, OSError, TimeoutError) as exc:
+            raise _translate(exc) from None
         return value.decode() if isinstance(value, bytes) else value
 
     async def warm(self) -> None:
@@ -359,6 +435,10 @@ class RedisLimiter:
             return False
 
     async def close(self) -> None:
+        if self._given_up:
+            self._release_at = 0.0
+            self._release_given_up()  # drained below with the rest
+        self._closed = True  # no call after this: it would open a connection after shutdown
         await self._batch.close(self._backstop)  # settlements still queued or on their way are not lost
 
 

@@ -27,11 +27,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from router.adapters.resp import INCOMPLETE, ProtocolError, ReplyError, Script, pack, parse
 
-__all__ = ["RedisTarget", "ScriptBatch"]
+__all__ = ["NotSent", "RedisTarget", "ScriptBatch"]
 
 log = logging.getLogger("triage.redis")
 
 Arg = str | bytes | int
+
+
+class NotSent(ConnectionError):
+    """The call never left (no connection could be opened): Redis did not run it."""
 
 
 @dataclass(frozen=True)
@@ -196,9 +200,9 @@ class ScriptBatch:
             await asyncio.wait_for(opening, self._connect_timeout)
         except BaseException as exc:
             self._connecting = None
-            failure = exc if isinstance(exc, Exception) else ConnectionError("connecting to Redis was cancelled")
-            if isinstance(failure, OSError | TimeoutError) and not isinstance(failure, ConnectionError):
-                failure = ConnectionError(f"cannot connect to Redis: {failure}")
+            failure = exc if isinstance(exc, Exception) else NotSent("connecting to Redis was cancelled")
+            if isinstance(failure, OSError | TimeoutError):
+                failure = NotSent(f"cannot connect to Redis: {failure}")
             queued, self._queue = self._queue, []
             for call in queued:
                 if not call.future.done():

@@ -6,9 +6,9 @@ conversation memory hold the same batch), and a call that need not be waited for
 back) costs its request nothing.
 
 Why not redis-py's pipelines: each one took a pooled connection, built a pipeline object and packed its commands
-through redis-py's encoders, about 150-300 µs of the gateway's CPU per round trip (py-spy under wrk: 17% of a
-core at c=1, most of what limits in Redis cost). Here a call is packed once, by bytes formatting, and the reply
-parsed by router.adapters.resp.
+through redis-py's encoders (py-spy under wrk: 17% of a core at c=1, most of what limits in Redis cost; an
+admission with its settlement cost 145 µs of CPU, `./dev bench limiter_cpu`, 52 µs here). Here a call is packed
+once, by bytes formatting, and the reply parsed by router.adapters.resp.
 
 Failures: a refused or lost connection fails the calls that were out on it (their commands may or may not have
 run, as with any client); the next call opens a new one. `reset` drops a connection its owner found silent.

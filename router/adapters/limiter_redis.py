@@ -215,12 +215,7 @@ class RedisLimiter:
         # No retries: re-sending an admission after a timeout could count the request twice.
         self._batch = ScriptBatch(url, connect_timeout=max(1.0, 10 * timeout))
         self.unsettled = 0  # give-backs the store did not take (each reservation then stands until it expires)
-        # Admissions given up before their reply was read (the store was silent or the connection lost, or the
-        # client left): lease id -> (key prefix, lease ttl ms), released once the store answers again.
-        self._given_up: dict[str, tuple[str, int]] = {}
-        self._releasing = False
-        self._closed = False
-        self._release_at = 0.0  # loop time before which no release is tried again (the last one failed)
+        self._given_up = GivenUp(self._batch, self._release)
 
     @property
     def batch(self) -> ScriptBatch:
@@ -256,8 +251,7 @@ class RedisLimiter:
             raise
         self._last_reply = loop.time()
         if self._given_up:  # the store answers again
-            self._release_at = 0.0
-            self._release_given_up()
+            self._given_up.release(now=True)
         return call.result()
 
     def _base(self, caller: Caller) -> str:
@@ -277,7 +271,7 @@ class RedisLimiter:
         )
         base = self._base(caller)
         if self._given_up:
-            self._release_given_up()  # ahead of this admission in its write: the slots are free when it runs
+            self._given_up.release()  # ahead of this admission in its write: the slots are free when it runs
         try:
             keys = [base, *self._spend_keys(caps)]
             spend_args = [f"{c.limit}:{c.expires_ms}" for c in caps]
@@ -286,7 +280,7 @@ class RedisLimiter:
             if lim.max_concurrent and not isinstance(exc, ReplyError | NotSent):
                 # It may have run, or run later (a stopped Redis resumed): its slot would be held for lease_ttl
                 # by a request that is not served through it.
-                self._give_up(base, lease, lim.lease_ttl_ms)
+                self._given_up.add(base, lease, lim.lease_ttl_ms)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise _translate(exc) from None
@@ -315,41 +309,6 @@ class RedisLimiter:
             over=caps[over - 1] if deny == "budget" and 0 < over <= len(caps) else None,
             over_spent=over_spent,
         )
-
-    def _give_up(self, base: str, lease: str, ttl_ms: int) -> None:
-        if len(self._given_up) >= MAX_GIVEN_UP:  # a long outage: the oldest are left to expire by themselves
-            del self._given_up[next(iter(self._given_up))]
-        self._given_up[lease] = (base, ttl_ms)
-        self._release_given_up()
-
-    def _release_given_up(self) -> None:
-        """Release every lease given up (not awaited; lazy: they ride with the next admission's write). Those the
-        store does not take are kept for when it answers again, and tried at most once a second meanwhile: an
-        outage does not pack every one of them again for each request it fails."""
-        loop = asyncio.get_running_loop()
-        if self._releasing or self._closed or loop.time() < self._release_at:
-            return
-        leases, self._given_up = self._given_up, {}
-        self._releasing = True
-        calls = [
-            self._batch.call(self._release, [base], [lease, ttl], lazy=True) for lease, (base, ttl) in leases.items()
-        ]
-
-        def done(f: asyncio.Future[list[Any]]) -> None:
-            self._releasing = False
-            results = [None] * len(leases) if f.cancelled() else f.result()
-            taken = False
-            for (lease, entry), result in zip(leases.items(), results, strict=True):
-                if isinstance(result, BaseException):
-                    self._given_up.setdefault(lease, entry)
-                    self._release_at = loop.time() + 1.0
-                else:
-                    taken = True
-            if taken and self._given_up:  # the store answers: those given up meanwhile go now
-                self._release_at = 0.0
-                self._release_given_up()
-
-        asyncio.gather(*calls, return_exceptions=True).add_done_callback(done)
 
     async def _free(self, base: str, lease: str) -> None:
         try:
@@ -381,7 +340,7 @@ class RedisLimiter:
         except (ReplyError, OSError, TimeoutError, asyncio.CancelledError) as exc:
             # The reservation stays (the safe side); the slot is released once the store answers again.
             if admission.limits.max_concurrent:
-                self._give_up(keys[0], admission.lease, admission.limits.lease_ttl_ms)
+                self._given_up.add(keys[0], admission.lease, admission.limits.lease_ttl_ms)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise _translate(exc) from None
@@ -408,7 +367,7 @@ class RedisLimiter:
                 type(exc).__name__,
             )
         if limits.max_concurrent:  # its slot, though, is released once the store answers again
-            self._give_up(base, lease, limits.lease_ttl_ms)
+            self._given_up.add(base, lease, limits.lease_ttl_ms)
 
     async def key_tier(self, sha256: str) -> str | None:
         """Tier of an API key managed in Redis (HSET <prefix>:keys <sha256> <tier>); None if unknown. A store
@@ -424,7 +383,7 @@ class RedisLimiter:
         set-up and a NOSCRIPT round trip. A store that is down now is only logged: tiers decide per request."""
         try:
             for script in (self._admit, self._settle, self._release):
-                await self._reply(self._batch.command("SCRIPT", "LOAD", script.text))
+                await self._reply(self._batch.load(script))
         except (ReplyError, OSError, TimeoutError) as exc:
             log.warning("rate limiter store not reachable at start: %s: %s", type(exc).__name__, exc)
 
@@ -435,11 +394,65 @@ class RedisLimiter:
             return False
 
     async def close(self) -> None:
-        if self._given_up:
-            self._release_at = 0.0
-            self._release_given_up()  # drained below with the rest
-        self._closed = True  # no call after this: it would open a connection after shutdown
+        self._given_up.close()  # what is still held is released once more, drained below with the rest
         await self._batch.close(self._backstop)  # settlements still queued or on their way are not lost
+
+
+class GivenUp:
+    """Concurrency leases of admissions given up before their reply was read (the store was silent, the
+    connection lost, or the client left) and of settlements the store did not take: each would hold a slot for
+    lease_ttl, so each is released (RELEASE, remembered under :gone) once the store answers again. Releases are
+    not awaited and are lazy (they ride with the next admission's write); those the store does not take are kept
+    and tried at most once a second, so an outage does not pack every one of them again for each request."""
+
+    def __init__(self, batch: ScriptBatch, script: Script) -> None:
+        self._batch = batch
+        self._script = script
+        self._held: dict[str, tuple[str, int]] = {}  # lease id -> (the caller's key prefix, lease ttl ms)
+        self._releasing = False
+        self._closed = False
+        self._retry_at = 0.0  # loop time before which no release is tried again (the last one failed)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def add(self, base: str, lease: str, ttl_ms: int) -> None:
+        if len(self._held) >= MAX_GIVEN_UP:  # a long outage: the oldest are left to expire by themselves
+            del self._held[next(iter(self._held))]
+        self._held[lease] = (base, ttl_ms)
+        self.release()
+
+    def release(self, *, now: bool = False) -> None:
+        """Send every lease held; `now`: even within a second of a failed try (the store has just answered)."""
+        loop = asyncio.get_running_loop()
+        if now:
+            self._retry_at = 0.0
+        if self._releasing or self._closed or loop.time() < self._retry_at:
+            return
+        leases, self._held = self._held, {}
+        self._releasing = True
+        calls = [self._batch.call(self._script, [b], [lease, ttl], lazy=True) for lease, (b, ttl) in leases.items()]
+
+        def done(f: asyncio.Future[list[Any]]) -> None:
+            self._releasing = False
+            results = [None] * len(leases) if f.cancelled() else f.result()
+            taken = False
+            for (lease, entry), result in zip(leases.items(), results, strict=True):
+                if isinstance(result, BaseException):
+                    self._held.setdefault(lease, entry)
+                    self._retry_at = loop.time() + 1.0
+                else:
+                    taken = True
+            if taken and self._held:  # the store answers: those given up meanwhile go now
+                self.release(now=True)
+
+        asyncio.gather(*calls, return_exceptions=True).add_done_callback(done)
+
+    def close(self) -> None:
+        """At shutdown: one last try for what is held, then no call (it would open a connection after it)."""
+        if self._held:
+            self.release(now=True)
+        self._closed = True
 
 
 def _translate(exc: ReplyError | OSError | TimeoutError) -> LimiterUnavailable | LimiterFailed:

@@ -116,6 +116,7 @@ class ScriptBatch:
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
         self._ready = False  # the connection's AUTH and SELECT answered: calls may leave
+        self._known: set[str] = set()  # scripts this batch has sent in full (EVALSHA from then on)
         self._connecting: asyncio.Task[None] | None = None
         self._scheduled = False
         self._linger = linger
@@ -133,8 +134,19 @@ class ScriptBatch:
         """Queue one script call; the future holds its reply, or the error that stopped it (ReplyError for an
         error reply, ConnectionError or TimeoutError when the connection failed). A `lazy` call does not ask for
         a write of its own: it leaves with the next call that does, or after `linger` seconds."""
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        command: tuple[Arg, ...] = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        if script.sha not in self._known:
+            # Its first call carries the script (EVAL loads it into Redis' cache, which outlives connections):
+            # an EVALSHA refused with NOSCRIPT is sent again behind the calls made after it, so a give-back
+            # could land after the next admission. Calls after this one, in order on the connection, find it.
+            self._known.add(script.sha)
+            command = ("EVAL", script.text, *command[2:])
         return self._queued(_Call(pack(command), asyncio.get_running_loop().create_future(), command, script), lazy)
+
+    def load(self, script: Script) -> asyncio.Future[Any]:
+        """SCRIPT LOAD: the calls queued after it use EVALSHA (Redis runs them after the load)."""
+        self._known.add(script.sha)
+        return self.command("SCRIPT", "LOAD", script.text)
 
     def command(self, *args: Arg, lazy: bool = False) -> asyncio.Future[Any]:
         """Queue one plain command (GET key, ...), as `call` does."""
@@ -274,6 +286,7 @@ class ScriptBatch:
         future = call.future
         if isinstance(reply, ReplyError):
             if call.script is not None and call.command is not None and str(reply).startswith("NOSCRIPT"):
+                self._known.discard(call.script.sha)  # flushed (SCRIPT FLUSH): the next calls carry it again
                 # Redis does not know the script (restarted or flushed): it did not run; send it in full once.
                 again = ("EVAL", call.script.text, *call.command[2:])
                 self._queued(_Call(pack(again), future))

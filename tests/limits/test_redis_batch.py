@@ -751,3 +751,19 @@ async def test_a_store_with_a_connection_of_its_own_drops_it_when_silent() -> No
         assert await within(cache.get("k")) is None and cache.errors == 1
         assert await within(cache.get("k")) == b"large"
         await cache.close()
+
+
+async def test_a_scripts_first_call_keeps_its_place_in_line(prefix: str) -> None:
+    """Regression: a script's first call went as EVALSHA; Redis, not knowing it, refused it with NOSCRIPT and it
+    was sent again behind the calls made after it: a limiter's give-back then landed after the next admission,
+    which was refused (seen when a test's SCRIPT FLUSH came before tests/limits/test_limiters.py)."""
+    key = f"{prefix}:order"
+    first = Script(f"-- {uuid.uuid4()}\nreturn redis.call('RPUSH', KEYS[1], 'first')")
+    second = Script(f"-- {uuid.uuid4()}\nreturn redis.call('RPUSH', KEYS[1], 'second')")
+    batch = ScriptBatch(REDIS_URL)
+    await within(batch.call(second, [key], []))  # `second` is known to Redis now; `first` never was
+    await within(batch.command("DEL", key))
+    calls = [batch.call(first, [key], [], lazy=True), batch.call(second, [key], [])]
+    await within(asyncio.gather(*calls))
+    assert await within(batch.command("LRANGE", key, 0, -1)) == [b"first", b"second"]
+    await batch.close()

@@ -215,7 +215,7 @@ class RedisLimiter:
         # No retries: re-sending an admission after a timeout could count the request twice.
         self._batch = ScriptBatch(url, connect_timeout=max(1.0, 10 * timeout))
         self.unsettled = 0  # give-backs the store did not take (each reservation then stands until it expires)
-        self._given_up = GivenUp(self._batch, self._release)
+        self._given_up = _GivenUp(self._batch, self._release)
 
     @property
     def batch(self) -> ScriptBatch:
@@ -398,7 +398,7 @@ class RedisLimiter:
         await self._batch.close(self._backstop)  # settlements still queued or on their way are not lost
 
 
-class GivenUp:
+class _GivenUp:
     """Concurrency leases of admissions given up before their reply was read (the store was silent, the
     connection lost, or the client left) and of settlements the store did not take: each would hold a slot for
     lease_ttl, so each is released (RELEASE, remembered under :gone) once the store answers again. Releases are

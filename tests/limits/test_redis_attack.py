@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -47,31 +46,7 @@ def _own_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
 
 def _persistent_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
     """A Redis that keeps its data across a restart (an append-only file, synced on every write)."""
-    binary = shutil.which("redis-server")
-    assert binary is not None, "redis-server is needed"
-    with (folder / "redis.log").open("ab") as out:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder), *PERSIST],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def up() -> bool:
-        client = redis.Redis(port=port, socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-
-    try:
-        wait_until(up, 10, "redis-server to start")
-    except AssertionError:
-        proc.kill()
-        proc.wait(timeout=10)
-        raise
-    return proc
+    return _redis_server(port, folder / "redis.log", "--dir", str(folder), *PERSIST)
 
 
 @contextlib.contextmanager

@@ -83,13 +83,14 @@ def test_leases_of_a_killed_gateway_expire(
         survivor.kill(signal.SIGTERM)
 
 
-def _redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
+def _redis_server(port: int, log: Path, *options: str) -> subprocess.Popen[bytes]:
+    """A redis-server of the test's own on `port`, answering; `options` come last (they win over the defaults)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is needed to restart Redis mid-test")
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *options],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -104,7 +105,12 @@ def _redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
         finally:
             client.close()
 
-    wait_until(up, 10, "redis-server to start", log.read_text)
+    try:
+        wait_until(up, 10, "redis-server to start", log.read_text)
+    except AssertionError:  # not left running behind a failed test
+        proc.kill()
+        proc.wait(timeout=10)
+        raise
     return proc
 
 

@@ -175,18 +175,8 @@ async def test_an_error_reply_is_that_calls_alone(prefix: str) -> None:
     await batch.close()
 
 
-def test_a_later_turns_conversation_lookup_rides_with_its_admission(
-    prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_later_turns_conversation_lookup_rides_with_its_admission(prefix: str, writes: list[bytes]) -> None:
     """Through the gateway: the admission script and the conversation memory's GET leave in one write."""
-    sent: list[bytes] = []
-    original = ScriptBatch._write
-
-    def recorded(self: ScriptBatch, data: bytes) -> None:
-        sent.append(data)
-        original(self, data)
-
-    monkeypatch.setattr(ScriptBatch, "_write", recorded)
     admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest().encode()
     later_turn = [
         {"role": "user", "content": "hi"},
@@ -209,22 +199,14 @@ def test_a_later_turns_conversation_lookup_rides_with_its_admission(
                 for _ in range(3)
             ]
     assert codes == [200, 200, 429]
-    together = [w for w in sent if admit_sha in w and b"GET" in w and f"{prefix}:conv:".encode() in w]
+    together = [w for w in writes if admit_sha in w and b"GET" in w and f"{prefix}:conv:".encode() in w]
     assert together, "the admission and the conversation lookup went in separate writes"
 
 
-def test_a_cache_lookup_rides_with_its_admission_and_still_hits(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cache_lookup_rides_with_its_admission_and_still_hits(prefix: str, writes: list[bytes]) -> None:
     """Through the gateway: the response cache's GET leaves in the admission's write, a miss's store is not
     waited for, and the next identical request is answered from the cache; a refused request's lookup is
     dropped, not answered."""
-    sent: list[bytes] = []
-    original = ScriptBatch._write
-
-    def recorded(self: ScriptBatch, data: bytes) -> None:
-        sent.append(data)
-        original(self, data)
-
-    monkeypatch.setattr(ScriptBatch, "_write", recorded)
     admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest().encode()
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
     with serving(make_upstream("tiny-small")) as small, serving(make_upstream("tiny-large")) as large:
@@ -239,5 +221,5 @@ def test_a_cache_lookup_rides_with_its_admission_and_still_hits(prefix: str, mon
             replies = [httpx.post(f"{gw.url}/v1/chat/completions", json=body) for _ in range(3)]
     assert [r.status_code for r in replies] == [200, 200, 429]
     assert replies[1].headers["x-triage-cache"] == "hit" and replies[1].json() == replies[0].json()
-    together = [w for w in sent if admit_sha in w and b"GET" in w and f"{prefix}:cache:".encode() in w]
+    together = [w for w in writes if admit_sha in w and b"GET" in w and f"{prefix}:cache:".encode() in w]
     assert len(together) >= 2, "the admission and the cache lookup went in separate writes"

@@ -83,29 +83,27 @@ def _rss_kib(pid: int) -> int:
 def test_an_unterminated_huge_header_is_refused_with_431_without_growing(gateway: Gateway) -> None:
     """Regression: one unterminated 64 MB header value raised RSS from 94 to 213 MB."""
     before = _rss_kib(gateway.proc.pid)
-    sock = _connect(gateway)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Big: ")
-    sent = 0
-    block = b"a" * 65536
-    try:
-        while sent < 64 * 1024 * 1024:
-            sock.sendall(block)
-            sent += len(block)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    assert sent < 8 * 1024 * 1024  # the server closed the connection long before 64 MB were sent
-    data, _ = _read_until_closed(sock)
-    sock.close()
+    with _connect(gateway) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        block = b"a" * 65536
+        try:
+            while sent < 64 * 1024 * 1024:
+                sock.sendall(block)
+                sent += len(block)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert sent < 8 * 1024 * 1024  # the server closed the connection long before 64 MB were sent
+        data, _ = _read_until_closed(sock)
     if data:  # the 431 may be lost to the reset when the client is still sending
         assert data.startswith(b"HTTP/1.1 431")
     assert _rss_kib(gateway.proc.pid) - before < 16 * 1024
 
 
 def test_headers_over_the_limit_get_431_in_the_envelope(gateway: Gateway) -> None:
-    sock = _connect(gateway)
-    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
-    data, _ = _read_until_closed(sock)
-    sock.close()
+    with _connect(gateway) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+        data, _ = _read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 431")
     assert b'"request_header_fields_too_large"' in data
 
@@ -118,29 +116,27 @@ def test_a_body_larger_than_the_header_limit_is_served(gateway: Gateway, size: i
     body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "a" * size}], "max_tokens": 2})
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
     whole = head + b"Content-Length: %d\r\n\r\n" % len(body) + body.encode()
-    sock = _connect(gateway)
-    if reads == 2:  # the head and a few bytes of body, then the rest of the body
-        split = whole.index(b"\r\n\r\n") + 10
-        sock.sendall(whole[:split])
-        time.sleep(0.2)
-        whole = whole[split:]
-    sock.sendall(whole)  # one write: one read, on loopback
-    data, _ = _read_until_closed(sock)
-    sock.close()
+    with _connect(gateway) as sock:
+        if reads == 2:  # the head and a few bytes of body, then the rest of the body
+            split = whole.index(b"\r\n\r\n") + 10
+            sock.sendall(whole[:split])
+            time.sleep(0.2)
+            whole = whole[split:]
+        sock.sendall(whole)  # one write: one read, on loopback
+        data, _ = _read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 200"), data[:300]
 
 
 def test_an_openai_sdk_clients_long_prompts_are_served(gateway: Gateway) -> None:
     """The same regression through an unmodified SDK client: before the fix, 24-40 of 40 prompts of 40-900 KB
     got a 431 against the default 32 KiB limit (here the limit is 8 KiB)."""
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
-    for size in (12_000, 200_000, 900_000):
-        for _ in range(5):
-            answer = client.chat.completions.create(
-                model="auto", messages=[{"role": "user", "content": "a" * size}], max_tokens=2
-            )
-            assert answer.choices[0].message.content
-    client.close()
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as client:
+        for size in (12_000, 200_000, 900_000):
+            for _ in range(5):
+                answer = client.chat.completions.create(
+                    model="auto", messages=[{"role": "user", "content": "a" * size}], max_tokens=2
+                )
+                assert answer.choices[0].message.content
 
 
 def test_headers_over_the_limit_are_refused_before_the_request_is_routed(
@@ -153,10 +149,9 @@ def test_headers_over_the_limit_are_refused_before_the_request_is_routed(
     body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     head += b"X-Big: " + b"a" * 9000 + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
-    sock = _connect(gateway)
-    sock.sendall(head + body)
-    data, _ = _read_until_closed(sock)
-    sock.close()
+    with _connect(gateway) as sock:
+        sock.sendall(head + body)
+        data, _ = _read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 431")
     time.sleep(0.3)
     assert len(journal.bodies) == before
@@ -165,12 +160,11 @@ def test_headers_over_the_limit_are_refused_before_the_request_is_routed(
 def test_a_head_over_the_limit_finished_in_a_later_chunk_is_refused(gateway: Gateway) -> None:
     """Regression: 6 KB of headers, then 4 KB more that finish the head with part of a body: the second chunk
     finished the head, so it was never counted, and the request went on waiting for its body."""
-    sock = _connect(gateway)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-One: " + b"a" * 6000 + b"\r\n")
-    time.sleep(0.2)  # two reads
-    sock.sendall(b"X-Two: " + b"b" * 4000 + b"\r\nContent-Length: 100\r\n\r\n{")
-    data, took = _read_until_closed(sock)
-    sock.close()
+    with _connect(gateway) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-One: " + b"a" * 6000 + b"\r\n")
+        time.sleep(0.2)  # two reads
+        sock.sendall(b"X-Two: " + b"b" * 4000 + b"\r\nContent-Length: 100\r\n\r\n{")
+        data, took = _read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 431"), data[:200]
     assert took < HEAD_TIMEOUT  # refused at once, not cut off by the body deadline
 
@@ -187,10 +181,9 @@ def test_a_head_over_the_limit_finished_in_a_later_chunk_is_refused(gateway: Gat
 )
 def test_malformed_http_gets_a_400_in_the_envelope(gateway: Gateway, framing: bytes) -> None:
     """uvicorn answered these in plain text ("Invalid HTTP request received."), which SDKs cannot read."""
-    sock = _connect(gateway)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + framing + b'{"model": "auto"}')
-    data, _ = _read_until_closed(sock)
-    sock.close()
+    with _connect(gateway) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + framing + b'{"model": "auto"}')
+        data, _ = _read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 400"), data[:200]
     body = json.loads(data.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["code"] == "invalid_http_request"
@@ -205,19 +198,17 @@ def test_an_oversized_head_pipelined_behind_a_slow_request_waits_for_its_answer(
     slow = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     slow += b"Content-Length: %d\r\n\r\n" % len(body) + body
     oversized = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"
-    sock = _connect(gateway)
-    sock.sendall(slow + oversized)
-    data, _ = _read_until_closed(sock)
-    sock.close()
+    with _connect(gateway) as sock:
+        sock.sendall(slow + oversized)
+        data, _ = _read_until_closed(sock)
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", data) == [b"200", b"431"], data[:200]
 
 
 def test_pipelined_requests_in_one_chunk_are_all_answered(gateway: Gateway) -> None:
     one = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-    sock = _connect(gateway)
-    sock.sendall(one * 3 + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    data, _ = _read_until_closed(sock)
-    sock.close()
+    with _connect(gateway) as sock:
+        sock.sendall(one * 3 + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data, _ = _read_until_closed(sock)
     assert data.count(b"HTTP/1.1 200") == 4
 
 
@@ -227,30 +218,27 @@ def test_pipelined_requests_in_one_chunk_are_all_answered(gateway: Gateway) -> N
 )
 def test_a_request_head_that_never_ends_is_timed_out(gateway: Gateway, partial: bytes) -> None:
     """Regression: partial request lines and headers were held open indefinitely."""
-    sock = _connect(gateway)
-    sock.sendall(partial)
-    data, took = _read_until_closed(sock)
-    sock.close()
+    with _connect(gateway) as sock:
+        sock.sendall(partial)
+        data, took = _read_until_closed(sock)
     assert took < HEAD_TIMEOUT + 3
     assert data.startswith(b"HTTP/1.1 408")
 
 
 def test_a_body_shorter_than_its_content_length_is_cut_off(gateway: Gateway) -> None:
     """Regression: a Content-Length lie held the connection (and the request) open indefinitely."""
-    sock = _connect(gateway)
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    head += b"Content-Length: 1000\r\n\r\n"
-    sock.sendall(head + b'{"model": ')
-    _, took = _read_until_closed(sock)
-    sock.close()
+    with _connect(gateway) as sock:
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head += b"Content-Length: 1000\r\n\r\n"
+        sock.sendall(head + b'{"model": ')
+        _, took = _read_until_closed(sock)
     assert took < HEAD_TIMEOUT + 3
 
 
 def test_an_idle_keep_alive_connection_is_closed(gateway: Gateway) -> None:
-    sock = _connect(gateway)
-    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    data, took = _read_until_closed(sock)
-    sock.close()
+    with _connect(gateway) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        data, took = _read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 200")
     assert took < 1 + 3  # keep_alive_timeout 1 s
 
@@ -268,13 +256,14 @@ def test_a_pipelined_request_does_not_time_out_a_long_answer(
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n{body}"
     ).encode()
-    sock = _connect(gateway)
-    sock.sendall(slow)
-    wait_until(lambda: any(b.get("x_id") == x_id for b in upstreams[2].bodies), 10, "the slow request at the worker")
-    sock.sendall(b"GET /health HTTP/1.1\r\nHo")  # half a head, pipelined
-    time.sleep(HEAD_TIMEOUT + 0.5)  # past the head timeout, before the answer
-    sock.sendall(b"st: x\r\nConnection: close\r\n\r\n")
-    data, _ = _read_until_closed(sock)
-    sock.close()
+    with _connect(gateway) as sock:
+        sock.sendall(slow)
+        wait_until(
+            lambda: any(b.get("x_id") == x_id for b in upstreams[2].bodies), 10, "the slow request at the worker"
+        )
+        sock.sendall(b"GET /health HTTP/1.1\r\nHo")  # half a head, pipelined
+        time.sleep(HEAD_TIMEOUT + 0.5)  # past the head timeout, before the answer
+        sock.sendall(b"st: x\r\nConnection: close\r\n\r\n")
+        data, _ = _read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 200")
     assert data.count(b"HTTP/1.1 200") == 2

@@ -113,25 +113,24 @@ def test_404_and_405_codes_are_strings_and_no_slash_redirects(stack: Stack) -> N
 def test_a_stream_cut_mid_event_reaches_the_sdk_as_an_api_error(stack: Stack, crlf: bool) -> None:
     """Regression: the error event was glued onto the partial line, so SDKs saw invalid JSON, not the error. A
     worker whose events end in CRLF had every event held back, and dropped with the partial one."""
-    client = openai.OpenAI(base_url=f"{stack.gateway.url}/v1", api_key="none", max_retries=0)
-    stream = client.chat.completions.create(
-        model="auto",
-        messages=SHORT,
-        stream=True,
-        max_tokens=8,
-        extra_body={"x_test": {"die_mid_event": 3, "crlf": crlf}},
-    )
-    seen: list[str | None] = []
+    with openai.OpenAI(base_url=f"{stack.gateway.url}/v1", api_key="none", max_retries=0) as client:
+        stream = client.chat.completions.create(
+            model="auto",
+            messages=SHORT,
+            stream=True,
+            max_tokens=8,
+            extra_body={"x_test": {"die_mid_event": 3, "crlf": crlf}},
+        )
+        seen: list[str | None] = []
 
-    def read_all() -> None:
-        for chunk in stream:
-            seen.append(chunk.choices[0].delta.content)
+        def read_all() -> None:
+            for chunk in stream:
+                seen.append(chunk.choices[0].delta.content)
 
-    with pytest.raises(openai.APIError) as raised:
-        read_all()
-    assert seen == ["w0 ", "w1 ", "w2 "]
-    assert "worker" in raised.value.message
-    client.close()
+        with pytest.raises(openai.APIError) as raised:
+            read_all()
+        assert seen == ["w0 ", "w1 ", "w2 "]
+        assert "worker" in raised.value.message
 
 
 @pytest.mark.parametrize("chunked", [False, True])

@@ -258,8 +258,10 @@ def test_a_worker_4xx_reaches_the_caller_as_a_well_formed_envelope(
     assert error["message"] == message and error["code"] == code
     assert isinstance(error["type"], str) and (error["param"] is None or isinstance(error["param"], str))
     # The SDK reads it as its own error, with the code as it is typed: a string or None.
-    client = openai.OpenAI(base_url=f"{stack.gateway.url}/v1", api_key="x", max_retries=0)
-    with pytest.raises(openai.ConflictError) as raised:
+    with (
+        openai.OpenAI(base_url=f"{stack.gateway.url}/v1", api_key="x", max_retries=0) as client,
+        pytest.raises(openai.ConflictError) as raised,
+    ):
         client.chat.completions.create(
             model="auto",
             messages=[{"role": "user", "content": "hi"}],

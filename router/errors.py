@@ -10,7 +10,7 @@
     │   └── BudgetExceeded            429     insufficient_quota        budget_exceeded
     ├── LimiterUnavailable            503     server_error              rate_limiter_unavailable
     ├── LimiterFailed                 503     server_error              rate_limiter_error
-    ├── Overloaded                    503     server_error              overloaded
+    ├── Overloaded                    503     server_error              overloaded / shutting_down
     ├── UpstreamTooLarge              502     server_error              upstream_response_too_large
     └── UpstreamError                 5xx     server_error
         ├── UpstreamFailed            502     server_error              upstream_error
@@ -130,8 +130,8 @@ class Overloaded(TriageError):
     type = "server_error"
     code = "overloaded"
 
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None) -> None:
+        super().__init__(message, code=code)
         self.headers = {"retry-after": str(retry_after)}
 
 

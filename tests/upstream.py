@@ -56,7 +56,7 @@ def _choices(body: dict[str, Any]) -> int:
     return prompts * int(body.get("n") or 1)
 
 
-async def _hung_up_within(request: Request, seconds: float) -> bool:
+async def hung_up_within(request: Request, seconds: float) -> bool:
     """Sleep, but return True as soon as the client disconnects."""
 
     async def disconnected() -> None:
@@ -107,7 +107,7 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
             return Response(
                 test.get("body", ""), status_code=test["status"], media_type=test.get("type", "application/json")
             )
-        if "sleep" in test and await _hung_up_within(request, test["sleep"]):
+        if "sleep" in test and await hung_up_within(request, test["sleep"]):
             # Like vLLM: a request whose client left is aborted, and we note that it was.
             journal.cancelled.append(body.get("x_id", "?"))
             return Response(status_code=499)

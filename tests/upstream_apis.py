@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tests.upstream import Journal
+from tests.upstream import Journal, hung_up_within
 
 Handler = Callable[[Request], Any]
 
@@ -33,6 +33,8 @@ async def _read(
         return body, test, JSONResponse({"error": error}, 404)
     if "status" in test:
         return body, test, Response(test.get("body", ""), status_code=test["status"], media_type="application/json")
+    if "sleep" in test and await hung_up_within(request, test["sleep"]):  # as chat completions do
+        return body, test, Response(status_code=499)
     return body, test, None
 
 

@@ -6,6 +6,7 @@ paths, unknown paths, the OpenAPI document) still goes through FastAPI."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from router.api.errors import internal_error_response
+from router.api.errors import error_response, internal_error_response
+from router.errors import Overloaded
 
 __all__ = ["Edge", "Handler"]
 
@@ -45,6 +47,14 @@ class Edge(FastAPI):
         try:
             response = await handler(Request(scope, receive))
             await response(scope, receive, sending)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs when graceful_shutdown_timeout has passed, and would answer a bare
+            # 500: the caller gets a 503 in the route's envelope, which SDKs retry (elsewhere, behind a balancer).
+            if started:
+                raise
+            stopping = Overloaded("the gateway is shutting down; retry", code="shutting_down")
+            headers = {**stopping.headers, "connection": "close"}
+            await error_response(stopping, headers, anthropic=scope["path"] == "/v1/messages")(scope, receive, send)
         except Exception:  # the handler answers its own errors: this is a defect, still never a bare 500
             log.exception("unhandled error on %s", scope["path"])
             if not started:  # in the route's own envelope: Anthropic's SDK reads no other

@@ -3,14 +3,19 @@ and a defect in a directly served handler still answered in OpenAI's envelope, u
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
+import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from router.api.app import create_app
 from router.api.edge import Edge
-from tests.api.conftest import Stack
-from tests.servers import serving
+from tests.api.conftest import Stack, settings_for
+from tests.servers import ThreadedServer, serving, wait_until
+from tests.upstream import Journal, make_upstream
 
 
 def test_the_gateway_serves_generation_directly_and_the_rest_through_fastapi(stack: Stack) -> None:
@@ -71,3 +76,27 @@ def test_a_defect_on_the_messages_route_is_in_anthropics_envelope() -> None:
         r = httpx.post(f"{server.url}/v1/messages")
     assert r.status_code == 500
     assert r.json()["type"] == "error" and r.json()["error"]["type"] == "api_error"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_request_cut_by_the_end_of_a_graceful_shutdown_gets_a_503_in_its_envelope(path: str) -> None:
+    """Regression: when graceful_shutdown_timeout (here 1 s) passed, uvicorn cancelled the request and answered a
+    bare 500 `Internal Server Error` that no SDK reads as a retryable error."""
+    journal = Journal()
+    journal.always = {"sleep": 30}  # the worker takes longer than the shutdown allows
+    body = {"model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    with serving(make_upstream("tiny-small", journal)) as small, serving(make_upstream("tiny-large")) as large:
+        gateway = ThreadedServer(create_app(settings_for(f"{small.url}/v1", f"{large.url}/v1"))).start()
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(httpx.post, f"{gateway.url}{path}", json=body, timeout=30)
+                wait_until(lambda: journal.bodies, 10, "the request to reach the worker")
+                gateway.stop()
+                r = answer.result()
+        finally:
+            gateway.stop()
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    if path == "/v1/messages":  # Anthropic's SDK reads its own envelope only
+        assert r.json()["type"] == "error" and r.json()["error"]["type"] == "overloaded_error"
+    else:
+        assert r.json()["error"]["code"] == "shutting_down" and r.json()["error"]["type"] == "server_error"

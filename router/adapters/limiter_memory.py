@@ -7,8 +7,8 @@ that, the caller seen least recently is forgotten (a caller-rotation flood canno
 
 from __future__ import annotations
 
+import itertools
 import time
-import uuid
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
@@ -62,6 +62,7 @@ class MemoryLimiter:
         self._states: OrderedDict[tuple[str, str], _State] = OrderedDict()  # least recently seen first
         self._since_sweep = 0
         self._spend: dict[str, list[int]] = {}  # budget window key -> [settled, held, expires_ms]
+        self._leases = itertools.count()  # lease ids: unique within this process, which alone holds them
 
     def __len__(self) -> int:
         return len(self._states)
@@ -147,7 +148,7 @@ class MemoryLimiter:
             deny, retry = "concurrency", min(1000, min(leases.values()) - now)
         left, over, over_spent = (-1, 0, 0) if deny else self._spend_check(caps, reserve, now)
         deny = deny or ("budget" if over else "")
-        lease = uuid.uuid4().hex
+        lease = f"{next(self._leases):x}"
         if not deny:
             # Only the limits the tier sets keep state, as in the Redis script.
             if lim.requests_per_minute:

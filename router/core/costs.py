@@ -6,6 +6,7 @@ never under-counts a bill."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
@@ -47,13 +48,24 @@ def _d(value: float) -> Decimal:
     return Decimal(repr(value))
 
 
+_ZERO = Decimal(0)
+
+
+@functools.lru_cache(maxsize=256)
+def _rates(prices: Prices) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """A worker's prices as Decimals (input, cached input, output, per second x 1e6), converted once: a request
+    is priced three times (its settlement, its record and the always-large baseline), each at 4 conversions."""
+    cached = prices.input if prices.cached_input is None else prices.cached_input
+    return _d(prices.input), _d(cached), _d(prices.output), _d(prices.per_second) * PER_MILLION
+
+
 def priced(prices: Prices, prompt: int, completion: int, *, cached: int = 0, seconds: float = 0.0) -> Priced:
     """A call's cost: `cached` of the `prompt` tokens at the cached price, the rest at the input price."""
     cached = max(0, min(cached, prompt))
-    cached_price = prices.input if prices.cached_input is None else prices.cached_input
+    input_rate, cached_rate, output_rate, second_rate = _rates(prices)
     return Priced(
-        input=(prompt - cached) * _d(prices.input),
-        cached=cached * _d(cached_price),
-        output=completion * _d(prices.output),
-        seconds=_d(max(0.0, seconds)) * _d(prices.per_second) * PER_MILLION,
+        input=(prompt - cached) * input_rate,
+        cached=cached * cached_rate,
+        output=completion * output_rate,
+        seconds=_d(seconds) * second_rate if seconds > 0 and prices.per_second else _ZERO,
     )

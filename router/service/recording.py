@@ -63,6 +63,7 @@ class Trace:
         self.escalated = False
         self.baseline = True  # False for a cascade's escalated draft: the answer's record carries the baseline
         self._done = False
+        self._priced: tuple[tuple[object, ...], costs.Priced] | None = None
 
     def note(self, usage: Usage | None) -> None:
         """A worker's usage (nothing when it reported none). Anthropic's message_delta carries only output tokens:
@@ -84,10 +85,16 @@ class Trace:
             usage = (estimate_tokens(self.prompt.tokens, 0), estimated_completion)
         if usage is None or self.routed is None:
             return None
+        # The settlement and the record price the same request: once.
+        key = (usage, self.routed.worker.prices, self.cached_tokens, self.worker_seconds, self.cache_hit)
+        if self._priced is not None and self._priced[0] == key:
+            return self._priced[1]
         if self.cache_hit:
-            return costs.priced(self.routed.worker.prices, 0, 0)
-        prices = self.routed.worker.prices
-        return costs.priced(prices, *usage, cached=self.cached_tokens, seconds=self.worker_seconds)
+            parts = costs.priced(self.routed.worker.prices, 0, 0)
+        else:
+            parts = costs.priced(key[1], *usage, cached=self.cached_tokens, seconds=self.worker_seconds)
+        self._priced = (key, parts)
+        return parts
 
     def cost_micros(self, estimated_completion: int | None = None) -> int | None:
         p = self.priced(estimated_completion)

@@ -8,8 +8,10 @@ from decimal import Decimal
 import orjson
 
 from router.core.costs import priced
-from router.core.types import Prices
-from router.service.recording import usage_of
+from router.core.tiers import Caller, Tier
+from router.core.types import Decision, Prices, Reason, Role, Routed, Worker
+from router.protocol import ChatCompletionRequest, Prompt, decode_body
+from router.service.recording import Recorder, Trace, Usage, usage_of
 
 PRICES = Prices(input=1.0, output=2.0, cached_input=0.25, per_second=0.001)
 
@@ -53,3 +55,20 @@ def test_reasoning_tokens_are_output_whether_or_not_completion_tokens_include_th
     assert cached is not None and cached.cached == 8
     odd = usage_of(_usage(prompt_tokens=10, completion_tokens=1, prompt_tokens_details={"cached_tokens": "x"}))
     assert odd is not None and odd.cached == 0  # a detail that is not a number is ignored, not an error
+
+
+def test_a_trace_priced_again_after_its_usage_or_time_changed_gets_the_new_cost() -> None:
+    """The settlement and the record share one pricing of a request: what changed in between is not missed."""
+    worker = Worker("w", Role.SMALL, "http://w/v1", "m", Prices(input=1.0, output=2.0, per_second=0.001), 1.0, 1.0)
+    request = decode_body(b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}]}', ChatCompletionRequest)
+    trace = Trace(Recorder(None, Prices()), Caller(Tier("t"), "ip:x"), Prompt(request[1]), "r")
+    trace.routed = Routed(worker, Decision(Role.SMALL, Reason.REQUESTED))
+    assert trace.cost_micros() is None  # nothing known yet
+    estimated = trace.cost_micros(10)
+    assert estimated is not None and trace.cost_micros(11) == estimated + 2  # another estimate, another price
+    trace.note(Usage(100, 5))
+    assert trace.cost_micros() == 110
+    trace.worker_seconds = 2.0
+    assert trace.cost_micros() == 110 + 2000
+    trace.note(Usage(100, 6, cached=0))
+    assert trace.cost_micros() == 112 + 2000

@@ -17,10 +17,13 @@ from router.errors import InvalidRequest, LimiterFailed, LimiterUnavailable, Ove
 from router.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest, Prompt, choices
 from router.service.spending import Completion, Quote, Reach, Spending
 
-__all__ = ["DEFAULT_COMPLETION_ESTIMATE", "AdmissionControl", "Admitted", "LimiterHealth"]
+__all__ = ["DEFAULT_COMPLETION_ESTIMATE", "WORKER_BOUNDS", "AdmissionControl", "Admitted", "LimiterHealth"]
 
 log = logging.getLogger("triage.service")
 DEFAULT_COMPLETION_ESTIMATE = 512  # reserved per choice when neither the request nor the tier bounds max_tokens
+# Length fields a worker honours beside the API's own: llama.cpp's server reads `n_predict` before `max_tokens`,
+# so a caller could pass a tier's cap (and its reservation) with it. Capped at the bound like the API's fields.
+WORKER_BOUNDS = ("n_predict",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +133,16 @@ def _cap(tier: Tier, request: GenerationRequest, payload: dict[str, Any]) -> int
         bound = capped_max_tokens(tier, None)
         if bound is not None:
             payload[fields[0]] = bound
-        return bound
-    capped = [(f, capped_max_tokens(tier, v) or v) for f, v in sent]
-    payload.update(capped)
-    return max(v for _, v in capped)
+    else:
+        capped = [(f, capped_max_tokens(tier, v) or v) for f, v in sent]
+        payload.update(capped)
+        bound = max(v for _, v in capped)
+    if bound is not None:
+        for name in WORKER_BOUNDS:
+            value = payload.get(name)
+            if name in payload and not (type(value) is int and 0 <= value <= bound):
+                payload[name] = bound
+    return bound
 
 
 def _estimate(tier: Tier, prompt: Prompt, bound: int | None, count: int) -> tuple[int, int]:

@@ -241,18 +241,24 @@ def test_n_that_is_not_a_whole_number_of_choices_is_a_400(gateway: Gateway, valu
         ({"max_tokens": 10, "max_completion_tokens": 100_000}, {"max_tokens": 10, "max_completion_tokens": 1000}),
         ({"max_completion_tokens": 5000}, {"max_completion_tokens": 1000}),
         ({}, {"max_tokens": 1000}),
+        # llama.cpp reads n_predict first: capped too (regression: it reached the worker as sent)
+        ({"n_predict": 100_000}, {"max_tokens": 1000, "n_predict": 1000}),
+        ({"max_tokens": 10, "n_predict": -1}, {"max_tokens": 10, "n_predict": 10}),  # -1: unlimited there
+        ({"max_tokens": 10, "n_predict": "99"}, {"max_tokens": 10, "n_predict": 10}),
+        ({"n_predict": 5}, {"max_tokens": 1000, "n_predict": 5}),
     ],
 )
 def test_a_tier_s_cap_holds_in_both_fields_and_the_larger_is_reserved(
-    gateway: Gateway, sent: dict[str, int], forwarded: dict[str, int]
+    gateway: Gateway, sent: dict[str, object], forwarded: dict[str, int]
 ) -> None:
     """Regression: with both fields sent, only max_completion_tokens was capped, and max_tokens reached the
     worker as sent."""
     r = _post(gateway, "/v1/chat/completions", {"model": "auto", "messages": SHORT, **sent}, CAPPED_KEY)
     assert r.status_code == 200, r.text
     body = gateway.bodies()[-1]
-    assert {k: body[k] for k in ("max_tokens", "max_completion_tokens") if k in body} == forwarded
-    assert _reserved(r, 50_000) == 1 + max(forwarded.values())  # "hi": no whole token, one of slack
+    assert {k: body[k] for k in ("max_tokens", "max_completion_tokens", "n_predict") if k in body} == forwarded
+    # "hi": no whole token, one of slack; n_predict is the worker's field, never above the bound
+    assert _reserved(r, 50_000) == 1 + max(v for k, v in forwarded.items() if k != "n_predict")
 
 
 # -- item 7: a completions prompt list is that many prompts, each with n choices -----------------------------------

@@ -14,19 +14,14 @@ from tests.servers import ThreadedServer, serving
 from tests.upstream import Journal, make_upstream
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """What the imports made is set aside from the collector (gc.freeze): the collection after every test then
-    walks only what tests made, 0.05 s less each."""
-    gc.collect()
-    gc.freeze()
-
-
 @pytest.fixture(autouse=True)
 def _collected() -> Iterator[None]:
     """A socket or file a test leaves open is reported in that test: collected as it ends, not whenever the
-    garbage collector next runs, in a later test that then fails under another's name."""
+    garbage collector next runs, in a later test that then fails under another's name. What survives is then
+    set aside (gc.freeze): the next collection walks only what the next test makes (5-50 ms less each)."""
     yield
     gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
-"""The gateway's ASGI application: FastAPI, with the two generation routes dispatched straight from the ASGI
-call. FastAPI 0.165 runs a request through eleven layers before a handler (error, telemetry, exception,
-body-limit and exit-stack middleware, then three routers); a routed request needs none of them, since its
-handler answers every error in OpenAI's envelope itself. Everything else (GET/HEAD, other methods on these
-paths, unknown paths, the OpenAPI document) still goes through FastAPI."""
+"""The gateway's ASGI application: FastAPI, with the POST routes that reach workers (chat, completions,
+responses, messages, embeddings) dispatched straight from the ASGI call. FastAPI 0.165 runs a request through
+eleven layers before a handler (error, telemetry, exception, body-limit and exit-stack middleware, then three
+routers); such a request needs none of them, since its handler answers every error in its route's envelope
+itself. Everything else (GET/HEAD, other methods on these paths, unknown paths, the OpenAPI document) still goes
+through FastAPI."""
 
 from __future__ import annotations
 

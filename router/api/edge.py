@@ -53,6 +53,7 @@ class Edge(FastAPI):
             # 500: the caller gets a 503 in the route's envelope, which SDKs retry (elsewhere, behind a balancer).
             if started:
                 raise
+            log.info("%s cut short by the shutdown: answered 503", scope["path"])
             stopping = Overloaded("the gateway is shutting down; retry", code="shutting_down")
             headers = {**stopping.headers, "connection": "close"}
             await error_response(stopping, headers, anthropic=scope["path"] == "/v1/messages")(scope, receive, send)

@@ -6,6 +6,7 @@ answer is counted, and the tier decides."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -139,9 +140,12 @@ def _cap(tier: Tier, request: GenerationRequest, payload: dict[str, Any]) -> int
         bound = max(v for _, v in capped)
     if bound is not None:
         for name in WORKER_BOUNDS:
-            value = payload.get(name)
-            if name in payload and not (type(value) is int and 0 <= value <= bound):
-                payload[name] = bound
+            if name not in payload:
+                continue
+            value = payload[name]
+            if type(value) is float and math.isfinite(value) and value >= 0:
+                value = int(value)  # as llama.cpp reads a number into an int: 5.0 and 5.7 are 5
+            payload[name] = value if type(value) is int and 0 <= value <= bound else bound
     return bound
 
 

@@ -246,6 +246,8 @@ def test_n_that_is_not_a_whole_number_of_choices_is_a_400(gateway: Gateway, valu
         ({"max_tokens": 10, "n_predict": -1}, {"max_tokens": 10, "n_predict": 10}),  # -1: unlimited there
         ({"max_tokens": 10, "n_predict": "99"}, {"max_tokens": 10, "n_predict": 10}),
         ({"n_predict": 5}, {"max_tokens": 1000, "n_predict": 5}),
+        ({"n_predict": 5.7}, {"max_tokens": 1000, "n_predict": 5}),  # read as 5 there: not raised to the cap
+        ({"max_tokens": 10, "n_predict": 1e300}, {"max_tokens": 10, "n_predict": 10}),
     ],
 )
 def test_a_tier_s_cap_holds_in_both_fields_and_the_larger_is_reserved(

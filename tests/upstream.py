@@ -4,7 +4,8 @@ The request body's `x_test` field (which the gateway passes through untouched, l
 the behaviour: {"sleep": s}, {"status": n, "body": "..."}, {"die_after": k} (stream: k chunks, then the
 connection drops); the answer itself: {"content": text, "finish_reason": r, "logprob": per-token logprob}.
 {"chunked": bytes} (a 200 of that many bytes without content-length), {"die_mid_event": k} (stream: k
-events, then half of one, then the connection drops), {"crlf": true} and {"gate": true} (see `_events`).
+events, then half of one, then the connection drops), {"stall_after": k} (stream: k events, then nothing for a
+minute, the connection open), {"crlf": true} and {"gate": true} (see `_events`).
 Usage: {"prompt_tokens": k} (what the worker says the prompt was; default 7); a stream sends its usage chunk
 only when asked, as vLLM does, or {"usage_on_last": true} on its last content chunk (llama.cpp's way), and
 {"null_usage": true} adds `"usage": null` to every other chunk (OpenAI's way); {"cached_tokens": k} reports k
@@ -164,6 +165,8 @@ def make_upstream(model: str, journal: Journal | None = None) -> Starlette:
                     raise ConnectionAbortedError("worker died mid-event")
                 if "chunk_sleep" in test:
                     await asyncio.sleep(test["chunk_sleep"])
+                if "stall_after" in test and i == test["stall_after"]:
+                    await asyncio.sleep(60)  # a long generation: events stop coming, the connection stays open
                 for index in range(count):
                     last = i == n - 1 and index == count - 1
                     chunk: dict[str, Any] = {

@@ -43,6 +43,8 @@ async def _stream(events: list[bytes], test: dict[str, Any]) -> AsyncIterator[by
         if "die_after" in test and i == test["die_after"]:
             await asyncio.sleep(0.05)  # a moment after the last event, as a real worker dies
             raise ConnectionAbortedError("worker died mid-stream")
+        if "stall_after" in test and i == test["stall_after"]:
+            await asyncio.sleep(60)  # a long generation: events stop coming, the connection stays open
         yield event
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -11,7 +12,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from router.core.ports import UpstreamStream
-from router.errors import UpstreamError
+from router.errors import UpstreamError, UpstreamUnavailable
 from router.protocol import error_body
 from router.sse import EVENT_ENDS, events_end
 
@@ -89,25 +90,43 @@ class PassThroughStream(Response):
         `data:` line with the error envelope)."""
         self._stream = stream
         self._error_event = error_event or openai_error_event
+        self._started = False  # the response's head is sent
         self.status_code = 200
         self.background = None
         self.init_headers({**headers, "cache-control": "no-cache"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._started = False
         pump = asyncio.ensure_future(self._pump(send))
         watch = asyncio.ensure_future(_disconnected(receive))
+        cut = False
         try:
             await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The shutdown's grace ran out (uvicorn cancels what still runs): the client is still there. Cut, the
+            # body is an incomplete chunked read (a network error to SDKs); it ends with the route's error event.
+            if not self._started:
+                raise  # nothing sent yet: the edge answers 503 in the route's envelope
+            cut = True
         finally:
             watch.cancel()
             if not pump.done():
                 pump.cancel()
                 await asyncio.wait((pump,))
             await self._stream.aclose()
+        if cut:
+            log.info("a stream cut short by the shutdown: ended with an error event")
+            stopping = UpstreamUnavailable(
+                "the gateway is shutting down and cut this answer short; retry", worker="", code="shutting_down"
+            )
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": self._error_event(stopping), "more_body": False})
+            return
         if not pump.cancelled() and (exc := pump.exception()) is not None and not isinstance(exc, OSError):
             raise exc
 
     async def _pump(self, send: Send) -> None:
+        self._started = True
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         held = b""  # the start of an event whose end has not arrived yet
         try:

@@ -3,6 +3,7 @@ and a defect in a directly served handler still answered in OpenAI's envelope, u
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -100,3 +101,33 @@ def test_a_request_cut_by_the_end_of_a_graceful_shutdown_gets_a_503_in_its_envel
         assert r.json()["type"] == "error" and r.json()["error"]["type"] == "overloaded_error"
     else:
         assert r.json()["error"]["code"] == "shutting_down" and r.json()["error"]["type"] == "server_error"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_stream_cut_by_the_end_of_a_graceful_shutdown_ends_with_an_error_event(path: str) -> None:
+    """Regression: a stream still running when graceful_shutdown_timeout passed was cut without a word: the
+    connection closed mid-body (an incomplete chunked read, which SDKs raise as a network error, nothing saying
+    why or that a retry would do). It now ends, well framed, with the route's error event (OpenAI's `data:`
+    line, Anthropic's `event: error`), code shutting_down."""
+    journal = Journal()
+    journal.always = {"stall_after": 1}  # one event, then a generation longer than the shutdown allows
+    body = {"model": "auto", "max_tokens": 4, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with serving(make_upstream("tiny-small", journal)) as small, serving(make_upstream("tiny-large", journal)) as large:
+        gateway = ThreadedServer(create_app(settings_for(f"{small.url}/v1", f"{large.url}/v1"))).start()
+        try:
+            with httpx.stream("POST", f"{gateway.url}{path}", json=body, timeout=30) as r:
+                lines = r.iter_lines()
+                assert r.status_code == 200
+                first = next(line for line in lines if line.startswith("data:"))  # the first event has come
+                gateway.stop()
+                rest = list(lines)
+        finally:
+            gateway.stop()
+    assert "error" not in first
+    if path == "/v1/messages":
+        assert "event: error" in rest
+        error = json.loads(next(line for line in rest if line.startswith("data:"))[5:])
+        assert error["type"] == "error" and error["error"]["type"] == "overloaded_error"
+    else:
+        error = json.loads(next(line for line in rest if line.startswith("data:"))[5:])
+        assert error["error"]["code"] == "shutting_down" and error["error"]["type"] == "server_error"

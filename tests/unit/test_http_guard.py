@@ -118,3 +118,56 @@ def _answers(written: bytes) -> list[tuple[bytes, bytes]]:
         out.append((head[0][:12], written[end + 4 : end + 4 + length]))
         pos = end + 4 + length
     return out
+
+
+class _Writes(_Transport):
+    """Records each write apart: how many sends an answer took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.closed:
+            self.writes.append(bytes(data))
+
+
+def test_an_answer_leaves_in_one_write_and_a_stream_s_head_does_not_wait_for_its_body() -> None:
+    """uvicorn writes a response's head and body apart: two sends (two packets) for every JSON answer. The
+    protocol sends what one turn of the loop wrote at its end, so an answer is one write; a stream's head still
+    leaves at once, before a body that comes later; and a refusal is sent before its connection closes."""
+    later = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        if scope["path"] == "/stream":
+            await later.wait()
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run() -> None:
+        config = Config(app, log_level="critical", lifespan="off")
+        cls = guarded_protocol(max_header_bytes=LIMIT, head_timeout=30, body_timeout=30)
+        protocol = cls(config=config, server_state=ServerState(), app_state={})
+        transport = _Writes()
+        protocol.connection_made(transport)
+        protocol.data_received(b"POST /json HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 200")
+        assert transport.writes[0].endswith(b"\r\n\r\nok")
+
+        protocol.data_received(b"POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(transport.writes) == 2 and transport.writes[1].startswith(b"HTTP/1.1 200")  # the head, alone
+        later.set()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert transport.writes[2:] == [b"ok"]
+
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 2 * LIMIT + b"\r\n\r\n")
+        assert transport.closed and transport.writes[3].startswith(b"HTTP/1.1 431")  # written before the close
+        protocol.connection_lost(None)
+
+    asyncio.run(run())

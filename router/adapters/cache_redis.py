@@ -6,10 +6,9 @@ beside an admission leaves in the admission's write (one round trip for both).""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from router.adapters.redis_batch import ScriptBatch
+from router.adapters.redis_batch import ScriptBatch, within
 from router.adapters.resp import ReplyError
 
 __all__ = ["RedisCache"]
@@ -33,7 +32,7 @@ class RedisCache:
 
     async def get(self, key: str) -> bytes | None:
         try:
-            value = await asyncio.wait_for(self._batch.command("GET", self._prefix + key), self._timeout)
+            value = await within(self._batch.command("GET", self._prefix + key), self._timeout)
         except (ReplyError, OSError, TimeoutError) as exc:
             self._silent(exc)
             self._failed(exc, "read")

@@ -5,13 +5,12 @@ routing falls back to the turn's own score."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from router.adapters.redis_batch import ScriptBatch
+from router.adapters.redis_batch import ScriptBatch, within
 from router.adapters.resp import ReplyError, Script
 from router.core.types import Role
 
@@ -92,7 +91,7 @@ class RedisConversations:
 
     async def get(self, key: str) -> Role | None:
         try:
-            value = await asyncio.wait_for(self._batch.command("GET", self._prefix + key), self._timeout)
+            value = await within(self._batch.command("GET", self._prefix + key), self._timeout)
         except (ReplyError, OSError, TimeoutError) as exc:
             self._silent(exc)
             self._failed(exc)

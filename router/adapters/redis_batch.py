@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from router.adapters.resp import INCOMPLETE, ProtocolError, ReplyError, Script, pack, parse
 
-__all__ = ["NotSent", "RedisTarget", "ScriptBatch"]
+__all__ = ["NotSent", "RedisTarget", "ScriptBatch", "within"]
 
 log = logging.getLogger("triage.redis")
 
@@ -83,6 +83,30 @@ class RedisTarget:
         if self.db:
             out.append(("SELECT", self.db))
         return out
+
+
+async def within(call: asyncio.Future[Any], seconds: float) -> Any:
+    """The call's reply, or TimeoutError after `seconds`, the call then cancelled (a reply that comes
+    later is dropped): asyncio.wait_for on a plain future, for a timer instead of its waiter future, callbacks
+    and cancellation hand-shake (~4 us of every lookup)."""
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        if not call.done():
+            expired = True
+            call.cancel()
+
+    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        return await call
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if expired and (task is None or task.cancelling() == 0):  # ours, not the request's own cancellation
+            raise TimeoutError(f"no reply from Redis within {seconds:g} s") from None
+        raise
+    finally:
+        timer.cancel()
 
 
 @dataclass(slots=True)

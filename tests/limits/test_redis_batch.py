@@ -21,6 +21,7 @@ import redis
 import trustme
 import uvloop
 
+from router.adapters import redis_batch
 from router.adapters.cache_redis import RedisCache
 from router.adapters.conversations import RedisConversations
 from router.adapters.limiter_redis import RedisLimiter
@@ -751,6 +752,30 @@ async def test_a_store_with_a_connection_of_its_own_drops_it_when_silent() -> No
         assert await within(cache.get("k")) is None and cache.errors == 1
         assert await within(cache.get("k")) == b"large"
         await cache.close()
+
+
+async def test_a_lookup_deadline_times_out_cancels_the_call_and_never_passes_for_the_requests_own_cancel() -> None:
+    """`redis_batch.within`, the lookups' deadline: a late call is cancelled (its reply, when it comes, is
+    dropped) and reported as TimeoutError; a request cancelled while it waits stays a cancellation (a shutdown
+    or a client gone must not be logged as a silent store); an answer in time is returned as it is."""
+    loop = asyncio.get_running_loop()
+    late: asyncio.Future[Any] = loop.create_future()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await redis_batch.within(late, 0.05)
+    assert late.cancelled() and loop.time() - started < PATIENCE
+
+    waiting: asyncio.Future[Any] = loop.create_future()
+    task = asyncio.ensure_future(redis_batch.within(waiting, 60))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert waiting.cancelled()
+
+    answered: asyncio.Future[Any] = loop.create_future()
+    loop.call_later(0.01, answered.set_result, b"large")
+    assert await redis_batch.within(answered, 60) == b"large"
 
 
 async def test_a_scripts_first_call_keeps_its_place_in_line(prefix: str) -> None:

@@ -3,8 +3,8 @@ and deadlines for receiving them (408) and the body (the connection is closed). 
 header grows the process by its size, and a client that sends half a request holds a connection forever.
 Idle keep-alive connections are closed by uvicorn's own timeout_keep_alive.
 
-It also writes what one turn of the event loop answers as one write: uvicorn writes a response's head and its
-body apart, two sends (and two packets, with TCP_NODELAY) for every JSON answer."""
+It also sends a response's head and body in one write: uvicorn writes them apart, two sends (and two packets,
+with TCP_NODELAY) for every JSON answer."""
 
 from __future__ import annotations
 
@@ -29,45 +29,47 @@ _REFUSALS = {
 }
 
 
-class _OneWritePerTurn:
-    """A transport whose writes made in one turn of the event loop leave together at its end (a call_soon): a
-    response's head and body in one send. Closing sends what is held first; aborting drops it, as the transport
-    drops its own buffer. Everything else is the transport's own."""
+class _HeadWithBody:
+    """A transport that holds a response head declaring a content-length until its body is written (or the
+    response completes, for HEAD; or the connection closes), and sends both in one write. A stream's head (no
+    length) and anything else leave at once. Aborting drops what is held, as the transport drops its buffer."""
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_held", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._loop = loop
-        self._held: list[bytes] = []
+        self._held: bytes | None = None
 
     def write(self, data: bytes) -> None:
-        if not self._held:
-            self._loop.call_soon(self._flush)
-        self._held.append(data)
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif data[-4:] == b"\r\n\r\n" and data[:9] == b"HTTP/1.1 " and b"\r\ncontent-length: " in data:
+            self._held = data
+            return
+        self._transport.write(data)
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
             self.write(line)
 
-    def _flush(self) -> None:
-        held, self._held = self._held, []
-        if held and not self._transport.is_closing():
-            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(len(d) for d in self._held)
+        return self._transport.get_write_buffer_size() + len(self._held or b"")
 
     def write_eof(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.write_eof()
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def abort(self) -> None:
-        self._held = []
+        self._held = None
         self._transport.abort()
 
     def __getattr__(self, name: str) -> Any:
@@ -80,7 +82,8 @@ class _Guarded(HttpToolsProtocol):
     body_timeout = 30.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(cast(asyncio.Transport, _OneWritePerTurn(transport, self.loop)))
+        self._out = _HeadWithBody(transport)
+        super().connection_made(cast(asyncio.Transport, self._out))
         self._in_head = True
         self._head_bytes = 0  # bytes of the head being received, counted by the chunks that did not finish it
         self._chunk = 0  # the length of the chunk being parsed
@@ -170,6 +173,7 @@ class _Guarded(HttpToolsProtocol):
             self.transport.close()  # the request sees a disconnect; there is no one to answer
 
     def on_response_complete(self) -> None:
+        self._out.flush()  # a head whose body is empty, or never written (HEAD)
         super().on_response_complete()
         # The last request routed before the refused one has its answer: now the refusal.
         if self._pending is not None and self.cycle is not None and self.cycle.response_complete:

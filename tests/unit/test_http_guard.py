@@ -134,15 +134,18 @@ class _Writes(_Transport):
 
 def test_an_answer_leaves_in_one_write_and_a_stream_s_head_does_not_wait_for_its_body() -> None:
     """uvicorn writes a response's head and body apart: two sends (two packets) for every JSON answer. The
-    protocol sends what one turn of the loop wrote at its end, so an answer is one write; a stream's head still
-    leaves at once, before a body that comes later; and a refusal is sent before its connection closes."""
+    protocol holds a head that declares a length for its body, so an answer is one write; a stream's head still
+    leaves at once, before a body that comes later; a HEAD answer's head leaves when it completes; and a refusal
+    is sent before its connection closes."""
     later = asyncio.Event()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        if scope["path"] == "/stream":
+        if scope["path"] == "/stream":  # no length: chunked, as the gateway's streams are
+            await send({"type": "http.response.start", "status": 200, "headers": []})
             await later.wait()
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
     async def run() -> None:
@@ -164,10 +167,15 @@ def test_an_answer_leaves_in_one_write_and_a_stream_s_head_does_not_wait_for_its
         later.set()
         for _ in range(20):
             await asyncio.sleep(0)
-        assert transport.writes[2:] == [b"ok"]
+        assert transport.writes[2] == b"2\r\nok\r\n0\r\n\r\n"
+
+        protocol.data_received(b"HEAD /json HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert transport.writes[3].startswith(b"HTTP/1.1 200") and transport.writes[3].endswith(b"\r\n\r\n")
 
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 2 * LIMIT + b"\r\n\r\n")
-        assert transport.closed and transport.writes[3].startswith(b"HTTP/1.1 431")  # written before the close
+        assert transport.closed and transport.writes[4].startswith(b"HTTP/1.1 431")  # written before the close
         protocol.connection_lost(None)
 
     asyncio.run(run())

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from router.core.ports import UpstreamStream
+from router.core.types import Reason
 from router.errors import UpstreamError, UpstreamUnavailable
 from router.protocol import error_body
 from router.sse import EVENT_ENDS, events_end
@@ -51,7 +52,7 @@ async def until_disconnect(work: Awaitable[T], receive: Receive, watch_after: fl
         nonlocal gone
         await _disconnected(receive)
         gone = True
-        current.cancel()
+        current.cancel(Reason.CLIENT_GONE)  # recorded as such (499), not as a request the shutdown cut
 
     def start_watching() -> None:
         nonlocal watcher

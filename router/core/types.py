@@ -37,6 +37,7 @@ class Reason(StrEnum):
     BUDGET_EXCEEDED = "budget_exceeded"  # 429: a spend budget (tier or key, day or month) is used up
     COST_EXCEEDS_LIMIT = "cost_exceeds_limit"  # 400: the request's worst case passes max_cost_per_request
     CLIENT_GONE = "client_gone"  # 499: the caller hung up first
+    SHUTTING_DOWN = "shutting_down"  # 503: the graceful shutdown's time ran out before the answer
     INTERNAL_ERROR = "internal_error"  # 500: a defect in the gateway
     UPSTREAM_ERROR = "upstream_error"  # 502, or a stream the worker broke off after it had started (200 sent)
     INVALID_REQUEST = "invalid_request"  # 400

@@ -189,8 +189,13 @@ class RoutingService:
         except TriageError as exc:
             trace.finish(exc.status, reason=trace.reason or Reason.of_error(exc.code))
             raise
-        except asyncio.CancelledError:
-            trace.finish(499, reason=trace.reason or Reason.CLIENT_GONE)
+        except asyncio.CancelledError as exc:
+            # The edge cancels a request whose client left with CLIENT_GONE as the message; the other cancel is
+            # the server's, when the graceful shutdown's time ran out (the caller is answered 503 by the edge).
+            if exc.args[:1] == (Reason.CLIENT_GONE,):
+                trace.finish(499, reason=trace.reason or Reason.CLIENT_GONE)
+            else:
+                trace.finish(503, reason=Reason.SHUTTING_DOWN)
             raise
         except Exception:  # a defect: the caller gets a 500 from the edge, and the ledger still gets its record
             trace.finish(500, reason=Reason.INTERNAL_ERROR)

@@ -10,6 +10,7 @@ import pytest
 
 from router.core.cascade import EscalationRule
 from router.core.ports import UpstreamReply
+from router.core.types import Reason
 from router.errors import UpstreamUnavailable
 from router.protocol import CompletionRequest, decode_body
 from router.service.context import Endpoint, RequestOptions
@@ -90,6 +91,27 @@ async def test_a_draft_refused_by_the_small_worker_escalates_with_its_status() -
     assert s.sink.reasons == ["draft:draft_status_4xx", "escalated"]
 
 
+async def test_a_request_the_shutdown_cuts_is_recorded_as_such_not_as_a_client_gone() -> None:
+    """Regression: when the graceful shutdown's time ran out, the server's cancel was recorded as the client's
+    (499 client_gone) while the caller was answered 503 shutting_down by the edge: the ledger blamed callers."""
+    s = stack(rule=RULE)
+    release = asyncio.Event()
+
+    async def hang() -> UpstreamReply:
+        await release.wait()
+        return CONFIDENT
+
+    s.backend.on("small-0", hang)
+    s.backend.on("small-1", hang)
+    task = asyncio.create_task(ask(s, caller(cascade=True)))
+    await s.backend.entered.wait()
+    task.cancel("Task cancelled, timeout graceful shutdown exceeded")  # what uvicorn sends
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (record,) = s.sink.records
+    assert (record.status, record.reason) == (503, "shutting_down")
+
+
 async def test_a_client_leaving_during_the_draft_is_recorded_against_the_small_worker() -> None:
     s = stack(rule=RULE)
     release = asyncio.Event()
@@ -103,7 +125,7 @@ async def test_a_client_leaving_during_the_draft_is_recorded_against_the_small_w
     who = caller(cascade=True)
     task = asyncio.create_task(ask(s, who))
     await s.backend.entered.wait()
-    task.cancel()
+    task.cancel(Reason.CLIENT_GONE)  # as the edge cancels a request whose client left
     with pytest.raises(asyncio.CancelledError):
         await task
     (record,) = s.sink.records

@@ -259,7 +259,10 @@ class RedisLimiter:
             # Cancelling the request cancels the call too: one not yet written never leaves.
             reply = await call
         except BaseException:
-            if silent_store:
+            task = asyncio.current_task()
+            # A request cancelled in the turn the store was judged silent stays cancelled (its client left, or
+            # the shutdown's time ran out): as a TimeoutError, a fail-open tier would go on to serve it.
+            if silent_store and (task is None or task.cancelling() == 0):
                 raise TimeoutError(f"no reply from the store within {self._timeout:g} s") from None
             raise
         finally:

@@ -42,8 +42,8 @@ class Edge(FastAPI):
 
         async def sending(message: Any) -> None:
             nonlocal started
+            await send(message)  # may wait for a slow reader first: nothing is written until it returns
             started = True
-            await send(message)
 
         try:
             response = await handler(Request(scope, receive))

@@ -30,22 +30,29 @@ _REFUSALS = {
 
 
 class _HeadWithBody:
-    """A transport that holds a response head declaring a content-length until its body is written (or the
-    response completes, for HEAD; or the connection closes), and sends both in one write. A stream's head (no
-    length) and anything else leave at once. Aborting drops what is held, as the transport drops its buffer."""
+    """A transport that holds a response head declaring a content-length (a response's first write) until its
+    body is written (or the response completes, for HEAD; or the connection closes), and sends both in one
+    write. A stream's head (no length), a 100 Continue and every later write of a response (its body, whatever
+    its bytes look like) leave at once. Aborting drops what is held, as the transport drops its buffer."""
 
-    __slots__ = ("_held", "_transport")
+    __slots__ = ("_answering", "_held", "_transport")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._held: bytes | None = None
+        self._answering = False  # a response's first write is out: what follows is its body, never held
 
     def write(self, data: bytes) -> None:
         if self._held is not None:
             data, self._held = self._held + data, None
-        elif data[-4:] == b"\r\n\r\n" and data[:9] == b"HTTP/1.1 " and b"\r\ncontent-length: " in data:
-            self._held = data
-            return
+        elif not self._answering and data[:9] == b"HTTP/1.1 ":
+            if data[9:10] == b"1":  # 100 Continue: the response is still to come
+                self._transport.write(data)
+                return
+            self._answering = True
+            if data[-4:] == b"\r\n\r\n" and b"\r\ncontent-length: " in data:
+                self._held = data
+                return
         self._transport.write(data)
 
     def writelines(self, lines: Any) -> None:
@@ -56,6 +63,11 @@ class _HeadWithBody:
         held, self._held = self._held, None
         if held is not None and not self._transport.is_closing():
             self._transport.write(held)
+
+    def answered(self) -> None:
+        """The response is complete: its head is sent if still held, and the next write is the next head."""
+        self.flush()
+        self._answering = False
 
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + len(self._held or b"")
@@ -173,7 +185,7 @@ class _Guarded(HttpToolsProtocol):
             self.transport.close()  # the request sees a disconnect; there is no one to answer
 
     def on_response_complete(self) -> None:
-        self._out.flush()  # a head whose body is empty, or never written (HEAD)
+        self._out.answered()  # a head whose body is empty, or never written (HEAD), leaves now
         super().on_response_complete()
         # The last request routed before the refused one has its answer: now the refusal.
         if self._pending is not None and self.cycle is not None and self.cycle.response_complete:

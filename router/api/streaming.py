@@ -91,13 +91,13 @@ class PassThroughStream(Response):
         `data:` line with the error envelope)."""
         self._stream = stream
         self._error_event = error_event or openai_error_event
-        self._started = False  # the response's head is sent
+        self._started = self._ended = False  # the response's head is written; its end is
         self.status_code = 200
         self.background = None
         self.init_headers({**headers, "cache-control": "no-cache"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._started = False
+        self._started = self._ended = False
         pump = asyncio.ensure_future(self._pump(send))
         watch = asyncio.ensure_future(_disconnected(receive))
         cut = False
@@ -107,14 +107,15 @@ class PassThroughStream(Response):
             # The shutdown's grace ran out (uvicorn cancels what still runs): the client is still there. Cut, the
             # body is an incomplete chunked read (a network error to SDKs); it ends with the route's error event.
             if not self._started:
-                raise  # nothing sent yet: the edge answers 503 in the route's envelope
-            cut = True
+                raise  # no head written yet: the edge answers 503 in the route's envelope
+            cut = not self._ended  # the last body may have left in the very turn the cancel came
         finally:
             watch.cancel()
             if not pump.done():
                 pump.cancel()
                 await asyncio.wait((pump,))
             await self._stream.aclose()
+        failure = None if pump.cancelled() else pump.exception()  # retrieved whatever else happens
         if cut:
             log.info("a stream cut short by the shutdown: ended with an error event")
             stopping = UpstreamUnavailable(
@@ -122,13 +123,13 @@ class PassThroughStream(Response):
             )
             with contextlib.suppress(OSError):
                 await send({"type": "http.response.body", "body": self._error_event(stopping), "more_body": False})
-            return
-        if not pump.cancelled() and (exc := pump.exception()) is not None and not isinstance(exc, OSError):
-            raise exc
+        if failure is not None and not isinstance(failure, OSError):
+            raise failure
 
     async def _pump(self, send: Send) -> None:
-        self._started = True
+        # uvicorn's send may wait for a slow reader before it writes the head: started once it is written.
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        self._started = True
         held = b""  # the start of an event whose end has not arrived yet
         try:
             async for chunk in self._stream.chunks():
@@ -149,3 +150,4 @@ class PassThroughStream(Response):
             log.warning("%s mid-stream: %s", exc.code, exc.message)
             await send({"type": "http.response.body", "body": self._error_event(exc), "more_body": True})
         await send({"type": "http.response.body", "body": held, "more_body": False})
+        self._ended = True

@@ -103,7 +103,7 @@ def test_a_request_cut_by_the_end_of_a_graceful_shutdown_gets_a_503_in_its_envel
         assert r.json()["error"]["code"] == "shutting_down" and r.json()["error"]["type"] == "server_error"
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
 def test_a_stream_cut_by_the_end_of_a_graceful_shutdown_ends_with_an_error_event(path: str) -> None:
     """Regression: a stream still running when graceful_shutdown_timeout passed was cut without a word: the
     connection closed mid-body (an incomplete chunked read, which SDKs raise as a network error, nothing saying
@@ -111,7 +111,11 @@ def test_a_stream_cut_by_the_end_of_a_graceful_shutdown_ends_with_an_error_event
     line, Anthropic's `event: error`), code shutting_down."""
     journal = Journal()
     journal.always = {"stall_after": 1}  # one event, then a generation longer than the shutdown allows
-    body = {"model": "auto", "max_tokens": 4, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    body: dict[str, object] = {"model": "auto", "max_tokens": 4, "stream": True}
+    if path == "/v1/responses":
+        body = {"model": "auto", "max_output_tokens": 4, "stream": True, "input": "hi"}
+    else:
+        body["messages"] = [{"role": "user", "content": "hi"}]
     with serving(make_upstream("tiny-small", journal)) as small, serving(make_upstream("tiny-large", journal)) as large:
         gateway = ThreadedServer(create_app(settings_for(f"{small.url}/v1", f"{large.url}/v1"))).start()
         try:
@@ -128,6 +132,10 @@ def test_a_stream_cut_by_the_end_of_a_graceful_shutdown_ends_with_an_error_event
         assert "event: error" in rest
         error = json.loads(next(line for line in rest if line.startswith("data:"))[5:])
         assert error["type"] == "error" and error["error"]["type"] == "overloaded_error"
+    elif path == "/v1/responses":
+        assert "event: error" in rest
+        error = json.loads(next(line for line in rest if line.startswith("data:"))[5:])
+        assert error["type"] == "error" and error["code"] == "shutting_down"
     else:
         error = json.loads(next(line for line in rest if line.startswith("data:"))[5:])
         assert error["error"]["code"] == "shutting_down" and error["error"]["type"] == "server_error"

@@ -792,3 +792,49 @@ async def test_a_scripts_first_call_keeps_its_place_in_line(prefix: str) -> None
     await within(asyncio.gather(*calls))
     assert await within(batch.command("LRANGE", key, 0, -1)) == [b"first", b"second"]
     await batch.close()
+
+
+async def test_a_request_cancelled_in_the_turn_the_store_is_judged_silent_stays_cancelled(prefix: str) -> None:
+    """Regression (hostile review): the request is cancelled (its client left, or the shutdown's grace ran out) in the
+    same turn of the loop in which `judge` gives the silent store up. The cancel finds the call already failed, so it is
+    delivered as a pending cancellation; `_reply` sees `silent_store` and turns it into TimeoutError: the request gets
+    LimiterUnavailable, the cancellation is swallowed, and a fail-open tier goes on to serve (and generate for) a
+    request nobody waits for. Before (9b45d60) it stayed a CancelledError."""
+    async with Peer(stall) as silent:
+        lim = RedisLimiter(silent.url, timeout=0.1, prefix=prefix)
+        caller = Caller(Tier("t", TierLimits(requests_per_minute=10)), "ip:a")
+        task = asyncio.ensure_future(lim.admit(caller, 1))
+        reset = lim.batch.reset
+
+        def reset_and_cancel(exc: Exception | None = None) -> None:
+            reset(exc)
+            task.cancel()  # e.g. the disconnect watcher's step, run in this same turn
+
+        lim.batch.reset = reset_and_cancel  # type: ignore[method-assign]
+        done, _ = await asyncio.wait((task,), timeout=PATIENCE)
+        assert done
+        lim.batch.reset = reset  # type: ignore[method-assign]
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                task.result()
+        finally:
+            await lim.batch.close(patience=0.3)
+
+
+async def test_a_lookup_cancelled_in_the_turn_its_deadline_passes_stays_cancelled() -> None:
+    """The same race for `within` (held: it asks the task whether it is being cancelled)."""
+    loop = asyncio.get_running_loop()
+    task: asyncio.Future[Any] | None = None
+
+    class Call(asyncio.Future[Any]):
+        def cancel(self, msg: Any = None) -> bool:
+            cancelled = super().cancel(msg)
+            assert task is not None
+            if cancelled:
+                task.cancel()  # the request's own cancel, in the turn within's deadline passes
+            return cancelled
+
+    call = Call(loop=loop)
+    task = asyncio.ensure_future(redis_batch.within(call, 0.05))
+    await asyncio.wait((task,), timeout=PATIENCE)
+    assert task.cancelled()

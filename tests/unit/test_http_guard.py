@@ -179,3 +179,40 @@ def test_an_answer_leaves_in_one_write_and_a_stream_s_head_does_not_wait_for_its
         protocol.connection_lost(None)
 
     asyncio.run(run())
+
+
+def test_a_body_part_that_looks_like_a_head_is_not_held_back() -> None:
+    """Regression (hostile review): a response with a content-length sent in parts: a later part whose bytes happen to
+    look like an HTTP head (starts "HTTP/1.1 ", holds "\\r\\ncontent-length: ", ends with a blank line; e.g. a
+    message/http body, a recorded exchange) is taken for a head and held until the next part or the response's end,
+    however long the app takes to send it."""
+    later = asyncio.Event()
+    part1, part2 = b"an exchange:\n", b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        length = b"%d" % (len(part1) + len(part2) + 4)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]})
+        await send({"type": "http.response.body", "body": part1, "more_body": True})
+        await send({"type": "http.response.body", "body": part2, "more_body": True})
+        await later.wait()
+        await send({"type": "http.response.body", "body": b"tail"})
+
+    async def run() -> None:
+        config = Config(app, log_level="critical", lifespan="off")
+        cls = guarded_protocol(max_header_bytes=LIMIT, head_timeout=30, body_timeout=30)
+        protocol = cls(config=config, server_state=ServerState(), app_state={})
+        transport = _Writes()
+        protocol.connection_made(transport)
+        protocol.data_received(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        try:
+            assert b"".join(transport.writes).endswith(part1 + part2), transport.writes  # sent, not held
+        finally:
+            later.set()
+            for _ in range(20):
+                await asyncio.sleep(0)
+            protocol.connection_lost(None)
+
+    asyncio.run(run())

@@ -14,7 +14,7 @@ from router.core.types import Reason
 from router.errors import UpstreamUnavailable
 from router.protocol import CompletionRequest, decode_body
 from router.service.context import Endpoint, RequestOptions
-from tests.service.fakes import answer, ask, caller, stack
+from tests.service.fakes import Stack, answer, ask, caller, stack
 
 CONFIDENT = UpstreamReply(200, answer("four", usage=(10, 2), logprob=-0.01), "application/json")
 UNSURE = UpstreamReply(200, answer("maybe five", usage=(10, 3), logprob=-3.0), "application/json")
@@ -91,9 +91,8 @@ async def test_a_draft_refused_by_the_small_worker_escalates_with_its_status() -
     assert s.sink.reasons == ["draft:draft_status_4xx", "escalated"]
 
 
-async def test_a_request_the_shutdown_cuts_is_recorded_as_such_not_as_a_client_gone() -> None:
-    """Regression: when the graceful shutdown's time ran out, the server's cancel was recorded as the client's
-    (499 client_gone) while the caller was answered 503 shutting_down by the edge: the ledger blamed callers."""
+def _drafting_forever() -> Stack:
+    """A cascade stack whose small workers never answer: a request waits in its draft."""
     s = stack(rule=RULE)
     release = asyncio.Event()
 
@@ -103,6 +102,13 @@ async def test_a_request_the_shutdown_cuts_is_recorded_as_such_not_as_a_client_g
 
     s.backend.on("small-0", hang)
     s.backend.on("small-1", hang)
+    return s
+
+
+async def test_a_request_the_shutdown_cuts_is_recorded_as_such_not_as_a_client_gone() -> None:
+    """Regression: when the graceful shutdown's time ran out, the server's cancel was recorded as the client's
+    (499 client_gone) while the caller was answered 503 shutting_down by the edge: the ledger blamed callers."""
+    s = _drafting_forever()
     task = asyncio.create_task(ask(s, caller(cascade=True)))
     await s.backend.entered.wait()
     task.cancel("Task cancelled, timeout graceful shutdown exceeded")  # what uvicorn sends
@@ -113,15 +119,7 @@ async def test_a_request_the_shutdown_cuts_is_recorded_as_such_not_as_a_client_g
 
 
 async def test_a_client_leaving_during_the_draft_is_recorded_against_the_small_worker() -> None:
-    s = stack(rule=RULE)
-    release = asyncio.Event()
-
-    async def hang() -> UpstreamReply:
-        await release.wait()
-        return CONFIDENT
-
-    s.backend.on("small-0", hang)
-    s.backend.on("small-1", hang)
+    s = _drafting_forever()
     who = caller(cascade=True)
     task = asyncio.create_task(ask(s, who))
     await s.backend.entered.wait()

@@ -132,6 +132,16 @@ class _Writes(_Transport):
             self.writes.append(bytes(data))
 
 
+def serve(app: Any) -> tuple[Any, _Writes]:
+    """`app` behind the guarded protocol on a transport that records each write: (protocol, transport)."""
+    config = Config(app, log_level="critical", lifespan="off")
+    cls = guarded_protocol(max_header_bytes=LIMIT, head_timeout=30, body_timeout=30)
+    protocol = cls(config=config, server_state=ServerState(), app_state={})
+    transport = _Writes()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
 def test_an_answer_leaves_in_one_write_and_a_stream_s_head_does_not_wait_for_its_body() -> None:
     """uvicorn writes a response's head and body apart: two sends (two packets) for every JSON answer. The
     protocol holds a head that declares a length for its body, so an answer is one write; a stream's head still
@@ -149,11 +159,7 @@ def test_an_answer_leaves_in_one_write_and_a_stream_s_head_does_not_wait_for_its
         await send({"type": "http.response.body", "body": b"ok"})
 
     async def run() -> None:
-        config = Config(app, log_level="critical", lifespan="off")
-        cls = guarded_protocol(max_header_bytes=LIMIT, head_timeout=30, body_timeout=30)
-        protocol = cls(config=config, server_state=ServerState(), app_state={})
-        transport = _Writes()
-        protocol.connection_made(transport)
+        protocol, transport = serve(app)
         protocol.data_received(b"POST /json HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
         for _ in range(20):
             await asyncio.sleep(0)
@@ -199,11 +205,7 @@ def test_a_body_part_that_looks_like_a_head_is_not_held_back() -> None:
         await send({"type": "http.response.body", "body": b"tail"})
 
     async def run() -> None:
-        config = Config(app, log_level="critical", lifespan="off")
-        cls = guarded_protocol(max_header_bytes=LIMIT, head_timeout=30, body_timeout=30)
-        protocol = cls(config=config, server_state=ServerState(), app_state={})
-        transport = _Writes()
-        protocol.connection_made(transport)
+        protocol, transport = serve(app)
         protocol.data_received(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
         for _ in range(20):
             await asyncio.sleep(0)

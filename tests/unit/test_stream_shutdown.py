@@ -9,12 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
-from uvicorn.config import Config
-from uvicorn.server import ServerState
 
-from router.api.http_guard import guarded_protocol
 from router.api.streaming import PassThroughStream
-from tests.unit.test_http_guard import LIMIT, _Writes
+from tests.unit.test_http_guard import serve
 
 
 class _Upstream:
@@ -38,15 +35,6 @@ class _Upstream:
 
     async def aclose(self) -> None:
         self.closed = True
-
-
-def _serve(app: Any) -> tuple[Any, _Writes]:
-    config = Config(app, log_level="critical", lifespan="off")
-    cls = guarded_protocol(max_header_bytes=LIMIT, head_timeout=30, body_timeout=30)
-    protocol = cls(config=config, server_state=ServerState(), app_state={})
-    transport = _Writes()
-    protocol.connection_made(transport)
-    return protocol, transport
 
 
 async def _turns(n: int = 30) -> None:
@@ -79,7 +67,7 @@ def test_a_stream_that_ended_as_the_shutdown_cut_it_is_not_sent_a_second_end() -
             raise
 
     async def run() -> bytes:
-        protocol, transport = _serve(app)
+        protocol, transport = serve(app)
         protocol.data_received(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
         await _turns()
         protocol.connection_lost(None)
@@ -106,7 +94,7 @@ def test_a_stream_cut_before_its_head_left_is_not_sent_a_body_without_a_head() -
             raise
 
     async def run() -> None:
-        protocol, transport = _serve(app)
+        protocol, transport = serve(app)
         protocol.pause_writing()  # what the transport calls when its buffer is over the high-water mark
         protocol.data_received(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
         await _turns()

@@ -20,7 +20,7 @@ from router.api.state import gateway
 from router.api.streaming import ClientGone, ErrorEvent, PassThroughStream, openai_error_event, until_disconnect
 from router.core.ports import UpstreamReply
 from router.core.types import Routed
-from router.errors import InvalidRequest, Overloaded, PayloadTooLarge, RateLimited, TriageError, UpstreamError
+from router.errors import InvalidRequest, Overloaded, PayloadTooLarge, RateLimited, TriageError
 from router.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -102,11 +102,11 @@ class Api:
     anthropic: bool = False  # Anthropic's error envelope (its SDK reads no other)
 
 
-def _responses_error_event(exc: UpstreamError) -> bytes:
+def _responses_error_event(exc: TriageError) -> bytes:
     return responses.error_event(exc.message, exc.code)
 
 
-def _messages_error_event(exc: UpstreamError) -> bytes:
+def _messages_error_event(exc: TriageError) -> bytes:
     return messages.error_event(exc.message, exc.status)
 
 

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from router.core.ports import UpstreamStream
 from router.core.types import Reason
-from router.errors import UpstreamError, UpstreamUnavailable
+from router.errors import Overloaded, TriageError, UpstreamError
 from router.protocol import error_body
 from router.sse import EVENT_ENDS, events_end
 
@@ -71,10 +71,10 @@ async def until_disconnect(work: Awaitable[T], receive: Receive, watch_after: fl
             watcher.cancel()
 
 
-ErrorEvent = Callable[[UpstreamError], bytes]
+ErrorEvent = Callable[[TriageError], bytes]  # a worker's failure, or the gateway's own (its shutdown)
 
 
-def openai_error_event(exc: UpstreamError) -> bytes:
+def openai_error_event(exc: TriageError) -> bytes:
     return b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"
 
 
@@ -118,9 +118,7 @@ class PassThroughStream(Response):
         failure = None if pump.cancelled() else pump.exception()  # retrieved whatever else happens
         if cut:
             log.info("a stream cut short by the shutdown: ended with an error event")
-            stopping = UpstreamUnavailable(
-                "the gateway is shutting down and cut this answer short; retry", worker="", code="shutting_down"
-            )
+            stopping = Overloaded("the gateway is shutting down and cut this answer short; retry", code="shutting_down")
             with contextlib.suppress(OSError):
                 await send({"type": "http.response.body", "body": self._error_event(stopping), "more_body": False})
         if failure is not None and not isinstance(failure, OSError):

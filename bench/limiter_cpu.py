@@ -1,5 +1,7 @@
 """CPU time per admission + settlement through the Redis limiter (this process's CPU, so other work on a busy
-machine does not count), every limit of the tier in use, callers taking turns, at a given concurrency.
+machine does not count), every limit of the tier in use, callers taking turns, at a given concurrency; then
+the in-process limiter's CPU per admission + settlement for one caller whose minute holds few admissions,
+against one whose minute holds as many as 2,000 req/s leave (the cost of a long request log).
 
     ./dev bench limiter_cpu [--concurrency 1 16] [--ops 4000] [--redis redis://127.0.0.1:6379/0]
 
@@ -20,8 +22,9 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: a
 import redis
 import uvloop
 
+from router.adapters.limiter_memory import MemoryLimiter
 from router.adapters.limiter_redis import RedisLimiter
-from router.core.limits import TierLimits
+from router.core.limits import WINDOW_MS, TierLimits
 from router.core.tiers import Caller, Tier
 
 TIER = Tier(name="bench", limits=TierLimits(requests_per_minute=10**9, tokens_per_minute=10**12, max_concurrent=10**5))
@@ -46,6 +49,25 @@ async def measure(url: str, prefix: str, concurrency: int, ops: int) -> tuple[fl
     return cpu / ops * 1e6, ops / wall
 
 
+async def measure_memory(rate: int, ops: int) -> float:
+    """µs of CPU per admit + settle in the in-process limiter for one caller sending `rate` requests a second
+    (on a simulated clock), measured once its minute is full."""
+    now = [0.0]
+    lim = MemoryLimiter(clock=lambda: int(now[0]))
+    caller = Caller(tier=TIER, identity="heavy")
+
+    async def admit_settle(n: int) -> None:
+        for _ in range(n):
+            now[0] += 1000 / rate
+            admission = await lim.admit(caller, 100)
+            await lim.settle(caller, admission, 50)
+
+    await admit_settle(rate * WINDOW_MS // 1000 + 1000)  # the window full
+    cpu = time.process_time()
+    await admit_settle(ops)
+    return (time.process_time() - cpu) / ops * 1e6
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
@@ -59,6 +81,9 @@ def main() -> int:
         for c in args.concurrency:
             cpu, rate = uvloop.run(measure(args.redis, prefix, c, args.ops))
             print(f"concurrency {c}: {cpu:.0f} µs of CPU per admit + settle, {rate:,.0f} pairs/s")
+        for rate in (1, 2000):
+            cpu = uvloop.run(measure_memory(rate, args.ops * 5))
+            print(f"in-process limiter, one caller at {rate:,} req/s: {cpu:.1f} µs of CPU per admit + settle")
     finally:
         client = redis.Redis.from_url(args.redis)
         for key in client.scan_iter(match=f"{prefix}:*"):

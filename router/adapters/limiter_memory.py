@@ -25,18 +25,23 @@ SWEEP_EVERY = 4096  # admissions between sweeps of idle callers
 class _State:
     """One caller's windows. Containers are created on first use: most callers only ever touch one limit."""
 
-    __slots__ = ("buckets", "day", "leases", "requests")
+    __slots__ = ("buckets", "day", "head", "leases", "requests")
 
     def __init__(self) -> None:
-        self.requests: list[int] = []  # admission times, oldest first
+        # Admission times, oldest first, from `head` on. The expired head is cut off only once it is half the
+        # list: a busy caller's log holds a minute of requests (120,000 at 2,000 req/s), and cutting it on every
+        # admission moved all of it each time. (A deque costs a block of 64 slots per caller: see max_callers.)
+        self.requests: list[int] = []
+        self.head = 0
         self.buckets: dict[int, int] | None = None  # bucket -> tokens
         self.day: tuple[int, int, int] | None = None  # (day, requests, tokens)
         self.leases: dict[str, int] | None = None  # lease -> expiry
 
     def expire(self, now: int) -> None:
-        cut = bisect_right(self.requests, now - WINDOW_MS)
-        if cut:
-            del self.requests[:cut]
+        head = self.head = bisect_right(self.requests, now - WINDOW_MS, self.head)
+        if head and head * 2 >= len(self.requests):
+            del self.requests[:head]
+            self.head = 0
         if self.buckets:
             oldest = now // BUCKET_MS - WINDOW_MS // BUCKET_MS + 1
             for b in [b for b in self.buckets if b < oldest]:
@@ -47,8 +52,12 @@ class _State:
             for lease in [k for k, exp in self.leases.items() if exp <= now]:
                 del self.leases[lease]
 
+    def live(self) -> int:
+        """Requests in the window (after expire)."""
+        return len(self.requests) - self.head
+
     def idle(self) -> bool:
-        return not (self.requests or self.buckets or self.day or self.leases)
+        return not (self.live() or self.buckets or self.day or self.leases)
 
 
 def _now_ms() -> int:
@@ -127,13 +136,13 @@ class MemoryLimiter:
         st.expire(now)
         bucket, day = now // BUCKET_MS, now // DAY_MS
         buckets = st.buckets or {}
-        used_r, used_t = len(st.requests), sum(buckets.values())
+        used_r, used_t = st.live(), sum(buckets.values())
         _, day_r, day_t = st.day or (day, 0, 0)
         reset_t = (min(buckets, default=bucket) + WINDOW_MS // BUCKET_MS) * BUCKET_MS - now
         leases = st.leases or {}
 
         def oldest_request() -> int:
-            return st.requests[0] + WINDOW_MS - now if st.requests else 0
+            return st.requests[st.head] + WINDOW_MS - now if st.live() else 0
 
         deny, retry = "", 0
         if lim.requests_per_minute and used_r >= lim.requests_per_minute:

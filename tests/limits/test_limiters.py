@@ -105,6 +105,26 @@ def test_memory_window_slides_with_the_clock() -> None:
     assert asyncio.run(run()) == [True, True, False, False, True]
 
 
+async def test_memory_request_log_counts_exactly_while_its_expired_head_is_cut_off_lazily() -> None:
+    """The log keeps expired entries until they are half of it: the counts, the resets and the refusals must
+    be those of an exact sliding window all along (checked against one kept here, over several minutes of
+    admissions and refusals at an uneven pace)."""
+    now = [1_000_000]
+    lim = MemoryLimiter(clock=lambda: now[0])
+    c = caller(TierLimits(requests_per_minute=300))
+    window: list[int] = []  # admission times of the reference sliding log
+    for i in range(6_000):
+        now[0] += (7, 13, 40, 1)[i % 4] + (500 if i % 997 == 0 else 0)
+        window = [t for t in window if t > now[0] - WINDOW_MS]
+        a = await lim.admit(c, 1)
+        assert a.admitted == (len(window) < 300), i
+        if a.admitted:
+            window.append(now[0])
+        assert a.used_requests == len(window), i
+        assert a.reset_requests_ms == window[0] + WINDOW_MS - now[0], i
+    assert 0 < sum(1 for t in window if t > now[0] - WINDOW_MS) <= 300
+
+
 @pytest.mark.parametrize(("ms", "text"), [(20, "20ms"), (1500, "1.5s"), (360_000, "6m0s"), (-5, "0ms")])
 def test_reset_durations_in_openai_format(ms: int, text: str) -> None:
     from router.core.limits import duration

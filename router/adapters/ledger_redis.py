@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import redis
@@ -57,10 +57,23 @@ def _encode(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+# _encode by exact type, each a C function: a record has some thirty fields, and a Python call apiece showed.
+# Other types (subclasses, enums) take _encode itself.
+_TEXT: dict[type, Callable[[Any], str]] = {
+    str: str.__str__,
+    int: int.__repr__,
+    float: float.__repr__,
+    bool: {True: "1", False: "0"}.__getitem__,
+    type(None): {None: ""}.__getitem__,
+}
+
+
 def _pack(rows: list[tuple[Any, ...]]) -> bytes:
     """Records for the script: each one's values as strings, in a JSON array of arrays. A lone surrogate (no
     UTF-8 for it) becomes "?" rather than failing the whole batch."""
-    return json.dumps([[_encode(v) for v in values] for values in rows], ensure_ascii=False).encode("utf-8", "replace")
+    text = _TEXT.get
+    encoded = [[text(type(v), _encode)(v) for v in values] for values in rows]
+    return json.dumps(encoded, ensure_ascii=False).encode("utf-8", "replace")
 
 
 def _decode(column: str, raw: str) -> Any:

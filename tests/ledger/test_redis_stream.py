@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -130,13 +132,13 @@ async def test_the_writer_gives_the_loop_back_between_small_batches(
     redis-py held it for about 10 ms: the stream's p99 tail). Counted, not timed: the values encoded between two
     steps of a task that yields on every loop iteration."""
     encoded = [0]
-    original = ledger_redis._encode
+    original = ledger_redis._pack
 
-    def counting(value: object) -> str:
-        encoded[0] += 1
-        return original(value)
+    def counting(rows: list[tuple[object, ...]]) -> bytes:
+        encoded[0] += sum(map(len, rows))
+        return original(rows)
 
-    monkeypatch.setattr(ledger_redis, "_encode", counting)
+    monkeypatch.setattr(ledger_redis, "_pack", counting)
     ledger = RedisStreamLedger(REDIS_URL, stream=stream, interval=0.01)
     for i in range(2000):
         ledger.emit(replace(HAND[i % len(HAND)], request_id=f"r{i}"))
@@ -170,3 +172,21 @@ async def test_close_while_a_flush_is_under_way_loses_nothing(stream: str) -> No
     await ledger.close()
     assert (ledger.written, ledger.dropped) == (total, 0)
     assert redis.Redis.from_url(REDIS_URL).xlen(stream) == total
+
+
+def test_records_are_packed_as_each_value_s_text_whatever_its_type() -> None:
+    """_pack converts by exact type for speed; every value must come out as _encode writes it (subclasses and
+    enums included), or the stream's readers would parse something else."""
+
+    class Kind(enum.StrEnum):
+        A = "a"
+
+    class Count(int):
+        pass
+
+    values = [None, True, False, 0, -1, 2**70, 0.0, -0.0, 0.1, 1e16, 1e-7, math.inf, math.nan, "x", "", Kind.A]
+    values.append(Count(3))
+    rows = [tuple(values), tuple(reversed(values))]
+    expected = [[ledger_redis._encode(v) for v in row] for row in rows]
+    assert json.loads(ledger_redis._pack(rows)) == expected
+    assert expected[0][:4] == ["", "1", "0", "0"]

@@ -136,13 +136,14 @@ class MemoryLimiter:
         st.expire(now)
         bucket, day = now // BUCKET_MS, now // DAY_MS
         buckets = st.buckets or {}
-        used_r, used_t = st.live(), sum(buckets.values())
+        requests, head = st.requests, st.head
+        used_r, used_t = len(requests) - head, sum(buckets.values())
         _, day_r, day_t = st.day or (day, 0, 0)
         reset_t = (min(buckets, default=bucket) + WINDOW_MS // BUCKET_MS) * BUCKET_MS - now
         leases = st.leases or {}
 
         def oldest_request() -> int:
-            return st.requests[st.head] + WINDOW_MS - now if st.live() else 0
+            return requests[head] + WINDOW_MS - now if len(requests) > head else 0
 
         deny, retry = "", 0
         if lim.requests_per_minute and used_r >= lim.requests_per_minute:

@@ -14,12 +14,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway_overhead import stop
 
 WARM = 200  # requests before counting: imports, caches and the first connections settle
 
@@ -89,13 +90,7 @@ def count(server: Server, body: dict[str, object], n: int, out: Path) -> float:
         _control(proc.pid, "-i", "off")
         conn.close()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc)
     # The dump asked for above is part 1 (out.1); the one written at exit covers nothing counted.
     dump = out.with_name(out.name + ".1")
     match = re.search(r"^summary: (\d+)$", dump.read_text(errors="replace") if dump.exists() else "", re.M)

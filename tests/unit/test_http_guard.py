@@ -132,6 +132,12 @@ class _Writes(_Transport):
             self.writes.append(bytes(data))
 
 
+async def _turns(count: int = 20) -> None:
+    """Let the event loop run the app and the protocol for a few turns."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
 def serve(app: Any) -> tuple[Any, _Writes]:
     """`app` behind the guarded protocol on a transport that records each write: (protocol, transport)."""
     config = Config(app, log_level="critical", lifespan="off")
@@ -161,23 +167,19 @@ def test_an_answer_leaves_in_one_write_and_a_stream_s_head_does_not_wait_for_its
     async def run() -> None:
         protocol, transport = serve(app)
         protocol.data_received(b"POST /json HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await _turns()
         assert len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 200")
         assert transport.writes[0].endswith(b"\r\n\r\nok")
 
         protocol.data_received(b"POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await _turns()
         assert len(transport.writes) == 2 and transport.writes[1].startswith(b"HTTP/1.1 200")  # the head, alone
         later.set()
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await _turns()
         assert transport.writes[2] == b"2\r\nok\r\n0\r\n\r\n"
 
         protocol.data_received(b"HEAD /json HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await _turns()
         assert transport.writes[3].startswith(b"HTTP/1.1 200") and transport.writes[3].endswith(b"\r\n\r\n")
 
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 2 * LIMIT + b"\r\n\r\n")
@@ -207,14 +209,12 @@ def test_a_body_part_that_looks_like_a_head_is_not_held_back() -> None:
     async def run() -> None:
         protocol, transport = serve(app)
         protocol.data_received(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await _turns()
         try:
             assert b"".join(transport.writes).endswith(part1 + part2), transport.writes  # sent, not held
         finally:
             later.set()
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await _turns()
             protocol.connection_lost(None)
 
     asyncio.run(run())

@@ -49,9 +49,12 @@ def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> None:
         raise RuntimeError(f"{path} answered {reply.status}")
 
 
-def _wait(port: int, path: str, body: bytes, timeout: float) -> None:
+def _wait(proc: subprocess.Popen[bytes], port: int, path: str, body: bytes, timeout: float) -> None:
+    """Until the server answers; a server that exits first fails at once, not at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before answering (see its .log)")
         try:
             _post(http.client.HTTPConnection("127.0.0.1", port, timeout=30), path, body)
             return
@@ -71,15 +74,16 @@ def count(server: Server, body: dict[str, object], n: int, out: Path) -> float:
     cmd, port, path, data = server.cmd, server.port, "/v1/chat/completions", json.dumps(body).encode()
     for old in out.parent.glob(out.name + "*"):
         old.unlink()
-    proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *cmd],
-        stdout=subprocess.DEVNULL,
-        stderr=(out.parent / f"{out.name}.log").open("wb"),
-        cwd=server.cwd,
-        start_new_session=True,
-    )
+    with (out.parent / f"{out.name}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *cmd],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=server.cwd,
+            start_new_session=True,
+        )
     try:
-        _wait(port, path, data, 180)
+        _wait(proc, port, path, data, 180)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for _ in range(WARM):
             _post(conn, path, data)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -211,6 +212,7 @@ def count_instructions(args: argparse.Namespace) -> int:
         for proc in procs:
             stop(proc)
         cleanup(args.redis, prefix)
+        shutil.rmtree(tmp, ignore_errors=True)  # callgrind's dumps: megabytes per server
     bare_row = rows["bare pass-through"]
     print(f"\ninstructions per request ({args.instructions} sequential requests after {instructions.WARM} warm-up)\n")
     print("| | JSON | SSE | JSON / bare | SSE / bare |")
